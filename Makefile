@@ -1,0 +1,51 @@
+# Entry points: `make demo`, `make test`, `make bench`. Each installs what it needs on a fresh
+# Debian machine of this kind (Debian packages by name, Python packages into .venv).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# iproute2: `ip` in tests and the demo; libudev1: pyudev; gcc + libc6-dev: native/ through cffi.
+APT_PACKAGES := iproute2 libudev1 gcc libc6-dev
+
+.PHONY: demo test unit host lint bench deps venv clean
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml setup.py $(wildcard native/*.c native/*.h native/*.py)
+	@$(MAKE) --no-print-directory deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+unit: venv
+	$(PY) -m pytest tests/unit
+
+host: venv
+	$(PY) -m pytest tests/host
+
+test: lint
+	$(PY) -m pytest tests
+
+bench: venv
+	@for bench in tests/bench/bench_*.py; do \
+	  $(PY) -m tests.bench.$$(basename $$bench .py) || exit 1; \
+	done
+
+demo: venv
+	$(PY) -m tests.demo_host
+
+clean:
+	rm -rf $(VENV) build *.egg-info nodeagent/_*.so

@@ -1,0 +1,116 @@
+"""The ``nodeagent`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from nodeagent import __version__
+from nodeagent.discovery import Scanner
+from nodeagent.model import Node
+from nodeagent.netlink import Netlink
+from nodeagent.render import inventory_table
+from nodeagent.sysfs import Sysfs
+from nodeagent.watch import LiveInventory
+
+log = logging.getLogger("nodeagent")
+
+
+def _inventory_args(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inventory",
+        help="show NICs, SR-IOV PFs and VFs",
+        description="Show every NIC, SR-IOV physical function and virtual function of this node.",
+    )
+    p.add_argument("--json", action="store_true",
+                   help="print the JSON document described in docs/inventory.md")
+    p.add_argument("--watch", action="store_true",
+                   help="keep running and print the inventory again whenever the kernel changes it"
+                        " (with --json: one document per line, with the changed NIC keys)")
+    p.add_argument("--sysfs-root", default="/sys", metavar="DIR",
+                   help="where sysfs is mounted (default: /sys)")
+    p.add_argument("--netns", metavar="NAME|PATH",
+                   help="read links, VF settings and routes in this network namespace")
+    p.add_argument("--netlink", action=argparse.BooleanOptionalAction, default=None,
+                   help="read links over netlink (default: on when --sysfs-root is /sys or"
+                        " --netns is given; off for a sysfs tree that is not the kernel's)")
+    p.set_defaults(func=cmd_inventory)
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    sysfs = Sysfs(args.sysfs_root)
+    use_netlink = args.netlink
+    if use_netlink is None:
+        use_netlink = args.sysfs_root == "/sys" or args.netns is not None
+    if args.watch:
+        return _watch(args, sysfs, use_netlink)
+    netlink = Netlink(args.netns) if use_netlink else None
+    try:
+        node = Scanner(sysfs, netlink).scan()
+    finally:
+        if netlink is not None:
+            netlink.close()
+    _print(node, args.json)
+    return 0
+
+
+def _print(node: Node, as_json: bool, changed: frozenset[str] | None = None) -> None:
+    if as_json:
+        doc = node.to_dict()
+        if changed is not None:
+            doc["changed"] = sorted(changed)
+        print(json.dumps(doc, indent=None if changed is not None else 2), flush=True)
+    else:
+        if changed is not None:
+            print(f"--- changed: {', '.join(sorted(changed)) or 'initial scan'}")
+        print(inventory_table(node), flush=True)
+
+
+def _watch(args: argparse.Namespace, sysfs: Sysfs, use_netlink: bool) -> int:
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    inventory = LiveInventory(sysfs, netns=args.netns, netlink=use_netlink,
+                              udev=args.sysfs_root == "/sys")
+    node = inventory.start()
+    _print(node, args.json, frozenset())
+    inventory.subscribe(lambda n, changed: _print(n, args.json, changed))
+    try:
+        done.wait()
+    finally:
+        inventory.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nodeagent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"nodeagent {__version__}")
+    parser.add_argument("--log-level", default="warning",
+                        choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _inventory_args(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `nodeagent inventory | head`: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (OSError, TimeoutError) as exc:
+        print(f"nodeagent: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

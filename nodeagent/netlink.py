@@ -1,0 +1,244 @@
+"""Netlink reads for discovery: links, PF-side VF settings, default routes, and link events.
+
+pyroute2 does the encoding and decoding. Its synchronous socket objects must be used from the
+thread that created them, so event sockets here are plain sockets decoded with pyroute2's
+marshal, which any thread can read.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import DL, IPRoute
+from pyroute2.netlink import NLM_F_REQUEST
+from pyroute2.netlink.devlink import DEVLINK_NAMES, devlinkcmd
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+from nodeagent import netns as netns_mod
+from nodeagent.model import VfConfig
+
+log = logging.getLogger(__name__)
+
+RTEXT_FILTER_VF = 1
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_ROUTE = 0x400
+#: Kernels report "not supported by this driver" for spoofchk and trust as (u32)-1.
+UNSUPPORTED = 0xFFFFFFFF
+ARPHRD_LOOPBACK = 772
+ESWITCH_MODES = {0: "legacy", 1: "switchdev", 2: "switchdev_inactive"}
+LINK_STATES = {0: "auto", 1: "enable", 2: "disable"}
+VLAN_PROTOS = {0x8100: "802.1Q", 0x88A8: "802.1ad"}
+#: Link kinds whose IFLA_LINK names the lower device they are stacked on.
+STACKED_KINDS = frozenset({"vlan", "macvlan", "macvtap", "ipvlan", "ipvtap"})
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """What RTM_NEWLINK says of one link."""
+
+    index: int
+    name: str
+    mac: str | None
+    mtu: int | None
+    operstate: str | None
+    carrier: bool | None
+    kind: str | None
+    master: int | None
+    lower: int | None
+    loopback: bool = False
+
+
+def link_from_msg(msg: Any) -> LinkInfo:
+    carrier = msg.get("IFLA_CARRIER")
+    operstate = msg.get("IFLA_OPERSTATE")
+    kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+    lower = msg.get("IFLA_LINK")
+    # IFLA_LINK of a link whose peer is in another namespace (IFLA_LINK_NETNSID) is no lower here.
+    if msg.get("IFLA_LINK_NETNSID") is not None or lower == msg["index"]:
+        lower = None
+    return LinkInfo(
+        index=msg["index"],
+        name=msg.get("IFLA_IFNAME"),
+        mac=msg.get("IFLA_ADDRESS"),
+        mtu=msg.get("IFLA_MTU"),
+        operstate=operstate.lower() if operstate else None,
+        carrier=None if carrier is None else bool(carrier),
+        kind=kind,
+        master=msg.get("IFLA_MASTER") or None,
+        lower=lower or None,
+        loopback=msg["ifi_type"] == ARPHRD_LOOPBACK,
+    )
+
+
+def vf_configs_from_msg(msg: Any) -> dict[int, VfConfig]:
+    """PF-side VF settings from a link message requested with RTEXT_FILTER_VF."""
+    vflist = msg.get_attr("IFLA_VFINFO_LIST")
+    if vflist is None:
+        return {}
+    configs: dict[int, VfConfig] = {}
+    for info in vflist.get_attrs("IFLA_VF_INFO"):
+        mac = info.get_attr("IFLA_VF_MAC")
+        if mac is None:
+            continue
+        vlan = info.get_attr("IFLA_VF_VLAN") or {}
+        vlan_proto = "802.1Q"
+        vlist = info.get_attr("IFLA_VF_VLAN_LIST")
+        if vlist is not None:
+            for ivvi in vlist.get_attrs("IFLA_VF_VLAN_INFO"):
+                vlan_proto = VLAN_PROTOS.get(ivvi["proto"], hex(ivvi["proto"]))
+                break
+        spoofchk = info.get_attr("IFLA_VF_SPOOFCHK")
+        trust = info.get_attr("IFLA_VF_TRUST")
+        rate = info.get_attr("IFLA_VF_RATE")
+        link_state = info.get_attr("IFLA_VF_LINK_STATE")
+        configs[mac["vf"]] = VfConfig(
+            mac=mac["mac"],
+            vlan=vlan.get("vlan", 0),
+            qos=vlan.get("qos", 0),
+            vlan_proto=vlan_proto,
+            spoofchk=_flag(spoofchk, "spoofchk"),
+            trust=_flag(trust, "trust"),
+            min_tx_rate=rate["min_tx_rate"] if rate else 0,
+            max_tx_rate=rate["max_tx_rate"] if rate else 0,
+            link_state=LINK_STATES.get(link_state["link_state"]) if link_state else None,
+        )
+    return configs
+
+
+def _flag(attr: Any, field: str) -> bool | None:
+    if attr is None or attr[field] == UNSUPPORTED:
+        return None
+    return bool(attr[field])
+
+
+def default_route_links(links: Iterable[LinkInfo], oifs: set[int]) -> set[int]:
+    """Links that carry a default route: its output links and every link they are stacked on.
+
+    A PF enslaved to a bond or bridge, or under a VLAN, that carries the default route carries
+    it too: taking it away cuts the node off.
+    """
+    by_index = {link.index: link for link in links}
+    carrying = set(oifs)
+    changed = True
+    while changed:
+        changed = False
+        for link in by_index.values():
+            if link.index in carrying:
+                continue
+            stacked_on_carrier = link.master in carrying
+            lower_of_carrier = any(
+                upper.lower == link.index and upper.kind in STACKED_KINDS
+                for upper in by_index.values()
+                if upper.index in carrying
+            )
+            if stacked_on_carrier or lower_of_carrier:
+                carrying.add(link.index)
+                changed = True
+    return carrying
+
+
+class Netlink:
+    """Synchronous rtnetlink queries in one network namespace; use from one thread."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self._netns = netns
+        self._devlink: DL | bool | None = None  # False: the kernel has no devlink family
+        with netns_mod.entered(netns):
+            self._ipr = IPRoute()
+
+    def close(self) -> None:
+        self._ipr.close()
+        if isinstance(self._devlink, DL):
+            self._devlink.close()
+
+    def __enter__(self) -> Netlink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def links(self) -> dict[str, LinkInfo]:
+        found = {}
+        for msg in self._ipr.get_links():
+            link = link_from_msg(msg)
+            found[link.name] = link
+        return found
+
+    def vf_configs(self, ifindex: int) -> dict[int, VfConfig]:
+        """PF-side settings of a PF's VFs; empty if the link is gone or reports none."""
+        try:
+            (msg,) = self._ipr.link("get", index=ifindex, ext_mask=RTEXT_FILTER_VF)
+        except Exception as exc:  # pyroute2 raises NetlinkError and others for vanished links
+            log.debug("VF info of ifindex %s unavailable: %s", ifindex, exc)
+            return {}
+        return vf_configs_from_msg(msg)
+
+    def default_route_oifs(self) -> set[int]:
+        """Output links of IPv4 and IPv6 default routes in the main table."""
+        oifs: set[int] = set()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in self._ipr.get_default_routes(family=family):
+                oif = route.get("RTA_OIF")
+                if oif:
+                    oifs.add(oif)
+                for hop in route.get("RTA_MULTIPATH") or ():
+                    if hop.get("oif"):
+                        oifs.add(hop["oif"])
+        return oifs
+
+    def eswitch_mode(self, pci_address: str, bus: str = "pci") -> str | None:
+        """A PF's eswitch mode from devlink, or None where the kernel or driver reports none."""
+        if self._devlink is None:
+            try:
+                with netns_mod.entered(self._netns):
+                    self._devlink = DL()
+            except Exception as exc:  # no devlink generic netlink family in this kernel
+                log.debug("devlink unavailable: %s", exc)
+                self._devlink = False
+        if self._devlink is False:
+            return None
+        msg = devlinkcmd()
+        msg["cmd"] = DEVLINK_NAMES["DEVLINK_CMD_ESWITCH_GET"]
+        msg["version"] = 1
+        msg["attrs"] = [("DEVLINK_ATTR_BUS_NAME", bus), ("DEVLINK_ATTR_DEV_NAME", pci_address)]
+        try:
+            replies = self._devlink.nlm_request(
+                msg, msg_type=self._devlink.prid, msg_flags=NLM_F_REQUEST
+            )
+        except Exception as exc:  # EOPNOTSUPP / ENODEV: no eswitch on this device
+            log.debug("no eswitch mode for %s/%s: %s", bus, pci_address, exc)
+            return None
+        for reply in replies:
+            mode = reply.get_attr("DEVLINK_ATTR_ESWITCH_MODE")
+            if mode is not None:
+                return ESWITCH_MODES.get(mode, str(mode))
+        return None
+
+
+class EventSocket:
+    """A raw rtnetlink socket subscribed to link and route changes, readable from any thread."""
+
+    GROUPS = RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
+
+    def __init__(self, netns: str | None = None, rcvbuf: int = 4 << 20) -> None:
+        with netns_mod.entered(netns):
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self._sock.bind((0, self.GROUPS))
+        self._marshal = MarshalRtnl()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def read(self) -> list[Any]:
+        """Decoded messages of one datagram. Raises OSError(ENOBUFS) when events were lost."""
+        data = self._sock.recv(1 << 20)
+        return list(self._marshal.parse(data))
+
+    def close(self) -> None:
+        self._sock.close()

@@ -1,0 +1,34 @@
+"""Host-kernel fixtures: network namespaces and links that tests create and always remove."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from pyroute2 import IPRoute, netns
+
+#: Every namespace and link a test creates starts with this, so leftovers are recognisable.
+PREFIX = "nat"
+
+
+def unique(tag: str = "") -> str:
+    """A name of at most 15 characters (IFNAMSIZ-1) that no other test run uses."""
+    return f"{PREFIX}{tag}{secrets.token_hex(3)}"[:15]
+
+
+@pytest.fixture
+def test_netns() -> Iterator[str]:
+    name = unique("ns")
+    netns.create(name)
+    try:
+        yield name
+    finally:
+        netns.remove(name)
+
+
+@pytest.fixture
+def ipr(test_netns: str) -> Iterator[IPRoute]:
+    """rtnetlink inside the test namespace; links in it die with the namespace."""
+    with IPRoute(netns=test_netns) as ipr:
+        yield ipr
