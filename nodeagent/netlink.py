@@ -1,8 +1,8 @@
 """Netlink reads for discovery: links, PF-side VF settings, default routes, and link events.
 
-pyroute2 does the encoding and decoding. Its synchronous socket objects must be used from the
-thread that created them, so event sockets here are plain sockets decoded with pyroute2's
-marshal, which any thread can read.
+Requests go through :class:`nodeagent.rtnl.Rtnl` (pyroute2 encodes and decodes, plain sockets
+carry them); event sockets are plain sockets decoded with pyroute2's marshal. Devlink goes
+through pyroute2's own generic-netlink socket, which must stay in the thread that made it.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import DL, IPRoute
+from pyroute2 import DL
 from pyroute2.netlink import NLM_F_REQUEST
 from pyroute2.netlink.devlink import DEVLINK_NAMES, devlinkcmd
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from nodeagent import netns as netns_mod
 from nodeagent.model import VfConfig
+from nodeagent.rtnl import RT_TABLE_MAIN, Rtnl
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +144,15 @@ def default_route_links(links: Iterable[LinkInfo], oifs: set[int]) -> set[int]:
 
 
 class Netlink:
-    """Synchronous rtnetlink queries in one network namespace; use from one thread."""
+    """Discovery's netlink queries in one network namespace (devlink: from one thread)."""
 
     def __init__(self, netns: str | None = None) -> None:
         self._netns = netns
         self._devlink: DL | bool | None = None  # False: the kernel has no devlink family
-        with netns_mod.entered(netns):
-            self._ipr = IPRoute()
+        self._rtnl = Rtnl(netns)
 
     def close(self) -> None:
-        self._ipr.close()
+        self._rtnl.close()
         if isinstance(self._devlink, DL):
             self._devlink.close()
 
@@ -163,26 +163,26 @@ class Netlink:
         self.close()
 
     def links(self) -> dict[str, LinkInfo]:
-        found = {}
-        for msg in self._ipr.get_links():
-            link = link_from_msg(msg)
-            found[link.name] = link
-        return found
+        links = (link_from_msg(msg) for msg in self._rtnl.links())
+        return {link.name: link for link in links}
 
     def vf_configs(self, ifindex: int) -> dict[int, VfConfig]:
         """PF-side settings of a PF's VFs; empty if the link is gone or reports none."""
         try:
-            (msg,) = self._ipr.link("get", index=ifindex, ext_mask=RTEXT_FILTER_VF)
-        except Exception as exc:  # pyroute2 raises NetlinkError and others for vanished links
+            msg = self._rtnl.link(index=ifindex, ext_mask=RTEXT_FILTER_VF)
+        except OSError as exc:
             log.debug("VF info of ifindex %s unavailable: %s", ifindex, exc)
             return {}
-        return vf_configs_from_msg(msg)
+        return {} if msg is None else vf_configs_from_msg(msg)
 
     def default_route_oifs(self) -> set[int]:
         """Output links of IPv4 and IPv6 default routes in the main table."""
         oifs: set[int] = set()
         for family in (socket.AF_INET, socket.AF_INET6):
-            for route in self._ipr.get_default_routes(family=family):
+            for route in self._rtnl.routes(family):
+                table = route.get("RTA_TABLE") or route["table"]
+                if route["dst_len"] != 0 or table != RT_TABLE_MAIN:
+                    continue
                 oif = route.get("RTA_OIF")
                 if oif:
                     oifs.add(oif)
