@@ -48,4 +48,4 @@ demo: venv
 	$(PY) -m tests.demo_host
 
 clean:
-	rm -rf $(VENV) build *.egg-info nodeagent/_*.so
+	rm -rf $(VENV) build *.egg-info nodeagent/_*.so cni/bin

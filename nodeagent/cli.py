@@ -10,7 +10,13 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
+from cni.shim import shim_path
+
+from cni.install import FALLBACK_NAME, PLUGIN_NAMES
+from cni.install import install as install_plugins
+from cni.server import DEFAULT_SOCKET, CniServer
 from nodeagent import __version__
 from nodeagent.discovery import Scanner
 from nodeagent.model import Node
@@ -88,6 +94,52 @@ def _watch(args: argparse.Namespace, sysfs: Sysfs, use_netlink: bool) -> int:
     return 0
 
 
+def _daemon_args(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("daemon", help="run the agent: live inventory and the CNI socket",
+                       description="Run the node agent with embedded defaults: it follows the"
+                       " node's NICs and serves CNI requests from the shim.")
+    p.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
+                   help=f"CNI socket (default: {DEFAULT_SOCKET}); root-only")
+    p.add_argument("--sysfs-root", default="/sys", metavar="DIR")
+    p.add_argument("--workers", type=int, default=32, help="concurrent CNI requests")
+    p.set_defaults(func=cmd_daemon)
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    inventory = LiveInventory(Sysfs(args.sysfs_root), udev=args.sysfs_root == "/sys")
+    node = inventory.start()
+    log.info("inventory: %d NICs, %d SR-IOV PFs", len(node.nics), len(node.pfs))
+    server = CniServer(args.socket, workers=args.workers)
+    server.start()
+    try:
+        done.wait()
+    finally:
+        server.stop()
+        inventory.stop()
+    return 0
+
+
+def _cni_args(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cni", help="CNI plugin installation")
+    cni_sub = p.add_subparsers(dest="cni_command", required=True)
+    install = cni_sub.add_parser(
+        "install", help="install the CNI shim",
+        description="Install the CNI shim into a CNI bin dir as " + ", ".join(PLUGIN_NAMES)
+        + f", plus {FALLBACK_NAME} (used when the daemon is unreachable).")
+    install.add_argument("--dest", required=True, type=Path, metavar="DIR",
+                         help="the runtime's CNI bin dir, e.g. /opt/cni/bin")
+    install.set_defaults(func=cmd_cni_install)
+
+
+def cmd_cni_install(args: argparse.Namespace) -> int:
+    for path in install_plugins(args.dest, shim_path()):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodeagent", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nodeagent {__version__}")
@@ -95,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True)
     _inventory_args(sub)
+    _daemon_args(sub)
+    _cni_args(sub)
     return parser
 
 

@@ -32,6 +32,7 @@ RTPROT_BOOT, RTPROT_STATIC = 3, 4
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 RTN_UNICAST = 1
 IFA_F_NODAD = 0x02
+RTEXT_FILTER_SKIP_STATS = 1 << 3
 
 
 class Rtnl:
@@ -96,12 +97,12 @@ class Rtnl:
         return self.dump(msg, RTM_GETLINK)
 
     def link(self, *, index: int = 0, name: str | None = None, ext_mask: int = 0) -> Any | None:
-        """One link by index or name, or None if there is no such link."""
+        """One link by index or name, or None if there is no such link (without statistics:
+        they are most of the reply and no caller needs them)."""
         msg = ifinfmsg()
         msg["index"] = index
         msg["attrs"] = [("IFLA_IFNAME", name)] if name else []
-        if ext_mask:
-            msg["attrs"].append(("IFLA_EXT_MASK", ext_mask))
+        msg["attrs"].append(("IFLA_EXT_MASK", ext_mask | RTEXT_FILTER_SKIP_STATS))
         try:
             (reply,) = self.request(msg, RTM_GETLINK)
         except OSError as exc:

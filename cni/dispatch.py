@@ -1,0 +1,74 @@
+"""One CNI invocation, from environment and stdin to exit status and output.
+
+The same function serves the daemon (requests from the shim) and the in-process fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from types import ModuleType
+
+from cni import ipam
+from cni.context import Context
+from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError
+from cni.kinds import macvlan
+from cni.protocol import SUPPORTED_VERSIONS, CniRequest, parse_request
+from cni.wire import Response
+
+log = logging.getLogger("nodeagent.cni")
+
+KINDS: dict[str, ModuleType] = {"macvlan": macvlan}
+
+
+def handle(ctx: Context, env: Mapping[str, str], stdin: bytes) -> Response:
+    started = time.perf_counter()
+    version = "1.1.0"
+    request: CniRequest | None = None
+    try:
+        request = parse_request(env, stdin)
+        version = request.version
+        out = _run(ctx, request)
+        response = Response(0, out)
+    except CniError as err:
+        response = Response(1, _json(err.to_dict(version)), str(err).encode())
+        log.warning("%s failed (code %d): %s", _who(request, env), err.code, err)
+    except Exception as exc:  # a bug or an unexpected kernel answer: still a CNI error
+        log.exception("%s failed", _who(request, env))
+        err = CniError(IO_FAILURE, f"internal error: {exc}")
+        response = Response(1, _json(err.to_dict(version)), str(err).encode())
+    else:
+        log.info("%s ok in %.1f ms", _who(request, env), (time.perf_counter() - started) * 1e3)
+    return response
+
+
+def _run(ctx: Context, request: CniRequest) -> bytes:
+    if request.command == "VERSION":
+        return _json({"cniVersion": request.version, "supportedVersions": list(SUPPORTED_VERSIONS)})
+    kind = KINDS.get(request.config.get("type", ""))
+    if kind is None:
+        raise CniError(INVALID_CONFIG, f"plugin type {request.config.get('type')!r} is not one of"
+                       f" {', '.join(KINDS)}")
+    verbs: dict[str, Callable[[], object]] = {
+        "ADD": lambda: kind.add(ctx, request),
+        "DEL": lambda: kind.delete(ctx, request),
+        "CHECK": lambda: kind.check(ctx, request),
+        "STATUS": lambda: ipam.status(request),
+        "GC": lambda: ipam.gc(request),
+    }
+    result = verbs[request.command]()
+    if request.command == "ADD":
+        return _json(result.to_dict(request.version))  # type: ignore[attr-defined]
+    return b""
+
+
+def _json(doc: object) -> bytes:
+    return json.dumps(doc).encode() + b"\n"
+
+
+def _who(request: CniRequest | None, env: Mapping[str, str]) -> str:
+    if request is not None:
+        return request.describe()
+    return f"{env.get('CNI_COMMAND', '?')} container={env.get('CNI_CONTAINERID', '?')[:12]}"

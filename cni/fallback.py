@@ -1,0 +1,31 @@
+"""The in-process CNI plugin, for when the agent daemon is unreachable.
+
+The shim executes this with its environment and stdin untouched (docs/cni-socket.md); it runs
+the same handlers over the same on-disk state, only with a Python start-up per call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from cni.context import Context
+from cni.dispatch import handle
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="nodeagent-cni-fallback: %(message)s")
+    context = Context()
+    try:
+        response = handle(context, os.environ, sys.stdin.buffer.read())
+    finally:
+        context.close()
+    sys.stdout.buffer.write(response.stdout)
+    sys.stdout.flush()
+    return response.exit_status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""``nodeagent cni install``: put the shim in a CNI bin dir under the plugin names it serves."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+#: sriov-cni and the reference plugins it replaces, plus its own name.
+PLUGIN_NAMES = ("nodeagent", "sriov", "macvlan", "ipvlan", "vlan")
+FALLBACK_NAME = "nodeagent-cni-fallback"
+
+
+def _atomic_write(dest: Path, write: callable) -> None:  # type: ignore[valid-type]
+    """Replace ``dest`` at once: a runtime never executes a half-written plugin."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def install(dest: Path, shim: Path, python: str = sys.executable) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    installed = []
+    for name in PLUGIN_NAMES:
+        target = dest / name
+        with open(shim, "rb") as src:
+            _atomic_write(target, lambda f, src=src: shutil.copyfileobj(src, f))
+        installed.append(target)
+    script = f"#!/bin/sh\nexec {shlex.quote(python)} -m cni.fallback\n".encode()
+    _atomic_write(dest / FALLBACK_NAME, lambda f: f.write(script))
+    installed.append(dest / FALLBACK_NAME)
+    return installed

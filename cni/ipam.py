@@ -1,0 +1,170 @@
+"""Addresses for an attachment: static IPAM in-process, any other IPAM plugin by delegation.
+
+Static IPAM runs inline (no process to start, it is on the ADD hot path) with the reference
+static plugin's semantics: ``addresses`` plus ``CNI_ARGS`` ``IP=``/``GATEWAY=``, all replaced
+by ``runtimeConfig.ips`` when present. Other types (host-local, whereabouts, dhcp, ...) are
+executed from ``CNI_PATH`` with the same environment and configuration, as libcni delegates.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import subprocess
+from typing import Any
+
+from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError, config_error
+from cni.protocol import CniRequest
+from cni.result import IPConfig, Result, Route
+
+PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+DELEGATE_TIMEOUT = 120.0
+
+
+def ipam_config(request: CniRequest) -> dict[str, Any] | None:
+    ipam = request.config.get("ipam")
+    if ipam is None or ipam == {}:
+        return None
+    if not isinstance(ipam, dict) or not isinstance(ipam.get("type"), str):
+        raise config_error("ipam", "must be an object with a string 'type'")
+    return ipam
+
+
+def add(request: CniRequest) -> Result:
+    ipam = ipam_config(request)
+    if ipam is None:
+        return Result()
+    if ipam["type"] == "static":
+        return static_result(request, ipam)
+    return Result.from_dict(delegate(request, ipam["type"], "ADD") or {})
+
+
+def delete(request: CniRequest) -> None:
+    ipam = ipam_config(request)
+    if ipam is not None and ipam["type"] != "static":
+        delegate(request, ipam["type"], "DEL")
+
+
+def check(request: CniRequest) -> None:
+    ipam = ipam_config(request)
+    if ipam is not None and ipam["type"] != "static":
+        delegate(request, ipam["type"], "CHECK")
+
+
+def gc(request: CniRequest) -> None:
+    ipam = ipam_config(request)
+    if ipam is not None and ipam["type"] != "static":
+        delegate(request, ipam["type"], "GC")
+
+
+def status(request: CniRequest) -> None:
+    ipam = ipam_config(request)
+    if ipam is not None and ipam["type"] != "static":
+        delegate(request, ipam["type"], "STATUS")
+
+
+# -- static ---------------------------------------------------------------------------------
+
+
+def static_result(request: CniRequest, ipam: dict[str, Any]) -> Result:
+    entries: list[tuple[str, str | None]] = []
+    for i, entry in enumerate(_list(ipam, "addresses", "ipam")):
+        if not isinstance(entry, dict) or not isinstance(entry.get("address"), str):
+            raise config_error(f"ipam.addresses[{i}]", "must be an object with an 'address'")
+        entries.append((entry["address"], entry.get("gateway")))
+    gateway_arg = request.args.get("GATEWAY")
+    entries += [(ip, gateway_arg) for ip in filter(None, request.args.get("IP", "").split(","))]
+    fixed = _list(request.runtime_config, "ips", "runtimeConfig")
+    if fixed:  # as the reference plugin: runtimeConfig.ips (Multus "ips") replace the others
+        entries = [(ip, None) for ip in fixed]
+    result = Result(dns=_dns(ipam))
+    for address, gateway in entries:
+        result.ips.append(_ip_config(address, gateway))
+    for i, route in enumerate(_list(ipam, "routes", "ipam")):
+        result.routes.append(_route(route, f"ipam.routes[{i}]"))
+    return result
+
+
+def _list(doc: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = doc.get(key) or []
+    if not isinstance(value, list):
+        raise config_error(f"{where}.{key}", "must be a list")
+    return value
+
+
+def _ip_config(address: str, gateway: str | None) -> IPConfig:
+    try:
+        interface = ipaddress.ip_interface(address)
+    except ValueError:
+        raise config_error("ipam address", f"{address!r} is not an address in CIDR form") from None
+    if "/" not in address:
+        raise config_error("ipam address", f"{address!r} has no prefix length")
+    gw = None
+    if gateway:
+        try:
+            gw = ipaddress.ip_address(gateway)
+        except ValueError:
+            raise config_error("ipam gateway", f"{gateway!r} is not an IP address") from None
+        if gw.version != interface.version:
+            raise config_error("ipam gateway", f"{gateway} is not of the family of {address}")
+    return IPConfig(address=interface, gateway=gw, interface=0)
+
+
+def _route(route: Any, where: str) -> Route:
+    if not isinstance(route, dict) or not isinstance(route.get("dst"), str):
+        raise config_error(where, "must be an object with a 'dst'")
+    try:
+        dst = ipaddress.ip_network(route["dst"], strict=False)
+        gw = ipaddress.ip_address(route["gw"]) if route.get("gw") else None
+    except ValueError as exc:
+        raise config_error(where, str(exc)) from None
+    return Route(dst=dst, gw=gw)
+
+
+def _dns(ipam: dict[str, Any]) -> dict[str, Any]:
+    dns = ipam.get("dns") or {}
+    if not isinstance(dns, dict):
+        raise config_error("ipam.dns", "must be an object")
+    return {k: dns[k] for k in ("nameservers", "domain", "search", "options") if dns.get(k)}
+
+
+# -- delegation -----------------------------------------------------------------------------
+
+
+def find_plugin(request: CniRequest, name: str) -> str:
+    if not PLUGIN_NAME.match(name):
+        raise config_error("ipam.type", f"{name!r} is not a plugin name")
+    for directory in request.path:
+        candidate = os.path.join(directory, name)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise CniError(INVALID_CONFIG, f"IPAM plugin {name!r} not found in CNI_PATH",
+                   ":".join(request.path))
+
+
+def delegate(request: CniRequest, name: str, command: str) -> dict[str, Any] | None:
+    """Run an IPAM plugin as the runtime would; its CNI error becomes ours."""
+    plugin = find_plugin(request, name)
+    env = {**request.env, "CNI_COMMAND": command, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    try:
+        proc = subprocess.run([plugin], input=request.stdin, env=env, capture_output=True,
+                              timeout=DELEGATE_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CniError(IO_FAILURE, f"IPAM plugin {name} failed to run", str(exc)) from None
+    out = proc.stdout.strip()
+    doc = None
+    if out:
+        try:
+            doc = json.loads(out)
+        except ValueError:
+            raise CniError(IO_FAILURE, f"IPAM plugin {name} printed something that is not JSON",
+                           out[:200].decode("utf-8", "replace")) from None
+    if proc.returncode != 0:
+        if isinstance(doc, dict) and "code" in doc:
+            raise CniError(int(doc["code"]), f"IPAM plugin {name}: {doc.get('msg', '')}",
+                           str(doc.get("details", "")))
+        raise CniError(IO_FAILURE, f"IPAM plugin {name} exited with {proc.returncode}",
+                       proc.stderr.decode("utf-8", "replace")[-500:])
+    return doc

@@ -1,0 +1,1 @@
+"""Link types the plugin attaches, one module each with ``add``, ``delete`` and ``check``."""

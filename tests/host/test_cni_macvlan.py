@@ -1,0 +1,324 @@
+"""macvlan attachments end to end: the installed shim, a running agent, real namespaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from pyroute2 import IPRoute, netns
+
+from cni.install import install
+from cni.server import CniServer
+from cni.shim import shim_path
+from tests.host.cni_helpers import REFERENCE_BIN, Outcome, run_plugin
+from tests.host.conftest import unique
+
+VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory) -> Iterator[dict]:
+    """A running agent socket and the shim installed into a CNI bin dir."""
+    root = tmp_path_factory.mktemp("agent")
+    socket_path = str(root / "run" / "agent.sock")
+    server = CniServer(socket_path)
+    server.start()
+    bindir = root / "bin"
+    install(bindir, shim_path())
+    for name in ("host-local", "static"):
+        os.symlink(REFERENCE_BIN / name, bindir / name)
+    try:
+        yield {"socket": socket_path, "bin": bindir}
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def master() -> Iterator[str]:
+    """A veth in the host namespace to hang macvlans on; removed even if the test fails."""
+    name, peer = unique("mst"), unique("mpr")
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=name, kind="veth", peer=peer)
+        try:
+            for n in (name, peer):
+                ipr.link("set", index=ipr.link_lookup(ifname=n)[0], state="up")
+            yield name
+        finally:
+            for index in ipr.link_lookup(ifname=name):
+                ipr.link("del", index=index)
+
+
+@pytest.fixture
+def pod(test_netns: str) -> str:
+    return f"/run/netns/{test_netns}"
+
+
+def cni(agent: dict, command: str, conf, pod: str = "", **kw) -> Outcome:
+    env = {"NODEAGENT_SOCKET": agent["socket"], **kw.pop("env", {})}
+    return run_plugin(agent["bin"] / "macvlan", command, conf, netns=pod, path=agent["bin"],
+                      env=env, **kw)
+
+
+def conf(master: str, version: str = "1.1.0", **extra) -> dict:
+    return {"cniVersion": version, "name": "macnet", "type": "macvlan", "master": master,
+            "ipam": {"type": "static",
+                     "addresses": [{"address": "10.77.0.5/24", "gateway": "10.77.0.1"}],
+                     "routes": [{"dst": "0.0.0.0/0"}], "dns": {"nameservers": ["10.77.0.53"]}},
+            **extra}
+
+
+def pod_links(pod: str) -> dict[str, dict]:
+    with IPRoute(netns=pod) as ipr:
+        links = {link.get("IFLA_IFNAME"): link for link in ipr.get_links()}
+        addrs = {}
+        for a in ipr.get_addr():
+            if a.get("IFA_ADDRESS", "").startswith("fe80:"):
+                continue  # the kernel's own link-local address
+            addrs.setdefault(a["index"], []).append(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
+        routes = [(r.get("RTA_DST"), r.get("RTA_GATEWAY")) for r in ipr.get_routes(family=2)]
+    return {name: {"index": link["index"], "mac": link.get("IFLA_ADDRESS"),
+                   "mtu": link.get("IFLA_MTU"),
+                   "kind": link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"),
+                   "mode": link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA",
+                                           "IFLA_MACVLAN_MODE"),
+                   "state": link.get("IFLA_OPERSTATE"), "addrs": addrs.get(link["index"], []),
+                   "routes": routes}
+            for name, link in links.items()}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_add_check_del_in_every_spec_version(agent, master, pod, version) -> None:
+    c = conf(master, version)
+
+    added = cni(agent, "ADD", c, pod)
+
+    assert added.status == 0, added.stdout + added.stderr
+    result = added.doc
+    assert result["cniVersion"] == version
+    (iface,) = result["interfaces"]
+    assert iface["name"] == "net1" and iface["sandbox"] == pod
+    (ip,) = result["ips"]
+    assert ip["address"] == "10.77.0.5/24" and ip["gateway"] == "10.77.0.1"
+    assert ip["interface"] == 0
+    assert ("version" in ip) == version.startswith("0."), "0.x results name the IP family"
+    assert result["routes"] == [{"dst": "0.0.0.0/0"}]
+    assert result["dns"] == {"nameservers": ["10.77.0.53"]}
+    link = pod_links(pod)["net1"]
+    assert link["kind"] == "macvlan" and link["mac"] == iface["mac"]
+    assert link["addrs"] == ["10.77.0.5/24"] and link["state"] in ("UP", "UNKNOWN")
+    assert (None, "10.77.0.1") in link["routes"]
+
+    if version != "0.3.0" and version != "0.3.1":
+        checked = cni(agent, "CHECK", {**c, "prevResult": result}, pod)
+        assert checked.status == 0, checked.stdout
+
+    assert cni(agent, "DEL", c, pod).status == 0
+    assert "net1" not in pod_links(pod)
+    assert cni(agent, "DEL", c, pod).status == 0, "a second DEL must succeed"
+
+
+def test_version_lists_every_supported_version(agent) -> None:
+    out = cni(agent, "VERSION", {"cniVersion": "1.0.0"})
+    assert out.status == 0
+    assert out.doc == {"cniVersion": "1.0.0", "supportedVersions": list(VERSIONS)}
+
+
+@pytest.mark.parametrize("mode", ["bridge", "private", "vepa", "passthru"])
+def test_modes(agent, master, pod, mode) -> None:
+    assert cni(agent, "ADD", conf(master, mode=mode), pod).status == 0
+    assert pod_links(pod)["net1"]["mode"] == mode
+
+
+def test_mtu_and_mac_sources_in_order_of_precedence(agent, master, pod) -> None:
+    c = conf(master, mtu=1400, mac="02:00:00:00:00:01",
+             runtimeConfig={"mac": "02:00:00:00:00:03"})
+    out = cni(agent, "ADD", c, pod, args="IgnoreUnknown=1;MAC=02:00:00:00:00:02")
+    assert out.status == 0, out.stdout
+    link = pod_links(pod)["net1"]
+    assert link["mac"] == "02:00:00:00:00:03" and link["mtu"] == 1400
+
+    assert cni(agent, "DEL", c, pod).status == 0
+    del c["runtimeConfig"]
+    assert cni(agent, "ADD", c, pod, args="MAC=02:00:00:00:00:02").status == 0
+    assert pod_links(pod)["net1"]["mac"] == "02:00:00:00:00:02"
+
+
+def test_fixed_ips_are_configured_in_the_pod(agent, master, pod) -> None:
+    out = cni(agent, "ADD", conf(master), pod, args="IP=10.79.0.9/24;GATEWAY=10.79.0.1")
+    assert out.status == 0, out.stdout
+    assert sorted(ip["address"] for ip in out.doc["ips"]) == ["10.77.0.5/24", "10.79.0.9/24"]
+    assert sorted(pod_links(pod)["net1"]["addrs"]) == ["10.77.0.5/24", "10.79.0.9/24"]
+
+
+def test_link_in_container(agent, pod) -> None:
+    with IPRoute(netns=pod) as ipr:
+        ipr.link("add", ifname="inner0", kind="veth", peer="inner1")
+        ipr.link("set", index=ipr.link_lookup(ifname="inner0")[0], state="up")
+    out = cni(agent, "ADD", conf("inner0", linkInContainer=True), pod)
+    assert out.status == 0, out.stdout
+    assert pod_links(pod)["net1"]["kind"] == "macvlan"
+
+
+@pytest.mark.parametrize("sources", ["addresses", "addresses+args", "addresses+runtime",
+                                     "addresses+args+runtime", "args+runtime"])
+def test_static_ipam_matches_the_reference_static_plugin(agent, master, pod, sources) -> None:
+    # Debian's reference plugins (1.1.1) speak CNI up to 1.0.0.
+    c = conf(master, "1.0.0")
+    c["ipam"]["routes"].append({"dst": "192.168.0.0/16", "gw": "10.77.0.254"})
+    if "addresses" in sources:
+        c["ipam"]["addresses"].append({"address": "fd00:77::5/64", "gateway": "fd00:77::1"})
+    else:
+        c["ipam"]["addresses"] = []
+    if "runtime" in sources:
+        c["runtimeConfig"] = {"ips": ["10.78.0.9/24", "fd00:78::9/64"]}
+    args = "IP=10.79.0.9/24;GATEWAY=10.79.0.1" if "args" in sources else ""
+
+    ours = cni(agent, "ADD", c, pod, args=args)
+    reference = run_plugin(REFERENCE_BIN / "static", "ADD", c, netns=pod, args=args)
+
+    assert ours.status == 0 and reference.status == 0, ours.stdout + reference.stdout
+    for key in ("routes", "dns"):
+        assert ours.doc[key] == reference.doc[key]
+    strip = [{k: v for k, v in ip.items() if k != "interface"} for ip in ours.doc["ips"]]
+    assert strip == reference.doc["ips"]
+
+
+def test_delegated_ipam_reserves_and_releases(agent, master, pod, tmp_path) -> None:
+    c = conf(master, "1.0.0")
+    c["ipam"] = {"type": "host-local", "dataDir": str(tmp_path),
+                 "ranges": [[{"subnet": "10.80.0.0/24", "gateway": "10.80.0.1"}]]}
+
+    out = cni(agent, "ADD", c, pod)
+
+    assert out.status == 0, out.stdout
+    assert out.doc["ips"][0]["address"] == "10.80.0.2/24"
+    assert (tmp_path / "macnet" / "10.80.0.2").exists()
+    assert cni(agent, "DEL", c, pod).status == 0
+    assert not (tmp_path / "macnet" / "10.80.0.2").exists()
+
+
+def test_failed_add_leaves_nothing_behind(agent, master, pod, tmp_path) -> None:
+    c = conf(master, "1.0.0")
+    # The route's gateway is outside every subnet of the interface: the kernel refuses it
+    # after the link exists and the address is reserved.
+    c["ipam"] = {"type": "host-local", "dataDir": str(tmp_path),
+                 "ranges": [[{"subnet": "10.81.0.0/24"}]],
+                 "routes": [{"dst": "10.200.0.0/16", "gw": "10.99.0.1"}]}
+
+    out = cni(agent, "ADD", c, pod)
+
+    assert out.status != 0 and out.doc["code"] == 5, out.stdout
+    assert "10.200.0.0/16" in out.doc["msg"]
+    assert set(pod_links(pod)) == {"lo"}
+    assert not list((tmp_path / "macnet").glob("10.81.*"))
+
+
+BAD = [
+    ("malformed JSON", b"{not json", {}, 6),
+    ("over 1 MiB", b'{"x": "' + b"a" * (1 << 20) + b'"}', {}, 6),
+    ("unsupported version", {"cniVersion": "0.2.0"}, {}, 1),
+    ("mtu of the wrong type", {"mtu": "9000"}, {}, 7),
+    ("unknown mode", {"mode": "funky"}, {}, 7),
+    ("ifname over 15 characters", {}, {"ifname": "x" * 16}, 4),
+    ("ifname with a slash", {}, {"ifname": "a/b"}, 4),
+    ("multicast MAC", {"mac": "01:00:5e:00:00:01"}, {}, 7),
+    ("master that does not exist", {"master": "nat-nosuch0"}, {}, 7),
+    ("netns that does not exist", {}, {"pod": "/run/netns/nat-no-such-ns"}, 3),
+    ("address without a prefix", {"ipam": {"type": "static",
+                                           "addresses": [{"address": "10.1.1.1"}]}}, {}, 7),
+]
+
+
+@pytest.mark.parametrize("case,override,where,code", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_a_cni_error_and_creates_nothing(agent, master, pod, case, override,
+                                                      where, code) -> None:
+    c = override if isinstance(override, bytes) else {**conf(master), **override}
+    if isinstance(c, dict) and "cniVersion" in override:
+        c["cniVersion"] = override["cniVersion"]
+    target = where.get("pod", pod)
+
+    out = cni(agent, "ADD", c, target, ifname=where.get("ifname", "net1"))
+
+    assert out.status == 1
+    assert out.doc["code"] == code, out.doc
+    assert out.doc["msg"]
+    assert set(pod_links(pod)) == {"lo"}
+
+
+def test_fallback_when_the_agent_is_down(agent, master, pod) -> None:
+    down = {"NODEAGENT_SOCKET": str(Path(agent["socket"]).with_name("absent.sock"))}
+    added = cni(agent, "ADD", conf(master), pod, env=down)
+    assert added.status == 0, added.stdout + added.stderr
+    assert pod_links(pod)["net1"]["addrs"] == ["10.77.0.5/24"]
+    assert cni(agent, "DEL", conf(master), pod, env=down).status == 0
+    assert "net1" not in pod_links(pod)
+
+
+def test_status_and_gc(agent, master) -> None:
+    assert cni(agent, "STATUS", conf(master)).status == 0
+    gc = {**conf(master), "cni.dev/valid-attachments": []}
+    assert cni(agent, "GC", gc).status == 0
+
+
+def test_concurrent_adds_and_dels_of_different_pods(agent, master) -> None:
+    names = [unique(f"c{i}") for i in range(20)]
+    for name in names:
+        netns.create(name)
+    try:
+        def attach(i: int) -> Outcome:
+            c = conf(master)
+            c["ipam"]["addresses"] = [{"address": f"10.90.0.{i + 10}/24"}]
+            c["ipam"]["routes"] = []
+            return cni(agent, "ADD", c, f"/run/netns/{names[i]}", container_id=f"pod{i}")
+
+        with ThreadPoolExecutor(10) as pool:
+            outcomes = list(pool.map(attach, range(len(names))))
+        assert all(o.status == 0 for o in outcomes), [o.stdout for o in outcomes if o.status]
+        macs = {o.doc["interfaces"][0]["mac"] for o in outcomes}
+        assert len(macs) == len(names)
+        for i, name in enumerate(names):
+            assert pod_links(f"/run/netns/{name}")["net1"]["addrs"] == [f"10.90.0.{i + 10}/24"]
+
+        def detach(i: int) -> Outcome:
+            return cni(agent, "DEL", conf(master), f"/run/netns/{names[i]}",
+                       container_id=f"pod{i}")
+
+        with ThreadPoolExecutor(10) as pool:
+            assert all(o.status == 0 for o in pool.map(detach, range(len(names))))
+    finally:
+        for name in names:
+            netns.remove(name)
+
+
+def test_socket_is_root_only(agent) -> None:
+    st = os.stat(agent["socket"])
+    assert st.st_mode & 0o777 == 0o600 and st.st_uid == 0
+    assert os.stat(os.path.dirname(agent["socket"])).st_mode & 0o777 == 0o700
+
+
+def test_requests_from_other_users_are_refused(agent, tmp_path_factory) -> None:
+    def as_nobody() -> None:
+        os.setgid(65534)
+        os.setuid(65534)
+
+    public = Path(tempfile.mkdtemp(prefix="natshim"))
+    try:
+        public.chmod(0o755)
+        shim = public / "macvlan"
+        shutil.copy(agent["bin"] / "macvlan", shim)
+        proc = subprocess.run(
+            [str(shim)], input=json.dumps({"cniVersion": "1.0.0"}).encode(),
+        env={"CNI_COMMAND": "VERSION", "NODEAGENT_SOCKET": agent["socket"],
+             "NODEAGENT_CNI_FALLBACK": "/nonexistent"},
+            preexec_fn=as_nobody, capture_output=True, timeout=30, check=False)
+    finally:
+        shutil.rmtree(public)
+    assert proc.returncode != 0
+    assert json.loads(proc.stdout)["code"] == 11
