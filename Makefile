@@ -6,8 +6,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# iproute2: `ip` in tests and the demo; libudev1: pyudev; gcc + libc6-dev: native/ through cffi.
-APT_PACKAGES := iproute2 libudev1 gcc libc6-dev
+# iproute2: `ip` in tests and the demo; libudev1: pyudev; gcc + libc6-dev: native/ (cffi and the
+# CNI shim); containernetworking-plugins: the reference plugins tests and benchmarks compare
+# against; valgrind: memory checks of the shim.
+APT_PACKAGES := iproute2 libudev1 gcc libc6-dev containernetworking-plugins valgrind
 
 .PHONY: demo test unit host lint bench deps venv clean
 
