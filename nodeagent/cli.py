@@ -12,11 +12,10 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from cni.shim import shim_path
-
 from cni.install import FALLBACK_NAME, PLUGIN_NAMES
 from cni.install import install as install_plugins
 from cni.server import DEFAULT_SOCKET, CniServer
+from cni.shim import shim_path
 from nodeagent import __version__
 from nodeagent.discovery import Scanner
 from nodeagent.model import Node
