@@ -14,13 +14,13 @@ from types import ModuleType
 from cni import ipam
 from cni.context import Context
 from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError
-from cni.kinds import macvlan
+from cni.kinds import ipvlan, macvlan, vlan
 from cni.protocol import SUPPORTED_VERSIONS, CniRequest, parse_request
 from cni.wire import Response
 
 log = logging.getLogger("nodeagent.cni")
 
-KINDS: dict[str, ModuleType] = {"macvlan": macvlan}
+KINDS: dict[str, ModuleType] = {"macvlan": macvlan, "ipvlan": ipvlan, "vlan": vlan}
 
 
 def handle(ctx: Context, env: Mapping[str, str], stdin: bytes) -> Response:

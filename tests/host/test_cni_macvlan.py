@@ -322,3 +322,26 @@ def test_requests_from_other_users_are_refused(agent, tmp_path_factory) -> None:
         shutil.rmtree(public)
     assert proc.returncode != 0
     assert json.loads(proc.stdout)["code"] == 11
+
+
+@pytest.mark.parametrize("kind,extra", [("ipvlan", {"mode": "l2"}), ("vlan", {"vlanId": 100})])
+def test_kinds_this_kernel_lacks_fail_cleanly(agent, master, pod, kind, extra) -> None:
+    """ipvlan and 802.1q are not built into this host's kernel (the lab suite runs them): the
+    attachment fails with a clear error and leaves nothing behind."""
+    c = {**conf(master), "type": kind, **extra}
+
+    out = run_plugin(agent["bin"] / kind, "ADD", c, netns=pod, path=agent["bin"],
+                     env={"NODEAGENT_SOCKET": agent["socket"]})
+
+    assert out.status == 1 and out.doc["code"] == 7, out.stdout
+    assert f"cannot create {kind} links" in out.doc["msg"]
+    assert set(pod_links(pod)) == {"lo"}
+
+
+@pytest.mark.parametrize("vlan_id", [4095, -1, "100", None])
+def test_vlan_id_out_of_range_is_refused(agent, master, pod, vlan_id) -> None:
+    c = {**conf(master), "type": "vlan", "vlanId": vlan_id}
+    out = run_plugin(agent["bin"] / "vlan", "ADD", c, netns=pod, path=agent["bin"],
+                     env={"NODEAGENT_SOCKET": agent["socket"]})
+    assert out.status == 1 and out.doc["code"] == 7
+    assert "vlanId" in out.doc["msg"]

@@ -1,0 +1,34 @@
+"""ipvlan, configured as the reference plugin: ``master`` (default: the link of the default
+route), ``mode`` (l2, l3, l3s), ``mtu``, ``linkInContainer``. An ipvlan shares its master's MAC.
+"""
+
+from __future__ import annotations
+
+from cni import stacked
+from cni.context import Context
+from cni.errors import config_error
+from cni.protocol import CniRequest
+from cni.result import Result
+
+MODES = {"l2": 0, "l3": 1, "l3s": 2}
+
+
+def parse(request: CniRequest) -> stacked.StackedLink:
+    mode = request.config.get("mode", "l2")
+    if mode not in MODES:
+        raise config_error("mode", f"{mode!r} is not one of {', '.join(MODES)}")
+    return stacked.StackedLink("ipvlan", [("IFLA_IPVLAN_MODE", MODES[mode])],
+                               **stacked.common_fields(request))
+
+
+def add(ctx: Context, request: CniRequest) -> Result:
+    return stacked.add(ctx, request, parse(request))
+
+
+def delete(ctx: Context, request: CniRequest) -> None:
+    stacked.delete(request)
+
+
+def check(ctx: Context, request: CniRequest) -> None:
+    parse(request)
+    stacked.check(request, "ipvlan")

@@ -1,0 +1,116 @@
+"""ADD, DEL and CHECK shared by link types stacked on a master link (macvlan, ipvlan, vlan).
+
+The link is created directly inside the pod namespace (IFLA_NET_NS_FD) under its final name,
+so there is no temporary name to clean up and nothing visible in the host namespace; then
+IPAM, addresses and routes. Any failure after creation removes the link and releases the IPs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni import ipam, links
+from cni.context import Context, master_index, retry_if_master_moved
+from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError, config_error
+from cni.protocol import CniRequest
+from cni.result import Interface, Result
+from nodeagent.rtnl import Rtnl
+
+
+@dataclass(frozen=True)
+class StackedLink:
+    """What to create: an rtnetlink link kind with its IFLA_INFO_DATA, on ``master``."""
+
+    kind: str
+    data: list[tuple[str, Any]] = field(default_factory=list)
+    master: str | None = None
+    link_in_container: bool = False
+    mtu: int = 0
+    mac: str | None = None
+
+
+def common_fields(request: CniRequest) -> dict[str, Any]:
+    """``master``, ``mtu`` and ``linkInContainer``, as every stacked type names them."""
+    c = request.config
+    master = c.get("master")
+    if master is not None and (not isinstance(master, str) or not master):
+        raise config_error("master", "must be a non-empty string")
+    mtu = c.get("mtu", 0)
+    if not isinstance(mtu, int) or isinstance(mtu, bool) or not 0 <= mtu <= 65535:
+        raise config_error("mtu", f"{mtu!r} is not an integer from 0 to 65535")
+    link_in_container = c.get("linkInContainer", False)
+    if not isinstance(link_in_container, bool):
+        raise config_error("linkInContainer", "must be true or false")
+    return {"master": master, "mtu": mtu, "link_in_container": link_in_container}
+
+
+def add(ctx: Context, request: CniRequest, spec: StackedLink) -> Result:
+    netns_fd = os.open(request.netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with Rtnl(request.netns) as pod:
+            creator = pod if spec.link_in_container else ctx.host
+
+            def create() -> None:
+                creator.link_create(
+                    request.ifname, spec.kind, data=spec.data,
+                    lower=master_index(ctx, creator, spec.master, request),
+                    netns_fd=None if spec.link_in_container else netns_fd,
+                    mtu=spec.mtu, mac=spec.mac,
+                )
+
+            try:
+                retry_if_master_moved(ctx, create)
+            except OSError as exc:
+                raise _create_error(exc, request, spec) from None
+            return _configure(request, pod)
+    finally:
+        os.close(netns_fd)
+
+
+def _configure(request: CniRequest, pod: Rtnl) -> Result:
+    link = pod.link(name=request.ifname)
+    index = link["index"]
+    allocated = False
+    try:
+        result = ipam.add(request)
+        allocated = True
+        links.configure(pod, request.netns, request.ifname, index, result)
+    except BaseException:
+        pod.link_delete(index)
+        if allocated:
+            ipam.delete(request)
+        raise
+    result.interfaces = [Interface(request.ifname, mac=link.get("IFLA_ADDRESS"),
+                                   sandbox=request.netns, mtu=link.get("IFLA_MTU"))]
+    for ip in result.ips:
+        ip.interface = 0
+    return result
+
+
+def _create_error(exc: OSError, request: CniRequest, spec: StackedLink) -> CniError:
+    if exc.errno == errno.EEXIST:
+        return CniError(INVALID_CONFIG, f"an interface named {request.ifname} already exists in"
+                        f" {request.netns}")
+    if exc.errno in (errno.EINVAL, errno.ERANGE, errno.EADDRNOTAVAIL, errno.EBUSY):
+        return CniError(INVALID_CONFIG, f"the kernel refused a {spec.kind} on"
+                        f" {spec.master or 'the default-route link'}: {exc.strerror}",
+                        f"mtu={spec.mtu} mac={spec.mac} data={spec.data}")
+    if exc.errno == errno.EOPNOTSUPP:
+        return CniError(INVALID_CONFIG, f"this kernel cannot create {spec.kind} links")
+    return CniError(IO_FAILURE, f"creating {spec.kind} {request.ifname} failed: {exc.strerror}")
+
+
+def delete(request: CniRequest) -> None:
+    ipam.delete(request)
+    links.delete_in_netns(request)
+
+
+def check(request: CniRequest, kind: str) -> None:
+    prev = links.require_prev_result(request)
+    with Rtnl(request.netns) as pod:
+        link = links.require_link(pod, request, kind)
+        links.check_addresses(pod, link["index"], prev, request.ifname)
+    ipam.check(request)
