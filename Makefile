@@ -11,7 +11,11 @@ STAMP := $(VENV)/.installed
 # against; valgrind: memory checks of the shim.
 APT_PACKAGES := iproute2 libudev1 gcc libc6-dev containernetworking-plugins valgrind
 
-.PHONY: demo test unit host lint bench deps venv clean
+# `make hwlab` boots the virtual SR-IOV lab and runs hw-lab/suite in it;
+# `make hwlab INVENTORY=hw-lab/inventories/<name>.yaml` runs the same suite on this node's PFs.
+INVENTORY ?=
+
+.PHONY: demo test unit host lint bench deps venv clean hwlab hwlab-setup
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -38,16 +42,28 @@ unit: venv
 host: venv
 	$(PY) -m pytest tests/host
 
+hwlab-setup: venv
+	hw-lab/setup.sh
+
+ifeq ($(INVENTORY),)
+hwlab: hwlab-setup
+	$(PY) hw-lab/run.py
+else
+hwlab: venv
+	$(PY) hw-lab/run.py --inventory $(INVENTORY)
+endif
+
 test: lint
 	$(PY) -m pytest tests
+	@$(MAKE) --no-print-directory hwlab
 
 bench: venv
 	@for bench in tests/bench/bench_*.py; do \
 	  $(PY) -m tests.bench.$$(basename $$bench .py) || exit 1; \
 	done
 
-demo: venv
-	$(PY) -m tests.demo_host
+demo: hwlab-setup
+	$(PY) hw-lab/run.py --demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info nodeagent/_*.so cni/bin
