@@ -8,8 +8,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # iproute2: `ip` in tests and the demo; libudev1: pyudev; gcc + libc6-dev: native/ (cffi and the
 # CNI shim); containernetworking-plugins: the reference plugins tests and benchmarks compare
-# against; valgrind: memory checks of the shim.
-APT_PACKAGES := iproute2 libudev1 gcc libc6-dev containernetworking-plugins valgrind
+# against; valgrind: memory checks of the shim; etcd-server (+ etcdctl from etcd-client): the
+# cluster-wide IPAM store's tests and benchmark run a real etcd on loopback.
+APT_PACKAGES := iproute2 libudev1 gcc libc6-dev containernetworking-plugins valgrind \
+	etcd-server etcd-client
 
 # `make hwlab` boots the virtual SR-IOV lab and runs hw-lab/suite in it;
 # `make hwlab INVENTORY=hw-lab/inventories/<name>.yaml` runs the same suite on this node's PFs.

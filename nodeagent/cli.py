@@ -12,12 +12,17 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from cni.errors import CniError
 from cni.install import FALLBACK_NAME, PLUGIN_NAMES
 from cni.install import install as install_plugins
 from cni.server import DEFAULT_SOCKET, CniServer
 from cni.shim import shim_path
 from nodeagent import __version__
 from nodeagent.discovery import Scanner
+from nodeagent.ipam import ops as ipam_ops
+from nodeagent.ipam.allocator import Ipam
+from nodeagent.ipam.config import parse_config
+from nodeagent.ipam.filestore import DEFAULT_STATE_DIR
 from nodeagent.model import Node
 from nodeagent.netlink import Netlink
 from nodeagent.render import inventory_table
@@ -139,6 +144,46 @@ def cmd_cni_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ipam_args(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ipam", help="IPAM state: usage, reservations, garbage collection")
+    ipam_sub = p.add_subparsers(dest="ipam_command", required=True)
+    show = ipam_sub.add_parser("show", help="usage, free addresses and reservations of a network")
+    gc = ipam_sub.add_parser("gc", help="release reservations whose attachment is not live")
+    for q in (show, gc):
+        q.add_argument("--config", required=True, type=Path, metavar="FILE",
+                       help="the network's CNI config (a plugin config with an 'ipam' object)")
+        q.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+                       help=f"node-local store (default: {DEFAULT_STATE_DIR})")
+    gc.add_argument("--live", nargs="*", default=[], metavar="CONTAINERID/IFNAME",
+                    help="attachments to keep")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be released")
+    show.set_defaults(func=cmd_ipam_show)
+    gc.set_defaults(func=cmd_ipam_gc)
+
+
+def cmd_ipam_show(args: argparse.Namespace) -> int:
+    ipam = Ipam(args.state_dir)
+    try:
+        print(ipam_ops.render(ipam_ops.show(parse_config(args.config.read_bytes()), ipam)))
+    finally:
+        ipam.close()
+    return 0
+
+
+def cmd_ipam_gc(args: argparse.Namespace) -> int:
+    ipam = Ipam(args.state_dir)
+    live = [tuple(item.rsplit("/", 1)) for item in args.live]
+    try:
+        gone = ipam_ops.gc_against(parse_config(args.config.read_bytes()), live,
+                                   dry_run=args.dry_run, ipam=ipam)
+    finally:
+        ipam.close()
+    for r in gone:
+        print(f"{'would release' if args.dry_run else 'released'} {r.ip}"
+              f" {r.owner.container_id}/{r.owner.ifname} {r.owner.pod or '-'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodeagent", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nodeagent {__version__}")
@@ -148,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _inventory_args(sub)
     _daemon_args(sub)
     _cni_args(sub)
+    _ipam_args(sub)
     return parser
 
 
@@ -157,6 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except CniError as exc:
+        print(f"nodeagent: {exc} (CNI error {exc.code})", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `nodeagent inventory | head`: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

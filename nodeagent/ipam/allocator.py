@@ -1,0 +1,285 @@
+"""The allocation API the CNI plugin calls: allocate, release, check, gc.
+
+``Ipam`` keeps one store per network and datastore (and one etcd client per etcd cluster)
+for the life of the agent, so a warm daemon pays the connection and pool-view setup once.
+Configs with only static addresses touch no store at all, as the static plugin does.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import ip_interface
+from pathlib import Path
+from typing import Any
+
+from nodeagent.ipam.config import (
+    EtcdConfig,
+    IPAddress,
+    IPAMConfig,
+    IPRange,
+    RangeSet,
+    locate,
+    parse_cni_args,
+)
+from nodeagent.ipam.errors import UNKNOWN_CONTAINER, IpamError, env_error
+from nodeagent.ipam.filestore import DEFAULT_STATE_DIR, FileStore
+from nodeagent.ipam.pool import Pool
+from nodeagent.ipam.result import IPResult, Result
+from nodeagent.ipam.store import Claim, Owner, Reservation, Store
+
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,1023}$")
+_IFNAME_BAD = re.compile(r"[/:\s]")
+_K8S_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,252}$")
+_MAX_POOLS = 256
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One network attachment: CNI_CONTAINERID + CNI_IFNAME, and the pod it belongs to."""
+
+    container_id: str
+    ifname: str
+    pod_namespace: str = ""
+    pod_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not _CONTAINER_ID.match(self.container_id):
+            raise env_error("CNI_CONTAINERID", f"{self.container_id!r}")
+        name = self.ifname
+        if not 0 < len(name) < 16 or _IFNAME_BAD.search(name) or name in (".", ".."):
+            raise env_error("CNI_IFNAME", f"{name!r}")
+        for what, value in (
+            ("K8S_POD_NAMESPACE", self.pod_namespace),
+            ("K8S_POD_NAME", self.pod_name),
+        ):
+            if value and not _K8S_NAME.match(value):
+                raise env_error("CNI_ARGS", f"{what}={value!r}")
+
+    @property
+    def pod(self) -> str:
+        """``namespace/name``, or "" when the runtime did not say."""
+        return f"{self.pod_namespace}/{self.pod_name}" if self.pod_name else ""
+
+    @classmethod
+    def from_cni(cls, container_id: str, ifname: str, cni_args: str = "") -> Attachment:
+        args = parse_cni_args(cni_args)
+        namespace, name = args.get("K8S_POD_NAMESPACE", ""), args.get("K8S_POD_NAME", "")
+        return cls(container_id, ifname, namespace, name)
+
+    def owner(self, network: str) -> Owner:
+        return Owner(self.container_id, self.ifname, self.pod, network)
+
+
+AttachmentRef = Attachment | tuple[str, str] | Mapping[str, Any]
+
+
+def attachment_key(ref: AttachmentRef) -> tuple[str, str]:
+    """(container ID, ifname) of an Attachment, a tuple, or a ``cni.dev/valid-attachments``
+    entry (``{"containerID": ..., "ifname": ...}``)."""
+    if isinstance(ref, Attachment):
+        return ref.container_id, ref.ifname
+    if isinstance(ref, Mapping):
+        return str(ref.get("containerID", "")), str(ref.get("ifname", ""))
+    return ref[0], ref[1]
+
+
+class Ipam:
+    def __init__(
+        self, state_dir: Path | str = DEFAULT_STATE_DIR, *, lock_timeout: float = 10.0
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.lock_timeout = lock_timeout
+        self._lock = threading.Lock()
+        self._stores: dict[tuple[Any, ...], Store] = {}
+        self._clients: dict[EtcdConfig, Any] = {}
+        self._pools: dict[IPRange, Pool] = {}
+
+    # -- the CNI verbs -------------------------------------------------------------------
+
+    def allocate(self, config: IPAMConfig, attachment: Attachment) -> Result:
+        """ADD: one address per range set (a fixed one where asked), plus static addresses.
+
+        Repeating ADD for the same attachment returns the same addresses. On any error nothing
+        stays reserved by this call.
+        """
+        claims, fixed = self._plan(config)
+        ips: list[IPResult] = []
+        if claims:
+            reservations = self.store(config).claim(claims, attachment.owner(config.name))
+            ips += [self._ip_result(config, r.ip, fixed) for r in reservations]
+        return Result(tuple(ips) + _static_ips(config), config.routes, config.dns)
+
+    def release(self, config: IPAMConfig, attachment: Attachment) -> list[Reservation]:
+        """DEL: free the attachment's addresses; succeeds when there is nothing to free."""
+        if not config.range_sets:
+            return []
+        return self.store(config).release(attachment.container_id, attachment.ifname)
+
+    def check(self, config: IPAMConfig, attachment: Attachment) -> Result:
+        """CHECK: the attachment still holds an address in every range set."""
+        if not config.range_sets:
+            return Result(_static_ips(config), config.routes, config.dns)  # nothing stored
+        held = self.store(config).find(attachment.container_id, attachment.ifname)
+        claims, fixed = self._plan(config)
+        ips = []
+        for claim in claims:
+            mine = next((r for r in held if claim.covers(r)), None)
+            if mine is None:
+                raise IpamError(
+                    UNKNOWN_CONTAINER,
+                    f"container {attachment.container_id}/{attachment.ifname} holds no address"
+                    f" in range set {claim.set_id} of network {config.network}",
+                )
+            if claim.ip is not None and mine.ip != claim.ip:
+                raise IpamError(
+                    UNKNOWN_CONTAINER,
+                    f"container {attachment.container_id}/{attachment.ifname} holds {mine.ip},"
+                    f" not the requested {claim.ip}",
+                )
+            ips.append(self._ip_result(config, mine.ip, fixed))
+        return Result(tuple(ips) + _static_ips(config), config.routes, config.dns)
+
+    def gc(self, config: IPAMConfig, valid: Iterable[AttachmentRef]) -> list[Reservation]:
+        """CNI GC: release every reservation of this CNI network not in ``valid``
+        (``cni.dev/valid-attachments``). Records of other CNI networks sharing the store
+        namespace, and sticky holds, are left alone."""
+        if not config.range_sets:
+            return []
+        keep = {attachment_key(v) for v in valid}
+        store = self.store(config)
+        stale = {
+            r.owner.key
+            for r in store.reservations()
+            if not r.held and r.owner.network in ("", config.name) and r.owner.key not in keep
+        }
+        return store.release_many(sorted(stale))
+
+    # -- stores and pools ----------------------------------------------------------------
+
+    def store(self, config: IPAMConfig) -> Store:
+        if config.datastore == "etcd":
+            assert config.etcd is not None
+            key: tuple[Any, ...] = ("etcd", config.etcd, config.network)
+        else:
+            key = ("file", config.data_dir or self.state_dir, config.network)
+        store = self._stores.get(key)
+        if store is None:
+            with self._lock:
+                store = self._stores.get(key)
+                if store is None:
+                    store = self._stores[key] = self._open(config)
+        return store
+
+    def _open(self, config: IPAMConfig) -> Store:
+        if config.datastore == "etcd":
+            from nodeagent.ipam.etcdclient import EtcdClient  # grpc: only when used
+            from nodeagent.ipam.etcdstore import EtcdStore
+
+            assert config.etcd is not None
+            client = self._clients.get(config.etcd)
+            if client is None:
+                client = self._clients[config.etcd] = EtcdClient(config.etcd)
+            return EtcdStore(client, config.network, prefix=config.etcd.prefix)
+        return FileStore(
+            config.data_dir or self.state_dir, config.network, lock_timeout=self.lock_timeout
+        )
+
+    def pool(self, rng: IPRange) -> Pool:
+        pool = self._pools.get(rng)
+        if pool is None:
+            pool = Pool(rng)
+            with self._lock:
+                if len(self._pools) >= _MAX_POOLS:
+                    self._pools.clear()
+                self._pools[rng] = pool
+        return pool
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients, self._stores = list(self._clients.values()), {}, {}
+        for client in clients:
+            client.close()
+
+    # -- planning ------------------------------------------------------------------------
+
+    def _plan(self, config: IPAMConfig) -> tuple[list[Claim], dict[IPAddress, IPAddress | None]]:
+        """Claims, one per range set, and the gateway of each fixed address."""
+        fixed: dict[IPAddress, IPAddress | None] = {}
+        for req in config.requested:
+            fixed[req.ip] = req.gateway
+        for s in config.addresses:
+            fixed[s.address.ip] = s.gateway
+        claims = []
+        for rset in config.range_sets:
+            ip = next((f for f in fixed if rset.find(f) is not None), None)
+            claims.append(self._claim(config, rset, ip))
+        return claims, fixed
+
+    def _claim(self, config: IPAMConfig, rset: RangeSet, ip: IPAddress | None) -> Claim:
+        return Claim(
+            rset.id,
+            tuple(self.pool(r) for r in rset.ranges),
+            ip=ip,
+            sticky=config.sticky,
+            overlapping=config.overlapping_ranges,
+        )
+
+    @staticmethod
+    def _ip_result(
+        config: IPAMConfig, ip: IPAddress, fixed: dict[IPAddress, IPAddress | None]
+    ) -> IPResult:
+        where = locate(config, ip)
+        if where is None:  # a reservation from a range the config no longer has
+            raise IpamError(
+                UNKNOWN_CONTAINER, f"{ip} is reserved but outside the configured ranges"
+            )
+        rng = where[1]
+        gateway = fixed.get(ip) or rng.gateway
+        return IPResult(ip_interface(f"{ip}/{rng.subnet.prefixlen}"), gateway)
+
+
+def _static_ips(config: IPAMConfig) -> tuple[IPResult, ...]:
+    """Addresses given in full that no range holds: returned as they are, never stored."""
+    ips = [
+        IPResult(s.address, s.gateway)
+        for s in config.addresses
+        if locate(config, s.address.ip) is None
+    ]
+    if not config.range_sets:
+        ips += [
+            IPResult(ip_interface(f"{req.ip}/{req.prefixlen}"), req.gateway)
+            for req in config.requested
+        ]
+    return tuple(ips)
+
+
+_default: Ipam | None = None
+_default_lock = threading.Lock()
+
+
+def default_ipam() -> Ipam:
+    """The process-wide :class:`Ipam` (state under ``/var/lib/nodeagent/ipam``)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Ipam()
+        return _default
+
+
+def allocate(config: IPAMConfig, attachment: Attachment) -> Result:
+    return default_ipam().allocate(config, attachment)
+
+
+def release(config: IPAMConfig, attachment: Attachment) -> list[Reservation]:
+    return default_ipam().release(config, attachment)
+
+
+def check(config: IPAMConfig, attachment: Attachment) -> Result:
+    return default_ipam().check(config, attachment)
+
+
+def gc(config: IPAMConfig, valid: Iterable[AttachmentRef]) -> list[Reservation]:
+    return default_ipam().gc(config, valid)

@@ -1,0 +1,360 @@
+"""Node-local store: one directory per network, one JSON state file, ``flock`` between processes.
+
+Layout under the state dir (``/var/lib/nodeagent/ipam``, or host-local's ``dataDir``)::
+
+    <network>/lock               flock(2) target; held for every read-modify-write
+    <network>/reservations.json  all reservations of the network
+    <network>/.reservations.tmp  the next state while it is written (garbage after a crash)
+
+Every change rewrites the state file as write-temp + fsync + rename + fsync(dir), under the
+lock, so a process killed at any instant leaves the old state or the new one: never a
+half-written record, never an address given twice, and a dual-stack claim lands whole or not
+at all. The lock dies with its holder (the kernel drops a dead process's flock).
+
+The file starts with a fresh random nonce; a process keeps the last state it parsed and
+re-parses only when the first bytes differ, so an uncontended allocation costs one small
+read, one write and two fsyncs. A directory that host-local used (files named by address,
+holding ``<containerID>\\r\\n<ifname>``) is imported once, so its addresses stay taken; the
+legacy files are left as they are.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from ipaddress import ip_address
+from pathlib import Path
+
+from nodeagent.ipam.errors import IO_FAILURE, TRY_AGAIN_LATER, IpamError
+from nodeagent.ipam.pool import Pool, PoolView
+from nodeagent.ipam.store import (
+    Claim,
+    Owner,
+    Reservation,
+    Store,
+    exhausted,
+    from_record,
+    in_use,
+    other_address,
+    to_record,
+)
+
+DEFAULT_STATE_DIR = Path("/var/lib/nodeagent/ipam")
+STATE_FILE = "reservations.json"
+TMP_FILE = ".reservations.tmp"
+LOCK_FILE = "lock"
+FORMAT_VERSION = 1
+_HEAD = 48  # '{"nonce":"<32 hex>"' fits: equal heads mean an unchanged file
+
+Key = tuple[str, str]  # (scope, address)
+
+
+def _key(r: Reservation) -> Key:
+    return r.scope, str(r.ip)
+
+
+class _State(dict[Key, Reservation]):
+    """The reservations a transaction edits; ``changed`` maps each touched key to its value
+    before the transaction (None: absent), so committing costs O(changes), not O(state)."""
+
+    def __init__(self, base: dict[Key, Reservation]) -> None:
+        super().__init__(base)
+        self.changed: dict[Key, Reservation | None] = {}
+
+    def __setitem__(self, key: Key, value: Reservation) -> None:
+        if key not in self.changed:
+            self.changed[key] = self.get(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Key) -> None:
+        if key not in self.changed:
+            self.changed[key] = self[key]
+        super().__delitem__(key)
+
+
+class FileStore(Store):
+    def __init__(
+        self,
+        state_dir: Path | str,
+        network: str,
+        *,
+        lock_timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.network = network
+        self.dir = Path(state_dir) / network
+        self.lock_timeout = lock_timeout
+        self._clock = clock
+        self._mutex = threading.Lock()  # threads of this process queue here, not on flock
+        # The last state read or written, and what is derived from it: one JSON line per
+        # record and a bitmap view per pool. Dropped when another process changed the file.
+        self._head: bytes | None = None  # None: nothing cached
+        self._state: dict[Key, Reservation] = {}
+        self._lines: dict[Key, str] = {}
+        self._views: dict[tuple[str, int, int], PoolView] = {}
+
+    # -- Store API -----------------------------------------------------------------------
+
+    def claim(self, claims: Sequence[Claim], owner: Owner) -> list[Reservation]:
+        with self._transaction() as state:
+            return [self._claim_one(state, c, owner) for c in claims]
+
+    def release(self, container_id: str, ifname: str) -> list[Reservation]:
+        return self.release_many([(container_id, ifname)])
+
+    def release_many(self, owners: Iterable[tuple[str, str]]) -> list[Reservation]:
+        """Release several attachments in one write (GC)."""
+        wanted = set(owners)
+        ids = {cid for cid, _ in wanted}
+        if not self.dir.is_dir():  # nothing was ever reserved here: nothing to create either
+            return []
+        with self._transaction() as state:
+            gone = [
+                r
+                for r in state.values()
+                if r.owner.container_id in ids and r.owner.key in wanted and not r.held
+            ]
+            for r in gone:
+                if r.sticky and r.owner.pod:
+                    state[_key(r)] = r.as_hold()
+                else:
+                    del state[_key(r)]
+        return gone
+
+    def reservations(self) -> list[Reservation]:
+        if not self.dir.is_dir():
+            return []
+        with self._transaction() as state:
+            return sorted(state.values(), key=lambda r: (r.scope, r.ip.version, r.ip))
+
+    def drop_holds(self, pod: str | None = None) -> list[Reservation]:
+        if not self.dir.is_dir():
+            return []
+        with self._transaction() as state:
+            gone = [r for r in state.values() if r.held and pod in (None, r.owner.pod)]
+            for r in gone:
+                del state[_key(r)]
+        return gone
+
+    # -- claiming ------------------------------------------------------------------------
+
+    def _claim_one(self, state: _State, c: Claim, owner: Owner) -> Reservation:
+        cid, ifname = owner.key
+        mine = next(
+            (
+                r
+                for r in state.values()
+                if r.owner.container_id == cid and r.owner.ifname == ifname and c.covers(r)
+            ),
+            None,
+        )
+        if mine is not None:  # repeated ADD: same answer
+            if c.ip is not None and mine.ip != c.ip:
+                raise other_address(mine, c.ip)
+            return mine
+        now = int(self._clock())
+        if c.ip is not None:
+            pool = c.pool_of(c.ip)
+            if pool is None:
+                raise ValueError(f"{c.ip} is outside the claim's pools")  # config.py checks
+            holder = state.get((c.scope(pool), str(c.ip)))
+            if holder is not None and not (holder.held and owner.pod == holder.owner.pod):
+                raise in_use(c.ip, holder)
+            r = Reservation(c.ip, owner, c.set_id, c.scope(pool), c.sticky, now)
+            return self._put(state, r)
+        if c.sticky and owner.pod:
+            hold = next(
+                (r for r in state.values() if r.held and r.owner.pod == owner.pod and c.covers(r)),
+                None,
+            )
+            if hold is not None:
+                r = Reservation(hold.ip, owner, c.set_id, hold.scope, True, now)
+                return self._put(state, r)
+        for pool in c.pools:
+            scope = c.scope(pool)
+            slot = self._view(state, scope, pool).take_lowest()
+            if slot is not None:
+                ip = pool.address(slot)
+                return self._put(state, Reservation(ip, owner, c.set_id, scope, c.sticky, now))
+        raise exhausted(c)
+
+    @staticmethod
+    def _put(state: _State, r: Reservation) -> Reservation:
+        state[_key(r)] = r
+        return r
+
+    def _view(self, state: _State, scope: str, pool: Pool) -> PoolView:
+        key = (scope, int(pool.range.start), int(pool.range.end))
+        view = self._views.get(key)
+        if view is None or view.pool is not pool:
+            view = self._views[key] = PoolView(pool)
+            view.load(
+                slot
+                for r in state.values()
+                if r.scope == scope and (slot := pool.slot(r.ip)) is not None
+            )
+        return view
+
+    # -- state file ----------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[_State]:
+        """Lock, load, let the caller edit the state, and persist it if it changed.
+
+        An exception inside leaves the state file untouched (all or nothing).
+        """
+        with self._mutex, self._flock():
+            head = self._refresh()
+            state = _State(self._state)
+            try:
+                yield state
+                if state.changed or (not head and state):
+                    self._write(state)
+            except BaseException:
+                self._forget()  # views and lines may hold a change that was not committed
+                raise
+
+    def _forget(self) -> None:
+        self._head, self._state, self._lines, self._views = None, {}, {}, {}
+
+    @contextmanager
+    def _flock(self) -> Iterator[None]:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise _io_error("cannot open", self.dir / LOCK_FILE, exc) from exc
+        try:
+            deadline = time.monotonic() + self.lock_timeout
+            delay = 0.0002
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise IpamError(
+                            TRY_AGAIN_LATER,
+                            f"IPAM state of network {self.network} is locked by another process",
+                            f"{self.dir / LOCK_FILE} held for over {self.lock_timeout:g} s",
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.005)
+            yield
+        finally:
+            os.close(fd)  # drops the lock
+
+    def _refresh(self) -> bytes:
+        """Bring the cached state up to date; returns its head (b"": no state file yet)."""
+        path = self.dir / STATE_FILE
+        try:
+            with open(path, "rb") as f:
+                head = f.read(_HEAD)
+                if head == self._head:
+                    return head
+                data = head + f.read()
+        except FileNotFoundError:
+            self._forget()
+            self._state, self._head = self._import_legacy(), b""
+            return b""
+        except OSError as exc:
+            raise _io_error("cannot read", path, exc) from exc
+        self._forget()
+        try:
+            doc = json.loads(data)
+            records = [from_record(d) for d in doc["reservations"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _io_error("corrupt state file", path, exc) from exc
+        self._state = {_key(r): r for r in records}
+        self._head = head
+        return head
+
+    def _write(self, state: _State) -> None:
+        lines = self._lines
+        for key in state.changed:
+            if key in state:
+                lines[key] = _line(state[key])
+            else:
+                lines.pop(key, None)
+        if len(lines) != len(state):  # first write since the file was read
+            lines.clear()
+            lines.update((key, _line(r)) for key, r in state.items())
+        nonce = os.urandom(16).hex()
+        head = json.dumps({"nonce": nonce, "version": FORMAT_VERSION, "network": self.network})
+        body = ",\n".join(lines.values())
+        data = f'{head[:-1]}, "reservations": [\n{body}\n]}}\n'.encode()
+        tmp, path = self.dir / TMP_FILE, self.dir / STATE_FILE
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            raise _io_error("cannot write", path, exc) from exc
+        self._commit(state, data[:_HEAD])
+
+    def _commit(self, state: _State, head: bytes) -> None:
+        for key, before in state.changed.items():
+            after = state.get(key)
+            if (before is None) == (after is None):
+                continue  # same address before and after (a hold taken back): still taken
+            r = after or before
+            assert r is not None
+            for (scope, _, _), view in self._views.items():
+                slot = view.pool.slot(r.ip) if r.scope == scope else None
+                if slot is not None:
+                    if after is None:
+                        view.unmark(slot)
+                    else:
+                        view.mark(slot)
+        state.changed = {}
+        self._state, self._head = state, head
+
+    def _import_legacy(self) -> dict[Key, Reservation]:
+        """host-local's files: one per address, ``<containerID>\\r\\n<ifname>``."""
+        state: dict[Key, Reservation] = {}
+        try:
+            entries = list(os.scandir(self.dir))
+        except FileNotFoundError:
+            return state
+        for entry in entries:
+            try:
+                ip = ip_address(entry.name)
+            except ValueError:
+                continue
+            try:
+                lines = Path(entry.path).read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            if lines and lines[0].strip():
+                ifname = lines[1].strip() if len(lines) > 1 else ""
+                r = Reservation(ip, Owner(lines[0].strip(), ifname))
+                state[_key(r)] = r
+        return state
+
+
+def _line(r: Reservation) -> str:
+    return json.dumps(to_record(r), separators=(",", ":"))
+
+
+def _io_error(what: str, path: Path, exc: BaseException) -> IpamError:
+    detail = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        detail += " (disk full)"
+    return IpamError(IO_FAILURE, f"IPAM store: {what} {path}", detail)

@@ -1,0 +1,108 @@
+"""Operator views the CLI wires up: a network's usage and reservations, and GC against a list
+of live attachments."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nodeagent.ipam.allocator import AttachmentRef, Ipam, attachment_key, default_ipam
+from nodeagent.ipam.config import IPAMConfig, IPRange
+from nodeagent.ipam.pool import PoolView
+from nodeagent.ipam.store import Claim, Reservation
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    range: IPRange
+    size: int  # addresses in the window
+    reserved: int  # never handed out: network, broadcast, gateway, exclude
+    allocated: int  # held by attachments or sticky holds
+    free: int
+
+
+@dataclass(frozen=True)
+class NetworkUsage:
+    network: str
+    datastore: str
+    pools: tuple[PoolUsage, ...]
+    reservations: tuple[Reservation, ...]  # every one in the store namespace, holds included
+
+    @property
+    def free(self) -> int:
+        return sum(p.free for p in self.pools)
+
+
+def show(config: IPAMConfig, ipam: Ipam | None = None) -> NetworkUsage:
+    """Usage of each range of ``config`` and every reservation of its network."""
+    ipam = ipam or default_ipam()
+    reservations = tuple(ipam.store(config).reservations()) if config.range_sets else ()
+    pools = []
+    for rset in config.range_sets:
+        for rng in rset.ranges:
+            pool = ipam.pool(rng)
+            claim = Claim(rset.id, (pool,), overlapping=config.overlapping_ranges)
+            view = PoolView(pool)
+            view.load(pool.slot(r.ip) for r in reservations if claim.covers(r))  # type: ignore[misc]
+            pools.append(PoolUsage(rng, pool.size, pool.reserved, len(view.taken), view.free))
+    return NetworkUsage(config.network, config.datastore, tuple(pools), reservations)
+
+
+def gc_against(
+    config: IPAMConfig,
+    valid: Iterable[AttachmentRef],
+    *,
+    dry_run: bool = False,
+    ipam: Ipam | None = None,
+) -> list[Reservation]:
+    """Release every reservation of the network whose attachment is not in ``valid`` — of
+    any CNI network sharing the namespace, unlike CNI GC. Sticky holds stay. With
+    ``dry_run``, only report what would go."""
+    ipam = ipam or default_ipam()
+    if not config.range_sets:
+        return []
+    keep = {attachment_key(v) for v in valid}
+    store = ipam.store(config)
+    stale = [r for r in store.reservations() if not r.held and r.owner.key not in keep]
+    if dry_run:
+        return stale
+    return store.release_many(sorted({r.owner.key for r in stale}))
+
+
+def drop_holds(
+    config: IPAMConfig, pod: str | None = None, *, ipam: Ipam | None = None
+) -> list[Reservation]:
+    """Free the sticky holds of one ``namespace/name`` pod (or all of the network's)."""
+    ipam = ipam or default_ipam()
+    return ipam.store(config).drop_holds(pod) if config.range_sets else []
+
+
+def render(usage: NetworkUsage, now: float | None = None) -> str:
+    """A plain-text table for ``nodeagent ipam show``."""
+    now = time.time() if now is None else now
+    lines = [f"network {usage.network} ({usage.datastore}): {usage.free} addresses free"]
+    for p in usage.pools:
+        lines.append(
+            f"  {p.range}: {p.allocated} allocated, {p.free} free, {p.reserved} reserved"
+            f" of {p.size}"
+        )
+    if usage.reservations:
+        lines.append("")
+        lines.append(f"{'IP':<40} {'CONTAINER':<14} {'IFNAME':<10} {'POD':<40} AGE")
+        for r in usage.reservations:
+            age = _age(now - r.since) if r.since else "-"
+            container = r.owner.container_id[:12] or "(sticky hold)"
+            lines.append(
+                f"{r.ip!s:<40} {container:<14} {r.owner.ifname or '-':<10}"
+                f" {r.owner.pod or '-':<40} {age}"
+            )
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
