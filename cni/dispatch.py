@@ -9,18 +9,25 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from types import ModuleType
+from typing import Protocol
 
 from cni import ipam
 from cni.context import Context
 from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError
 from cni.kinds import ipvlan, macvlan, vlan
 from cni.protocol import SUPPORTED_VERSIONS, CniRequest, parse_request
+from cni.result import Result
 from cni.wire import Response
 
 log = logging.getLogger("nodeagent.cni")
 
-KINDS: dict[str, ModuleType] = {"macvlan": macvlan, "ipvlan": ipvlan, "vlan": vlan}
+class Kind(Protocol):
+    def add(self, ctx: Context, request: CniRequest) -> Result: ...
+    def delete(self, ctx: Context, request: CniRequest) -> None: ...
+    def check(self, ctx: Context, request: CniRequest) -> None: ...
+
+
+KINDS: dict[str, Kind] = {m.HANDLER.kind: m.HANDLER for m in (macvlan, ipvlan, vlan)}
 
 
 def handle(ctx: Context, env: Mapping[str, str], stdin: bytes) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,3 +115,21 @@ def check(request: CniRequest, kind: str) -> None:
         link = links.require_link(pod, request, kind)
         links.check_addresses(pod, link["index"], prev, request.ifname)
     ipam.check(request)
+
+
+@dataclass(frozen=True)
+class Handler:
+    """The ADD/DEL/CHECK of one stacked link type, given how to parse its configuration."""
+
+    kind: str
+    parse: Callable[[CniRequest], StackedLink]
+
+    def add(self, ctx: Context, request: CniRequest) -> Result:
+        return add(ctx, request, self.parse(request))
+
+    def delete(self, ctx: Context, request: CniRequest) -> None:
+        delete(request)
+
+    def check(self, ctx: Context, request: CniRequest) -> None:
+        self.parse(request)
+        check(request, self.kind)

@@ -5,10 +5,8 @@ route), ``mode`` (l2, l3, l3s), ``mtu``, ``linkInContainer``. An ipvlan shares i
 from __future__ import annotations
 
 from cni import stacked
-from cni.context import Context
 from cni.errors import config_error
 from cni.protocol import CniRequest
-from cni.result import Result
 
 MODES = {"l2": 0, "l3": 1, "l3s": 2}
 
@@ -21,14 +19,4 @@ def parse(request: CniRequest) -> stacked.StackedLink:
                                **stacked.common_fields(request))
 
 
-def add(ctx: Context, request: CniRequest) -> Result:
-    return stacked.add(ctx, request, parse(request))
-
-
-def delete(ctx: Context, request: CniRequest) -> None:
-    stacked.delete(request)
-
-
-def check(ctx: Context, request: CniRequest) -> None:
-    parse(request)
-    stacked.check(request, "ipvlan")
+HANDLER = stacked.Handler("ipvlan", parse)

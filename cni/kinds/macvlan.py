@@ -6,10 +6,9 @@ MAC may also come from ``runtimeConfig.mac`` (Multus capability) or ``CNI_ARGS``
 from __future__ import annotations
 
 from cni import stacked
-from cni.context import Context, attachment_mac
+from cni.context import attachment_mac
 from cni.errors import config_error
 from cni.protocol import CniRequest
-from cni.result import Result
 
 MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8}
 
@@ -22,14 +21,4 @@ def parse(request: CniRequest) -> stacked.StackedLink:
                                mac=attachment_mac(request), **stacked.common_fields(request))
 
 
-def add(ctx: Context, request: CniRequest) -> Result:
-    return stacked.add(ctx, request, parse(request))
-
-
-def delete(ctx: Context, request: CniRequest) -> None:
-    stacked.delete(request)
-
-
-def check(ctx: Context, request: CniRequest) -> None:
-    parse(request)
-    stacked.check(request, "macvlan")
+HANDLER = stacked.Handler("macvlan", parse)

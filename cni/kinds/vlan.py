@@ -5,10 +5,8 @@
 from __future__ import annotations
 
 from cni import stacked
-from cni.context import Context
 from cni.errors import config_error
 from cni.protocol import CniRequest
-from cni.result import Result
 
 
 def parse(request: CniRequest) -> stacked.StackedLink:
@@ -21,14 +19,4 @@ def parse(request: CniRequest) -> stacked.StackedLink:
     return stacked.StackedLink("vlan", [("IFLA_VLAN_ID", vlan_id)], **fields)
 
 
-def add(ctx: Context, request: CniRequest) -> Result:
-    return stacked.add(ctx, request, parse(request))
-
-
-def delete(ctx: Context, request: CniRequest) -> None:
-    stacked.delete(request)
-
-
-def check(ctx: Context, request: CniRequest) -> None:
-    parse(request)
-    stacked.check(request, "vlan")
+HANDLER = stacked.Handler("vlan", parse)
