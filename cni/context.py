@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from cni.errors import INVALID_CONFIG, CniError, config_error
 from cni.protocol import CniRequest
+from nodeagent.ipam.allocator import Ipam
 from nodeagent.rtnl import RT_TABLE_MAIN, Rtnl
 
 MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -17,14 +18,16 @@ MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 @dataclass
 class Context:
-    """Per-process state of the CNI handlers: the host-namespace netlink socket, and host
-    master name -> ifindex (dropped when the kernel says the master is gone)."""
+    """Per-process state of the CNI handlers: the host-namespace netlink socket, host master
+    name -> ifindex (dropped when the kernel says the master is gone), and the IPAM stores."""
 
     host: Rtnl = field(default_factory=Rtnl)
     masters: dict[str, int] = field(default_factory=dict)
+    ipam: Ipam = field(default_factory=Ipam)
 
     def close(self) -> None:
         self.host.close()
+        self.ipam.close()
 
 
 def validate_mac(mac: str, where: str) -> str:

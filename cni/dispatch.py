@@ -30,14 +30,15 @@ class Kind(Protocol):
 KINDS: dict[str, Kind] = {m.HANDLER.kind: m.HANDLER for m in (macvlan, ipvlan, vlan)}
 
 
-def handle(ctx: Context, env: Mapping[str, str], stdin: bytes) -> Response:
+def handle(ctx: Context, env: Mapping[str, str], stdin: bytes, plugin: str = "") -> Response:
+    """Serve one invocation; ``plugin`` is the name the shim was run as (its argv[0])."""
     started = time.perf_counter()
     version = "1.1.0"
     request: CniRequest | None = None
     try:
         request = parse_request(env, stdin)
         version = request.version
-        out = _run(ctx, request)
+        out = _run_ipam(ctx, request) if plugin in ipam.INLINE_TYPES else _run(ctx, request)
         response = Response(0, out)
     except CniError as err:
         response = Response(1, _json(err.to_dict(version)), str(err).encode())
@@ -62,12 +63,23 @@ def _run(ctx: Context, request: CniRequest) -> bytes:
         "ADD": lambda: kind.add(ctx, request),
         "DEL": lambda: kind.delete(ctx, request),
         "CHECK": lambda: kind.check(ctx, request),
-        "STATUS": lambda: ipam.status(request),
-        "GC": lambda: ipam.gc(request),
+        "STATUS": lambda: ipam.status(ctx, request),
+        "GC": lambda: ipam.gc(ctx, request),
     }
     result = verbs[request.command]()
     if request.command == "ADD":
         return _json(result.to_dict(request.version))  # type: ignore[attr-defined]
+    return b""
+
+
+def _run_ipam(ctx: Context, request: CniRequest) -> bytes:
+    """Invoked as an IPAM plugin (``whereabouts``, ``nodeagent-ipam``) by another plugin."""
+    if request.command == "VERSION":
+        return _run(ctx, request)
+    if request.command == "ADD":
+        return _json(ipam.add(ctx, request).to_dict(request.version))
+    {"DEL": ipam.delete, "CHECK": ipam.check, "GC": ipam.gc,
+     "STATUS": ipam.status}[request.command](ctx, request)
     return b""
 
 

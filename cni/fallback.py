@@ -19,7 +19,8 @@ def main() -> int:
                         format="nodeagent-cni-fallback: %(message)s")
     context = Context()
     try:
-        response = handle(context, os.environ, sys.stdin.buffer.read())
+        plugin = os.environ.get("NODEAGENT_CNI_PLUGIN", "")  # set by the shim
+        response = handle(context, os.environ, sys.stdin.buffer.read(), plugin)
     finally:
         context.close()
     sys.stdout.buffer.write(response.stdout)

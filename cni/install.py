@@ -9,8 +9,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-#: sriov-cni and the reference plugins it replaces, plus its own name.
-PLUGIN_NAMES = ("nodeagent", "sriov", "macvlan", "ipvlan", "vlan")
+#: Its own name, the plugins it replaces (sriov-cni, the reference link plugins) and the IPAM
+#: plugins it serves in-process.
+PLUGIN_NAMES = ("nodeagent", "sriov", "macvlan", "ipvlan", "vlan", "nodeagent-ipam",
+                "whereabouts")
 FALLBACK_NAME = "nodeagent-cni-fallback"
 
 

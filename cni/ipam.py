@@ -2,8 +2,9 @@
 
 Static IPAM runs inline (no process to start, it is on the ADD hot path) with the reference
 static plugin's semantics: ``addresses`` plus ``CNI_ARGS`` ``IP=``/``GATEWAY=``, all replaced
-by ``runtimeConfig.ips`` when present. Other types (host-local, whereabouts, dhcp, ...) are
-executed from ``CNI_PATH`` with the same environment and configuration, as libcni delegates.
+by ``runtimeConfig.ips`` when present. ``nodeagent-ipam`` and ``whereabouts`` run inline too,
+through nodeagent.ipam (pools, node-local or etcd store). Other types (host-local, dhcp, ...)
+are executed from ``CNI_PATH`` with the same environment and configuration, as libcni does.
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ import re
 import subprocess
 from typing import Any
 
+from cni.context import Context
 from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError, config_error
 from cni.protocol import CniRequest
 from cni.result import IPConfig, Result, Route
+from nodeagent.ipam.allocator import Attachment
+from nodeagent.ipam.config import parse_config
 
 PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+#: IPAM types served in-process by nodeagent.ipam (also the names the shim is installed as).
+INLINE_TYPES = frozenset({"nodeagent-ipam", "whereabouts"})
 DELEGATE_TIMEOUT = 120.0
 
 
@@ -32,37 +38,57 @@ def ipam_config(request: CniRequest) -> dict[str, Any] | None:
     return ipam
 
 
-def add(request: CniRequest) -> Result:
+def add(ctx: Context, request: CniRequest) -> Result:
     ipam = ipam_config(request)
     if ipam is None:
         return Result()
     if ipam["type"] == "static":
         return static_result(request, ipam)
+    if ipam["type"] in INLINE_TYPES:
+        config, attachment = _library_args(request)
+        return Result.from_dict(ctx.ipam.allocate(config, attachment).to_cni(request.version))
     return Result.from_dict(delegate(request, ipam["type"], "ADD") or {})
 
 
-def delete(request: CniRequest) -> None:
+def delete(ctx: Context, request: CniRequest) -> None:
+    _other_verb(ctx, request, "DEL")
+
+
+def check(ctx: Context, request: CniRequest) -> None:
+    _other_verb(ctx, request, "CHECK")
+
+
+def gc(ctx: Context, request: CniRequest) -> None:
+    _other_verb(ctx, request, "GC")
+
+
+def status(ctx: Context, request: CniRequest) -> None:
+    _other_verb(ctx, request, "STATUS")
+
+
+def _other_verb(ctx: Context, request: CniRequest, command: str) -> None:
+    """DEL, CHECK, GC and STATUS: nothing to do for static IPAM."""
     ipam = ipam_config(request)
-    if ipam is not None and ipam["type"] != "static":
-        delegate(request, ipam["type"], "DEL")
+    if ipam is None or ipam["type"] == "static":
+        return
+    if ipam["type"] not in INLINE_TYPES:
+        delegate(request, ipam["type"], command)
+        return
+    config, attachment = _library_args(request)
+    if command == "DEL":
+        ctx.ipam.release(config, attachment)
+    elif command == "CHECK":
+        ctx.ipam.check(config, attachment)
+    elif command == "GC":
+        ctx.ipam.gc(config, request.config.get("cni.dev/valid-attachments") or [])
 
 
-def check(request: CniRequest) -> None:
-    ipam = ipam_config(request)
-    if ipam is not None and ipam["type"] != "static":
-        delegate(request, ipam["type"], "CHECK")
-
-
-def gc(request: CniRequest) -> None:
-    ipam = ipam_config(request)
-    if ipam is not None and ipam["type"] != "static":
-        delegate(request, ipam["type"], "GC")
-
-
-def status(request: CniRequest) -> None:
-    ipam = ipam_config(request)
-    if ipam is not None and ipam["type"] != "static":
-        delegate(request, ipam["type"], "STATUS")
+def _library_args(request: CniRequest) -> tuple[Any, Attachment]:
+    cni_args = request.env.get("CNI_ARGS", "")
+    config = parse_config(request.config, cni_args)
+    if request.command in ("GC", "STATUS"):
+        return config, Attachment.from_cni("gc", "gc")
+    return config, Attachment.from_cni(request.container_id, request.ifname, cni_args)
 
 
 # -- static ---------------------------------------------------------------------------------

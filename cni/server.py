@@ -103,7 +103,7 @@ class CniServer:
                 log.warning("dropped a malformed CNI request from pid %d: %s", pid, exc)
                 return
             conn.settimeout(None)
-            response = handle(self.context, request.env, request.stdin)
+            response = handle(self.context, request.env, request.stdin, request.argv0)
             try:
                 conn.sendall(encode_response(response))
             except OSError as exc:

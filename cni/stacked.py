@@ -66,23 +66,23 @@ def add(ctx: Context, request: CniRequest, spec: StackedLink) -> Result:
                 retry_if_master_moved(ctx, create)
             except OSError as exc:
                 raise _create_error(exc, request, spec) from None
-            return _configure(request, pod)
+            return _configure(ctx, request, pod)
     finally:
         os.close(netns_fd)
 
 
-def _configure(request: CniRequest, pod: Rtnl) -> Result:
+def _configure(ctx: Context, request: CniRequest, pod: Rtnl) -> Result:
     link = pod.link(name=request.ifname)
     index = link["index"]
     allocated = False
     try:
-        result = ipam.add(request)
+        result = ipam.add(ctx, request)
         allocated = True
         links.configure(pod, request.netns, request.ifname, index, result)
     except BaseException:
         pod.link_delete(index)
         if allocated:
-            ipam.delete(request)
+            ipam.delete(ctx, request)
         raise
     result.interfaces = [Interface(request.ifname, mac=link.get("IFLA_ADDRESS"),
                                    sandbox=request.netns, mtu=link.get("IFLA_MTU"))]
@@ -104,17 +104,17 @@ def _create_error(exc: OSError, request: CniRequest, spec: StackedLink) -> CniEr
     return CniError(IO_FAILURE, f"creating {spec.kind} {request.ifname} failed: {exc.strerror}")
 
 
-def delete(request: CniRequest) -> None:
-    ipam.delete(request)
+def delete(ctx: Context, request: CniRequest) -> None:
+    ipam.delete(ctx, request)
     links.delete_in_netns(request)
 
 
-def check(request: CniRequest, kind: str) -> None:
+def check(ctx: Context, request: CniRequest, kind: str) -> None:
     prev = links.require_prev_result(request)
     with Rtnl(request.netns) as pod:
         link = links.require_link(pod, request, kind)
         links.check_addresses(pod, link["index"], prev, request.ifname)
-    ipam.check(request)
+    ipam.check(ctx, request)
 
 
 @dataclass(frozen=True)
@@ -128,8 +128,8 @@ class Handler:
         return add(ctx, request, self.parse(request))
 
     def delete(self, ctx: Context, request: CniRequest) -> None:
-        delete(request)
+        delete(ctx, request)
 
     def check(self, ctx: Context, request: CniRequest) -> None:
         self.parse(request)
-        check(request, self.kind)
+        check(ctx, request, self.kind)

@@ -506,7 +506,9 @@ static int restore_stdin(void)
     return err;
 }
 
-/* The daemon is not there: become the fallback, with our argv, environment and stdin. */
+/* The daemon is not there: become the fallback, with our argv, environment and stdin, plus
+ * NODEAGENT_CNI_PLUGIN naming what we were invoked as (an interpreter running the fallback
+ * script sees its own path as argv[0], and "whereabouts" must act as an IPAM plugin). */
 _Noreturn static void run_fallback(char **argv, const char *sock, int connect_err,
                                    const struct sigaction *sigpipe)
 {
@@ -525,6 +527,11 @@ _Noreturn static void run_fallback(char **argv, const char *sock, int connect_er
     }
     if (fallback) {
         int err = restore_stdin();
+        const char *name = argv[0] ? argv[0] : "";
+        if (strrchr(name, '/'))
+            name = strrchr(name, '/') + 1;
+        if (!err && setenv("NODEAGENT_CNI_PLUGIN", name, 1) != 0)
+            err = errno;
         if (!err) {
             struct sigaction ignore;
             sigaction(SIGPIPE, sigpipe, &ignore); /* ignored signals stay ignored across exec */

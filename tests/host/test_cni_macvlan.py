@@ -345,3 +345,51 @@ def test_vlan_id_out_of_range_is_refused(agent, master, pod, vlan_id) -> None:
                      env={"NODEAGENT_SOCKET": agent["socket"]})
     assert out.status == 1 and out.doc["code"] == 7
     assert "vlanId" in out.doc["msg"]
+
+
+def whereabouts(master: str, data_dir: Path, version: str = "1.0.0") -> dict:
+    c = conf(master, version)
+    c["ipam"] = {"type": "whereabouts", "range": "10.91.0.0/29", "gateway": "10.91.0.1",
+                 "exclude": ["10.91.0.2/32"], "dataDir": str(data_dir)}
+    return c
+
+
+def test_whereabouts_ipam_runs_in_the_agent(agent, master, pod, tmp_path) -> None:
+    c = whereabouts(master, tmp_path)
+    other = unique("o")
+    netns.create(other)
+    try:
+        first = cni(agent, "ADD", c, pod, container_id="podA")
+        second = cni(agent, "ADD", c, f"/run/netns/{other}", container_id="podB")
+        assert first.status == 0 and second.status == 0, first.stdout + second.stdout
+        # .0 network, .1 gateway and the excluded .2 are never handed out.
+        assert [o.doc["ips"][0]["address"] for o in (first, second)] == [
+            "10.91.0.3/29", "10.91.0.4/29"]
+        assert pod_links(pod)["net1"]["addrs"] == ["10.91.0.3/29"]
+
+        assert cni(agent, "DEL", c, pod, container_id="podA").status == 0
+        again = cni(agent, "ADD", c, pod, container_id="podC")
+        assert again.doc["ips"][0]["address"] == "10.91.0.3/29", "released addresses are reused"
+    finally:
+        netns.remove(other)
+
+
+@pytest.mark.parametrize("through", ["agent", "fallback"])
+def test_the_shim_serves_as_ipam_plugin_for_other_plugins(agent, master, pod, tmp_path,
+                                                          through) -> None:
+    """Debian's macvlan plugin delegating IPAM to `whereabouts` from our bin dir."""
+    c = whereabouts(master, tmp_path)
+    socket_path = agent["socket"] if through == "agent" else str(tmp_path / "absent.sock")
+    env = {"NODEAGENT_SOCKET": socket_path}
+
+    added = run_plugin(REFERENCE_BIN / "macvlan", "ADD", c, netns=pod, path=agent["bin"],
+                       env=env)
+
+    assert added.status == 0, added.stdout + added.stderr
+    assert added.doc["ips"][0]["address"] == "10.91.0.3/29"
+    assert pod_links(pod)["net1"]["addrs"] == ["10.91.0.3/29"]
+    assert run_plugin(REFERENCE_BIN / "macvlan", "DEL", c, netns=pod, path=agent["bin"],
+                      env=env).status == 0
+    reused = run_plugin(REFERENCE_BIN / "macvlan", "ADD", c, netns=pod, path=agent["bin"],
+                        env=env, container_id="other")
+    assert reused.doc["ips"][0]["address"] == "10.91.0.3/29"

@@ -316,10 +316,12 @@ class Fallback:
         entries = self.file("environ").split(b"\0")[:-1]
         return dict(e.decode().split("=", 1) for e in entries)
 
-    def check(self, result: Result, env: dict[str, str], args: list[str], stdin: bytes) -> None:
+    def check(self, result: Result, env: dict[str, str], args: list[str], stdin: bytes,
+              plugin: str = "macvlan") -> None:
         assert (result.returncode, result.stdout, result.stderr) == (
             5, b"fallback stdout\0\xff", b"fallback stderr"), result
-        assert self.environ == {**BASE_ENV, **env}
+        # The environment is the runtime's, plus the name the shim was invoked as.
+        assert self.environ == {**BASE_ENV, **env, "NODEAGENT_CNI_PLUGIN": plugin}
         assert self.file("args") == b"\0".join(a.encode() for a in args)
         assert self.file("stdin") == stdin
 
@@ -354,7 +356,7 @@ def test_unreachable_socket_runs_the_fallback_untouched(
 def test_fallback_next_to_the_binary(plugins: Path, sock_dir: Path) -> None:
     fallback = Fallback(plugins / FALLBACK_NAME)
     env = {"NODEAGENT_SOCKET": str(sock_dir / "missing.sock"), "CNI_COMMAND": "ADD"}
-    fallback.check(run(plugins / "sriov", env=env), env, [], CONFIG)
+    fallback.check(run(plugins / "sriov", env=env), env, [], CONFIG, plugin="sriov")
 
 
 def test_fallback_gets_exact_argv_and_default_sigpipe(
