@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 import socket
 from collections.abc import Callable
@@ -10,8 +11,14 @@ from dataclasses import dataclass, field
 
 from cni.errors import INVALID_CONFIG, CniError, config_error
 from cni.protocol import CniRequest
+from cni.vfstate import VfState
 from nodeagent.ipam.allocator import Ipam
 from nodeagent.rtnl import RT_TABLE_MAIN, Rtnl
+from nodeagent.sysfs import Sysfs
+
+#: Where CNI attachments keep what they must undo; NODEAGENT_STATE_DIR overrides it (the daemon
+#: and the fallback must agree).
+DEFAULT_STATE_DIR = "/var/lib/nodeagent/cni"
 
 MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -24,6 +31,9 @@ class Context:
     host: Rtnl = field(default_factory=Rtnl)
     masters: dict[str, int] = field(default_factory=dict)
     ipam: Ipam = field(default_factory=Ipam)
+    vfs: VfState = field(
+        default_factory=lambda: VfState(os.environ.get("NODEAGENT_STATE_DIR", DEFAULT_STATE_DIR)))
+    sysfs: Sysfs = field(default_factory=Sysfs)
 
     def close(self) -> None:
         self.host.close()

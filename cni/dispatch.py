@@ -14,7 +14,7 @@ from typing import Protocol
 from cni import ipam
 from cni.context import Context
 from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError
-from cni.kinds import ipvlan, macvlan, vlan
+from cni.kinds import ipvlan, macvlan, sriov, vlan
 from cni.protocol import SUPPORTED_VERSIONS, CniRequest, parse_request
 from cni.result import Result
 from cni.wire import Response
@@ -27,7 +27,7 @@ class Kind(Protocol):
     def check(self, ctx: Context, request: CniRequest) -> None: ...
 
 
-KINDS: dict[str, Kind] = {m.HANDLER.kind: m.HANDLER for m in (macvlan, ipvlan, vlan)}
+KINDS: dict[str, Kind] = {m.HANDLER.kind: m.HANDLER for m in (macvlan, ipvlan, vlan, sriov)}
 
 
 def handle(ctx: Context, env: Mapping[str, str], stdin: bytes, plugin: str = "") -> Response:

@@ -115,6 +115,10 @@ class Sysfs:
                     found[int(match.group(1))] = target
         return dict(sorted(found.items()))
 
+    def pci_netdevs(self, address: str) -> list[str]:
+        """Netdevs of a PCI function in this sysfs' network namespace (``net/``)."""
+        return self.listdir(f"{self._pci_devices}/{address}/net")
+
     def pci_has_sriov(self, address: str) -> bool:
         return os.path.exists(f"{self._pci_devices}/{address}/sriov_totalvfs")
 

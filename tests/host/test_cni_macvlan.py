@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, netns
 
+from cni.context import Context
 from cni.install import install
 from cni.server import CniServer
 from cni.shim import shim_path
+from cni.vfstate import VfState
+from nodeagent.ipam.allocator import Ipam
 from tests.host.cni_helpers import REFERENCE_BIN, Outcome, run_plugin
 from tests.host.conftest import unique
 
@@ -28,14 +31,15 @@ def agent(tmp_path_factory) -> Iterator[dict]:
     """A running agent socket and the shim installed into a CNI bin dir."""
     root = tmp_path_factory.mktemp("agent")
     socket_path = str(root / "run" / "agent.sock")
-    server = CniServer(socket_path)
+    server = CniServer(socket_path, context=Context(vfs=VfState(root / "state"),
+                                                     ipam=Ipam(root / "ipam")))
     server.start()
     bindir = root / "bin"
     install(bindir, shim_path())
     for name in ("host-local", "static"):
         os.symlink(REFERENCE_BIN / name, bindir / name)
     try:
-        yield {"socket": socket_path, "bin": bindir}
+        yield {"socket": socket_path, "bin": bindir, "state": root / "state"}
     finally:
         server.stop()
 
@@ -61,7 +65,8 @@ def pod(test_netns: str) -> str:
 
 
 def cni(agent: dict, command: str, conf, pod: str = "", **kw) -> Outcome:
-    env = {"NODEAGENT_SOCKET": agent["socket"], **kw.pop("env", {})}
+    env = {"NODEAGENT_SOCKET": agent["socket"], "NODEAGENT_STATE_DIR": str(agent["state"]),
+           **kw.pop("env", {})}
     return run_plugin(agent["bin"] / "macvlan", command, conf, netns=pod, path=agent["bin"],
                       env=env, **kw)
 
@@ -393,3 +398,46 @@ def test_the_shim_serves_as_ipam_plugin_for_other_plugins(agent, master, pod, tm
     reused = run_plugin(REFERENCE_BIN / "macvlan", "ADD", c, netns=pod, path=agent["bin"],
                         env=env, container_id="other")
     assert reused.doc["ips"][0]["address"] == "10.91.0.3/29"
+
+
+def a_pci_function_that_is_not_a_vf() -> str:
+    devices = Path("/sys/bus/pci/devices")
+    return next(d.name for d in sorted(devices.iterdir()) if not (d / "physfn").exists())
+
+
+SRIOV_BAD = [
+    ("no deviceID", {}, "deviceID"),
+    ("deviceID not a PCI address", {"deviceID": "eth0"}, "deviceID"),
+    ("no such PCI device", {"deviceID": "0000:fe:1f.7"}, "no such PCI device"),
+    ("not a VF", {"deviceID": "NOT_A_VF"}, "is not an SR-IOV VF"),
+    ("VLAN 4095", {"deviceID": "0000:fe:1f.7", "vlan": 4095}, "vlan"),
+    ("QoS without VLAN", {"deviceID": "0000:fe:1f.7", "vlanQoS": 3}, "need 'vlan'"),
+    ("spoofchk not on/off", {"deviceID": "0000:fe:1f.7", "spoofchk": "maybe"}, "spoofchk"),
+    ("multicast MAC", {"deviceID": "0000:fe:1f.7", "mac": "33:33:00:00:00:01"}, "multicast"),
+    ("min rate above max", {"deviceID": "0000:fe:1f.7", "min_tx_rate": 200,
+                            "max_tx_rate": 100}, "min_tx_rate"),
+]
+
+
+@pytest.mark.parametrize("case,fields,message", SRIOV_BAD, ids=[b[0] for b in SRIOV_BAD])
+def test_sriov_bad_input_is_refused_before_anything_changes(agent, pod, case, fields,
+                                                            message) -> None:
+    if fields.get("deviceID") == "NOT_A_VF":
+        fields = {**fields, "deviceID": a_pci_function_that_is_not_a_vf()}
+    c = {"cniVersion": "1.0.0", "name": "sriovnet", "type": "sriov", **fields,
+         "ipam": {"type": "static", "addresses": [{"address": "10.92.0.5/24"}]}}
+
+    out = run_plugin(agent["bin"] / "sriov", "ADD", c, netns=pod, path=agent["bin"],
+                     env={"NODEAGENT_SOCKET": agent["socket"]})
+
+    assert out.status == 1 and out.doc["code"] == 7, out.stdout
+    assert message in out.doc["msg"]
+    assert set(pod_links(pod)) == {"lo"}
+    assert not list((agent["state"] / "sriov").glob("*.json"))
+
+
+def test_sriov_del_of_an_unknown_attachment_succeeds(agent, pod) -> None:
+    c = {"cniVersion": "1.0.0", "name": "sriovnet", "type": "sriov", "deviceID": "0000:fe:1f.7"}
+    out = run_plugin(agent["bin"] / "sriov", "DEL", c, netns=pod, path=agent["bin"],
+                     env={"NODEAGENT_SOCKET": agent["socket"]})
+    assert out.status == 0, out.stdout

@@ -1,0 +1,327 @@
+"""SR-IOV VFs as sriov-cni attaches them, with its configuration fields unchanged.
+
+``deviceID`` (the VF's PCI address; Multus passes it at top level or in runtimeConfig) names
+the VF. A VF on a kernel driver is moved into the pod namespace and renamed; a VF bound to
+vfio-pci or uio (DPDK) stays where it is. Either way the PF-side settings are applied (``mac``,
+``vlan``/``vlanQoS``/``vlanProto``, ``spoofchk``, ``trust``, ``min_tx_rate``/``max_tx_rate``,
+``link_state``) and IPAM runs. Everything DEL must undo is recorded before the first change,
+so DEL restores the VF even after a crash, and when the pod's namespace is already gone (the
+kernel then hands the VF back to the host namespace under some name: it is found by its PCI
+address).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cni import ipam, links
+from cni.context import Context, attachment_mac
+from cni.errors import INVALID_CONFIG, IO_FAILURE, UNSUPPORTED_FIELD, CniError, config_error
+from cni.protocol import CniRequest
+from cni.result import Interface, Result
+from cni.vfstate import VfAttachment
+from nodeagent.netlink import RTEXT_FILTER_VF, vf_configs_from_msg
+from nodeagent.rtnl import Rtnl
+from nodeagent.sysfs import PCI_ADDRESS
+
+log = logging.getLogger(__name__)
+
+DPDK_DRIVERS = frozenset({"vfio-pci", "uio_pci_generic", "igb_uio"})
+VLAN_PROTOS = {"802.1q": 0x8100, "802.1ad": 0x88A8}
+LINK_STATES = {"auto": 0, "enable": 1, "disable": 2}
+ON_OFF = {"on": True, "off": False}
+
+
+@dataclass(frozen=True)
+class SriovConf:
+    device_id: str
+    mac: str | None
+    vlan: int | None
+    qos: int
+    proto: str
+    spoofchk: bool | None
+    trust: bool | None
+    link_state: str | None
+    min_tx_rate: int | None
+    max_tx_rate: int | None
+    mtu: int
+
+
+def _int(c: dict[str, Any], key: str, low: int, high: int) -> int | None:
+    value = c.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise config_error(key, f"{value!r} is not an integer from {low} to {high}")
+    return value
+
+
+def _choice(c: dict[str, Any], key: str, choices: dict[str, Any]) -> str | None:
+    value = c.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise config_error(key, f"{value!r} is not one of {', '.join(choices)}")
+    return value.lower()
+
+
+def parse(request: CniRequest) -> SriovConf:
+    c = request.config
+    device_id = request.runtime_config.get("deviceID") or c.get("deviceID")
+    if not isinstance(device_id, str) or not PCI_ADDRESS.match(device_id.lower()):
+        raise config_error("deviceID", f"{device_id!r} is not a PCI address such as"
+                           " 0000:3b:02.1 (Multus passes the one the device plugin allocated)")
+    vlan = _int(c, "vlan", 0, 4094)
+    qos = _int(c, "vlanQoS", 0, 7)
+    proto = _choice(c, "vlanProto", VLAN_PROTOS)
+    if vlan is None and (qos or proto):
+        raise config_error("vlanQoS/vlanProto", "need 'vlan'")
+    if proto == "802.1ad":
+        raise CniError(UNSUPPORTED_FIELD, "vlanProto 802.1ad is not supported yet; use 802.1q")
+    spoofchk, trust = _choice(c, "spoofchk", ON_OFF), _choice(c, "trust", ON_OFF)
+    min_rate, max_rate = _int(c, "min_tx_rate", 0, 1 << 31), _int(c, "max_tx_rate", 0, 1 << 31)
+    if min_rate and max_rate and min_rate > max_rate:
+        raise config_error("min_tx_rate", f"{min_rate} is above max_tx_rate {max_rate}")
+    return SriovConf(
+        device_id=device_id.lower(), mac=attachment_mac(request), vlan=vlan, qos=qos or 0,
+        proto=proto or "802.1q",
+        spoofchk=None if spoofchk is None else ON_OFF[spoofchk],
+        trust=None if trust is None else ON_OFF[trust],
+        link_state=_choice(c, "link_state", LINK_STATES), min_tx_rate=min_rate,
+        max_tx_rate=max_rate, mtu=_int(c, "mtu", 0, 65535) or 0,
+    )
+
+
+# -- ADD --------------------------------------------------------------------------------------
+
+
+def add(ctx: Context, request: CniRequest) -> Result:
+    conf = parse(request)
+    pf, vf_index = _pf_of(ctx, conf.device_id)
+    with ctx.vfs.lock(conf.device_id):
+        holder = ctx.vfs.holder(conf.device_id)
+        if holder is not None and (holder.container_id, holder.ifname) != (
+                request.container_id, request.ifname):
+            raise CniError(INVALID_CONFIG, f"VF {conf.device_id} is already attached to container"
+                           f" {holder.container_id} as {holder.ifname}")
+        attachment = _record(ctx, request, conf, pf, vf_index)
+        ctx.vfs.save(attachment)
+        allocated = False
+        try:
+            _apply_pf_side(ctx, attachment, conf)
+            if attachment.dpdk:
+                result = ipam.add(ctx, request)
+                allocated = True
+                mac = None
+            else:
+                result, mac = _move_into_pod(ctx, request, attachment, conf)
+                allocated = True
+        except BaseException:
+            _undo(ctx, attachment, release=allocated, request=request)
+            raise
+    result.interfaces = [Interface(request.ifname, mac=mac, sandbox=request.netns,
+                                   pci_id=conf.device_id)]
+    for ip in result.ips:
+        ip.interface = 0
+    return result
+
+
+def _pf_of(ctx: Context, device_id: str) -> tuple[str, int]:
+    if not ctx.sysfs.pci_exists(device_id):
+        raise CniError(INVALID_CONFIG, f"deviceID {device_id}: no such PCI device")
+    pf = ctx.sysfs.pci_physfn(device_id)
+    if pf is None:
+        raise CniError(INVALID_CONFIG, f"deviceID {device_id} is not an SR-IOV VF")
+    index = next((i for i, a in ctx.sysfs.pci_virtfns(pf).items() if a == device_id), None)
+    if index is None:
+        raise CniError(IO_FAILURE, f"VF {device_id} is not among the VFs of its PF {pf}")
+    return pf, index
+
+
+def _pf_link(ctx: Context, pf: str) -> tuple[str, int]:
+    names = ctx.sysfs.pci_netdevs(pf)
+    index = ctx.host.link_index(names[0]) if names else None
+    if index is None:
+        raise CniError(IO_FAILURE, f"PF {pf} has no netdev in the host network namespace")
+    return names[0], index
+
+
+def _record(ctx: Context, request: CniRequest, conf: SriovConf, pf: str,
+            vf_index: int) -> VfAttachment:
+    pf_name, pf_index = _pf_link(ctx, pf)
+    msg = ctx.host.link(index=pf_index, ext_mask=RTEXT_FILTER_VF)
+    pf_side = vf_configs_from_msg(msg).get(vf_index) if msg is not None else None
+    dpdk = ctx.sysfs.pci_driver(conf.device_id) in DPDK_DRIVERS
+    name = mtu = mac = None
+    if not dpdk:
+        names = ctx.sysfs.pci_netdevs(conf.device_id)
+        if not names:
+            raise CniError(INVALID_CONFIG, f"VF {conf.device_id} has no netdev in the host"
+                           " namespace: it is in use, or bound to no kernel driver",
+                           f"driver: {ctx.sysfs.pci_driver(conf.device_id)}")
+        link = ctx.host.link(name=names[0])
+        name, mtu, mac = names[0], link.get("IFLA_MTU"), link.get("IFLA_ADDRESS")
+    return VfAttachment(
+        container_id=request.container_id, ifname=request.ifname, netns=request.netns,
+        pci=conf.device_id, pf=pf_name, vf_index=vf_index, dpdk=dpdk, original_name=name,
+        original_mtu=mtu, original_mac=mac, pf_side=asdict(pf_side) if pf_side else {},
+    )
+
+
+def _apply_pf_side(ctx: Context, att: VfAttachment, conf: SriovConf) -> None:
+    settings: list[tuple[str, Any, str]] = []
+    if conf.mac:
+        settings.append(("mac", conf.mac, f"mac {conf.mac}"))
+    if conf.vlan is not None:
+        settings.append(("vlan", (conf.vlan, conf.qos), f"vlan {conf.vlan} qos {conf.qos}"))
+    if conf.spoofchk is not None:
+        settings.append(("spoofchk", conf.spoofchk, "spoofchk"))
+    if conf.trust is not None:
+        settings.append(("trust", conf.trust, "trust"))
+    if conf.min_tx_rate is not None or conf.max_tx_rate is not None:
+        settings.append(("rate", (conf.min_tx_rate or 0, conf.max_tx_rate or 0), "tx rates"))
+    if conf.link_state is not None:
+        settings.append(("link_state", LINK_STATES[conf.link_state],
+                         f"link_state {conf.link_state}"))
+    pf_index = ctx.host.link_index(att.pf)
+    if pf_index is None:
+        raise CniError(IO_FAILURE, f"PF {att.pf} vanished")
+    for setting, value, label in settings:
+        try:
+            ctx.host.vf_set(pf_index, att.vf_index, setting, value)
+        except OSError as exc:
+            refused = (errno.EINVAL, errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.ERANGE)
+            code = INVALID_CONFIG if exc.errno in refused else IO_FAILURE
+            raise CniError(code, f"PF {att.pf} refused {label} for VF {att.vf_index}"
+                           f" ({att.pci}): {exc.strerror}") from None
+
+
+def _move_into_pod(ctx: Context, request: CniRequest, att: VfAttachment,
+                   conf: SriovConf) -> tuple[Result, str | None]:
+    index = ctx.host.link_index(att.original_name or "")
+    if index is None:
+        raise CniError(IO_FAILURE, f"VF netdev {att.original_name} vanished")
+    netns_fd = os.open(request.netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with links.kernel_errors(f"moving VF {att.pci} into {request.netns}"):
+            ctx.host.link_set(index, up=False)
+            ctx.host.link_set(index, netns_fd=netns_fd)
+    finally:
+        os.close(netns_fd)
+    with Rtnl(request.netns) as pod:
+        index = pod.link_index(att.original_name or "")
+        with links.kernel_errors(f"renaming the VF to {request.ifname}"):
+            pod.link_set(index, name=request.ifname, mtu=conf.mtu or None, mac=conf.mac)
+        result = ipam.add(ctx, request)
+        try:
+            links.configure(pod, request.netns, request.ifname, index, result)
+        except BaseException:
+            ipam.delete(ctx, request)
+            raise
+        return result, pod.link(index=index).get("IFLA_ADDRESS")
+
+
+# -- DEL and the undo both ADD failures and DEL use --------------------------------------------
+
+
+def delete(ctx: Context, request: CniRequest) -> None:
+    att = ctx.vfs.load(request.container_id, request.ifname)
+    if att is None:  # never attached, or already detached: DEL succeeds
+        ipam.delete(ctx, request)
+        return
+    with ctx.vfs.lock(att.pci):
+        _undo(ctx, att, release=True, request=request)
+
+
+def _undo(ctx: Context, att: VfAttachment, *, release: bool, request: CniRequest) -> None:
+    if release:
+        ipam.delete(ctx, request)
+    if not att.dpdk:
+        _return_netdev(ctx, att)
+    _restore_pf_side(ctx, att)
+    ctx.vfs.remove(att.container_id, att.ifname)
+
+
+def _return_netdev(ctx: Context, att: VfAttachment) -> None:
+    """Bring the VF netdev home under its original name, MTU and MAC."""
+    if att.netns and os.path.exists(att.netns):
+        with Rtnl(att.netns) as pod:
+            index = pod.link_index(att.ifname)
+            if index is not None:
+                home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    pod.link_set(index, up=False)
+                    pod.link_set(index, netns_fd=home)
+                finally:
+                    os.close(home)
+    names = ctx.sysfs.pci_netdevs(att.pci)
+    if not names:
+        log.warning("VF %s has no netdev in the host namespace to restore", att.pci)
+        return
+    index = ctx.host.link_index(names[0])
+    if index is None:
+        return
+    rename = att.original_name if att.original_name != names[0] else None
+    if rename and ctx.host.link_index(rename) is not None:
+        log.warning("cannot rename VF %s back to %s: the name is taken", att.pci, rename)
+        rename = None
+    try:
+        ctx.host.link_set(index, up=False, name=rename, mtu=att.original_mtu,
+                          mac=att.original_mac)
+    except OSError as exc:  # some VF drivers refuse a MAC from the VF side: keep the rest
+        log.warning("restoring VF %s netdev: %s; retrying without its MAC", att.pci, exc)
+        ctx.host.link_set(index, up=False, name=rename, mtu=att.original_mtu)
+
+
+def _restore_pf_side(ctx: Context, att: VfAttachment) -> None:
+    p = att.pf_side
+    if not p:
+        return
+    pf_index = ctx.host.link_index(att.pf)
+    if pf_index is None:
+        log.warning("PF %s is gone; VF %s settings not restored", att.pf, att.pci)
+        return
+    settings: list[tuple[str, Any]] = [
+        ("vlan", (p["vlan"], p["qos"])), ("rate", (p["min_tx_rate"], p["max_tx_rate"]))]
+    if p.get("mac"):
+        settings.insert(0, ("mac", p["mac"]))
+    settings += [(k, p[k]) for k in ("spoofchk", "trust") if p.get(k) is not None]
+    if p.get("link_state"):
+        settings.append(("link_state", LINK_STATES[p["link_state"]]))
+    for setting, value in settings:
+        try:
+            ctx.host.vf_set(pf_index, att.vf_index, setting, value)
+        except OSError as exc:
+            log.warning("restoring %s of VF %s on %s: %s", setting, att.pci, att.pf, exc)
+
+
+# -- CHECK ------------------------------------------------------------------------------------
+
+
+def check(ctx: Context, request: CniRequest) -> None:
+    conf = parse(request)
+    prev = links.require_prev_result(request)
+    att = ctx.vfs.load(request.container_id, request.ifname)
+    if att is None or att.pci != conf.device_id:
+        raise CniError(IO_FAILURE, f"no attachment of VF {conf.device_id} as {request.ifname}")
+    if not att.dpdk:
+        with Rtnl(request.netns) as pod:
+            link = pod.link(name=request.ifname)
+            if link is None:
+                raise CniError(IO_FAILURE, f"{request.ifname} is not in {request.netns}")
+            links.check_addresses(pod, link["index"], prev, request.ifname)
+    ipam.check(ctx, request)
+
+
+class _Handler:
+    kind = "sriov"
+    add = staticmethod(add)
+    delete = staticmethod(delete)
+    check = staticmethod(check)
+
+
+HANDLER = _Handler()

@@ -1,0 +1,88 @@
+"""What an SR-IOV attachment changed, kept on disk so DEL can undo it after any crash.
+
+One JSON file per attachment (container ID + interface name), written before the first change
+with write-temp, fsync, rename; and one lock file per VF, so two attachments never take the same
+VF. The fallback plugin uses the same files and locks as the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass
+class VfAttachment:
+    container_id: str
+    ifname: str
+    netns: str
+    pci: str
+    pf: str
+    vf_index: int
+    dpdk: bool
+    #: The VF netdev as it was in the host namespace (None in DPDK mode).
+    original_name: str | None
+    original_mtu: int | None
+    original_mac: str | None
+    #: The PF-side settings before the attachment (nodeagent.model.VfConfig fields).
+    pf_side: dict
+
+
+class VfState:
+    """Attachment records and VF locks under ``root`` (``<root>/sriov``)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.dir = Path(root) / "sriov"
+
+    def _path(self, container_id: str, ifname: str) -> Path:
+        return self.dir / f"{container_id}-{ifname}.json"
+
+    def save(self, attachment: VfAttachment) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self._path(attachment.container_id, attachment.ifname)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(asdict(attachment), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def load(self, container_id: str, ifname: str) -> VfAttachment | None:
+        try:
+            with open(self._path(container_id, ifname)) as f:
+                return VfAttachment(**json.load(f))
+        except FileNotFoundError:
+            return None
+
+    def remove(self, container_id: str, ifname: str) -> None:
+        self._path(container_id, ifname).unlink(missing_ok=True)
+
+    def holder(self, pci: str) -> VfAttachment | None:
+        """The attachment that holds a VF, if any."""
+        for path in self.dir.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                attachment = VfAttachment(**json.loads(path.read_text()))
+                if attachment.pci == pci:
+                    return attachment
+        return None
+
+    @contextlib.contextmanager
+    def lock(self, pci: str) -> Iterator[None]:
+        locks = self.dir / "locks"
+        locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(locks / f"{pci}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
