@@ -1,10 +1,12 @@
-"""Build hooks: native/ through cffi (API mode) and the compiled CNI shim (native/cni_shim.c,
-installed as cni/bin/nodeagent-cni-shim); everything else is in pyproject.toml."""
+"""Build hooks: native/ through cffi (API mode), the compiled CNI shim (native/cni_shim.c,
+installed as cni/bin/nodeagent-cni-shim) and the kubelet device plugin API stubs (generated from
+deviceplugin/api.proto into deviceplugin/_stubs); everything else is in pyproject.toml."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import runpy
 import shutil
 import sys
 from pathlib import Path
@@ -30,6 +32,17 @@ class BuildExtWithShim(build_ext):
         super().run()
         if sys.platform.startswith("linux"):  # the shim uses /proc/self/exe and memfd_create
             self._build_shim()
+        self._generate_stubs()
+
+    def _generate_stubs(self) -> None:
+        """Device plugin gRPC stubs from the .proto: generated at build time, never committed."""
+        generate = runpy.run_path(os.path.join("deviceplugin", "api.py"))["generate"]
+        targets = [Path(self.build_lib, "deviceplugin", "_stubs")]
+        if self.inplace:
+            package_dir = self.get_finalized_command("build_py").get_package_dir("deviceplugin")
+            targets.append(Path(package_dir, "_stubs"))
+        for target in targets:
+            generate(target)
 
     def _shim_build_path(self) -> Path:
         return Path(self.build_lib, "cni", "bin", SHIM_NAME)

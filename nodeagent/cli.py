@@ -17,6 +17,9 @@ from cni.install import FALLBACK_NAME, PLUGIN_NAMES
 from cni.install import install as install_plugins
 from cni.server import DEFAULT_SOCKET, CniServer
 from cni.shim import shim_path
+from deviceplugin import config as dp_config
+from deviceplugin.api import DEVICE_PLUGIN_PATH
+from deviceplugin.manager import DevicePluginManager
 from nodeagent import __version__
 from nodeagent.discovery import Scanner
 from nodeagent.ipam import ops as ipam_ops
@@ -106,6 +109,13 @@ def _daemon_args(sub: argparse._SubParsersAction) -> None:
                    help=f"CNI socket (default: {DEFAULT_SOCKET}); root-only")
     p.add_argument("--sysfs-root", default="/sys", metavar="DIR")
     p.add_argument("--workers", type=int, default=32, help="concurrent CNI requests")
+    p.add_argument("--device-plugin-config", type=Path, default=Path(dp_config.DEFAULT_PATH),
+                   metavar="FILE", help="sriov-network-device-plugin resource pools (default:"
+                   f" {dp_config.DEFAULT_PATH}); the device plugin runs when the file exists")
+    p.add_argument("--device-plugin-dir", default=DEVICE_PLUGIN_PATH, metavar="DIR",
+                   help=f"kubelet's device plugin directory (default: {DEVICE_PLUGIN_PATH})")
+    p.add_argument("--allocation-policy", choices=["pack", "spread"], default="pack",
+                   help="preferred allocation: fewest PFs (pack) or most (spread)")
     p.set_defaults(func=cmd_daemon)
 
 
@@ -118,9 +128,17 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     log.info("inventory: %d NICs, %d SR-IOV PFs", len(node.nics), len(node.pfs))
     server = CniServer(args.socket, workers=args.workers)
     server.start()
+    plugins = None
+    if args.device_plugin_config.exists():
+        plugins = DevicePluginManager(dp_config.load(args.device_plugin_config),
+                                      args.device_plugin_dir, policy=args.allocation_policy)
+        plugins.attach(inventory)
+        log.info("device plugin: resources %s", ", ".join(sorted(plugins.servers)) or "none")
     try:
         done.wait()
     finally:
+        if plugins is not None:
+            plugins.stop()
         server.stop()
         inventory.stop()
     return 0
