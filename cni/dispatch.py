@@ -25,6 +25,7 @@ class Kind(Protocol):
     def add(self, ctx: Context, request: CniRequest) -> Result: ...
     def delete(self, ctx: Context, request: CniRequest) -> None: ...
     def check(self, ctx: Context, request: CniRequest) -> None: ...
+    def gc(self, ctx: Context, request: CniRequest) -> None: ...
 
 
 KINDS: dict[str, Kind] = {m.HANDLER.kind: m.HANDLER for m in (macvlan, ipvlan, vlan, sriov)}
@@ -64,7 +65,7 @@ def _run(ctx: Context, request: CniRequest) -> bytes:
         "DEL": lambda: kind.delete(ctx, request),
         "CHECK": lambda: kind.check(ctx, request),
         "STATUS": lambda: ipam.status(ctx, request),
-        "GC": lambda: ipam.gc(ctx, request),
+        "GC": lambda: kind.gc(ctx, request),
     }
     result = verbs[request.command]()
     if request.command == "ADD":

@@ -133,3 +133,7 @@ class Handler:
     def check(self, ctx: Context, request: CniRequest) -> None:
         self.parse(request)
         check(ctx, request, self.kind)
+
+    def gc(self, ctx: Context, request: CniRequest) -> None:
+        """Links die with their pod's namespace: only IPAM has anything to collect."""
+        ipam.gc(ctx, request)

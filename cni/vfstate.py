@@ -12,7 +12,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -31,6 +31,10 @@ class VfAttachment:
     original_mac: str | None
     #: The PF-side settings before the attachment (nodeagent.model.VfConfig fields).
     pf_side: dict
+    #: The CNI network (config "name"), so GC touches only its own network's attachments.
+    network: str = ""
+    #: The PF-side settings the attachment changes; DEL restores only these.
+    changed: list[str] = field(default_factory=list)
 
 
 class VfState:
@@ -67,14 +71,16 @@ class VfState:
     def remove(self, container_id: str, ifname: str) -> None:
         self._path(container_id, ifname).unlink(missing_ok=True)
 
+    def all(self) -> list[VfAttachment]:
+        found = []
+        for path in sorted(self.dir.glob("*.json")):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                found.append(VfAttachment(**json.loads(path.read_text())))
+        return found
+
     def holder(self, pci: str) -> VfAttachment | None:
         """The attachment that holds a VF, if any."""
-        for path in self.dir.glob("*.json"):
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                attachment = VfAttachment(**json.loads(path.read_text()))
-                if attachment.pci == pci:
-                    return attachment
-        return None
+        return next((a for a in self.all() if a.pci == pci), None)
 
     @contextlib.contextmanager
     def lock(self, pci: str) -> Iterator[None]:

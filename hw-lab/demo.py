@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
 """The `make demo` walk-through, run in the lab (hw-lab/run.py --demo) or on inventory PFs.
 
-Creates VFs, shows `nodeagent inventory`, attaches a VF netdev and a macvlan with fixed IPs to a
-pod namespace, pings a peer, detaches, and shows the VF back in the host namespace by its name.
-Exits non-zero if a step fails (including a missing or failing `nodeagent inventory`).
+Creates VFs, shows `nodeagent inventory`, starts the agent (`nodeagent daemon`), installs the CNI
+shim, and attaches a VF and a macvlan with fixed IPs to a pod namespace exactly as a container
+runtime would (CNI ADD through the installed plugins); pings a peer across the wire, detaches
+(CNI DEL), and shows that everything is back. Exits non-zero if a step fails.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -19,9 +24,9 @@ from hwlab import netns, sriov
 from hwlab.guard import PF, Guard
 from hwlab.inventory import load
 from hwlab.sysfs import Sysfs
-from hwlab.vfconfig import set_vf
 from pyroute2 import IPRoute
 
+BIN = Path(sys.executable).parent
 VF_MAC = "02:00:5e:00:53:21"
 POD_VF, POD_MACVLAN, PEER = "203.0.113.10/24", "198.51.100.10/24", "203.0.113.1/24"
 
@@ -37,35 +42,61 @@ def show(argv: list[str]) -> int:
 
 
 def nodeagent_inventory() -> bool:
-    cli = Path(sys.executable).parent / "nodeagent"
-    if not cli.exists():
-        print(f"!! {cli} is not installed (pip install -e . in the project venv)")
-        return False
-    return show([str(cli), "inventory"]) == 0
+    return show([str(BIN / "nodeagent"), "inventory"]) == 0
 
 
-def attach(pod: str, peer: str, vf_netdev: str, other: PF) -> None:
-    """VF netdev -> pod as net1, a macvlan on the other PF -> pod as net2; the peer's macvlan
-    sits on the other PF too, so the pod's VF reaches it across the wire."""
+def start_agent(root: Path) -> subprocess.Popen:
+    sock = root / "run" / "agent.sock"
+    print(f"$ nodeagent daemon --socket {sock} &", flush=True)
+    agent = subprocess.Popen([str(BIN / "nodeagent"), "--log-level", "info", "daemon",
+                              "--socket", str(sock)], env={**os.environ, **agent_env(root)})
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        if agent.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("nodeagent daemon did not start")
+        time.sleep(0.2)
+    show([str(BIN / "nodeagent"), "cni", "install", "--dest", str(root / "bin")])
+    return agent
+
+
+def agent_env(root: Path) -> dict[str, str]:
+    return {"NODEAGENT_STATE_DIR": str(root / "state")}
+
+
+def cni(root: Path, command: str, conf: dict, pod: str, ifname: str) -> dict | None:
+    """Run an installed plugin as a container runtime does: environment, config on stdin."""
+    plugin = root / "bin" / conf["type"]
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "demo-pod", "CNI_IFNAME": ifname,
+           "CNI_NETNS": f"/run/netns/{pod}", "CNI_PATH": str(root / "bin"),
+           "NODEAGENT_SOCKET": str(root / "run" / "agent.sock"), **agent_env(root)}
+    print(f"$ CNI_COMMAND={command} CNI_IFNAME={ifname} {plugin} <<< '{json.dumps(conf)}'")
+    proc = subprocess.run([str(plugin)], input=json.dumps(conf).encode(), env=env,
+                          capture_output=True, check=False)
+    out = proc.stdout.decode().strip()
+    if out:
+        print(json.dumps(json.loads(out), indent=1))
+    if proc.returncode != 0:
+        raise RuntimeError(f"CNI {command} {conf['type']} failed: {proc.stderr.decode()}")
+    return json.loads(out) if out else None
+
+
+def networks(vf_pci: str, other: PF) -> list[tuple[str, dict]]:
+    """The two attachments, as NetworkAttachmentDefinitions would carry them."""
+    return [
+        ("net1", {"cniVersion": "1.1.0", "name": "sriov-net", "type": "sriov",
+                  "deviceID": vf_pci, "mac": VF_MAC, "spoofchk": "on", "trust": "off",
+                  "ipam": {"type": "static", "addresses": [{"address": POD_VF}]}}),
+        ("net2", {"cniVersion": "1.1.0", "name": "macvlan-net", "type": "macvlan",
+                  "master": other.netdev, "mode": "bridge",
+                  "ipam": {"type": "static", "addresses": [{"address": POD_MACVLAN}]}}),
+    ]
+
+
+def peer_link(peer: str, other: PF) -> None:
     with IPRoute() as ipr:
-        ipr.link("set", index=netns.index(ipr, vf_netdev), net_ns_fd=pod)
-        for ns, name in ((pod, "nahwdemomv2"), (peer, "nahwdemomvp")):
-            ipr.link("add", ifname=name, kind="macvlan", link=netns.index(ipr, other.netdev),
-                     macvlan_mode="bridge", net_ns_fd=ns)
-    netns.configure(pod, vf_netdev, POD_VF, rename="net1")
-    netns.configure(pod, "nahwdemomv2", POD_MACVLAN, rename="net2")
+        ipr.link("add", ifname="nahwdemomvp", kind="macvlan",
+                 link=netns.index(ipr, other.netdev), macvlan_mode="bridge", net_ns_fd=peer)
     netns.configure(peer, "nahwdemomvp", PEER)
-
-
-def detach(pod: str, vf_netdev: str) -> None:
-    """Give the VF back to the host namespace under its own name; drop the pod's macvlan."""
-    with IPRoute(netns=pod) as ipr:
-        ipr.link("del", index=netns.index(ipr, "net2"))
-        idx = netns.index(ipr, "net1")
-        ipr.flush_addr(index=idx)
-        ipr.link("set", index=idx, state="down")
-        ipr.link("set", index=idx, ifname=vf_netdev)
-        ipr.link("set", index=idx, net_ns_pid=1)
 
 
 def main() -> int:
@@ -74,41 +105,56 @@ def main() -> int:
     lower = guard.pf(inventory.pfs[0].pci)
     other = guard.pf(inventory.pfs[0].peer) if inventory.pfs[0].peer else lower
     ok = True
+    root = Path(tempfile.mkdtemp(prefix="nahwdemo"))
+    agent = None
     try:
         step(f"1. two VFs on {lower.pci} ({lower.netdev}, {lower.spec.driver})")
         netns.up_with_carrier(lower.netdev)
         netns.up_with_carrier(other.netdev)
         vfs = sriov.create_vfs(sysfs, lower.pci, 2, lower.spec.vf_driver)
-        with IPRoute() as ipr:
-            set_vf(ipr, netns.index(ipr, lower.netdev), 0, mac=VF_MAC)
-        vf_netdev = sriov.rebind(sysfs, vfs[0].pci, lower.spec.vf_driver)
+        vf_netdev = vfs[0].netdev
         show(["ip", "link", "show", lower.netdev])
 
         step("2. nodeagent inventory")
         ok = nodeagent_inventory() and ok
 
-        step(f"3. attach VF {vf_netdev} (net1) and a macvlan on {other.netdev} (net2) to a pod")
+        step("3. the agent and its CNI plugins")
+        agent = start_agent(root)
+
+        step(f"4. CNI ADD: VF {vfs[0].pci} as net1, a macvlan on {other.netdev} as net2")
         with netns.namespace("pod") as pod, netns.namespace("peer") as peer:
-            attach(pod, peer, vf_netdev, other)
+            attached = networks(vfs[0].pci, other)
+            for ifname, conf in attached:
+                cni(root, "ADD", conf, pod, ifname)
             show(["ip", "-n", pod, "-br", "address"])
+            peer_link(peer, other)
             netns.wait_carrier(pod, "net1")
             print(f"$ ip netns exec {pod} busybox ping -c 1 {PEER.split('/')[0]}")
             result = netns.ping(pod, PEER.split("/")[0])
             print(result.stdout, end="", flush=True)
             ok = result.returncode == 0 and ok
+            ok = nodeagent_inventory() and ok
 
-            step("4. detach")
-            detach(pod, vf_netdev)
+            step("5. CNI DEL")
+            for ifname, conf in reversed(attached):
+                cni(root, "DEL", conf, pod, ifname)
             show(["ip", "-n", pod, "-br", "link"])
 
-        step(f"5. back in the host namespace: {vf_netdev}")
+        step(f"6. back in the host namespace: {vf_netdev}, its PF-side settings restored")
         back = vf_netdev in sysfs.netdevs(vfs[0].pci)
-        show(["ip", "-br", "link"])
+        ok = nodeagent_inventory() and ok
         where = f"{vf_netdev} on {vfs[0].pci}"
         print(f"OK: {where} is back" if back else f"!! {where} did not come back")
         ok = back and ok
+    except (RuntimeError, OSError, TimeoutError) as exc:
+        print(f"!! {exc}")
+        ok = False
     finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(timeout=30)
         sysfs.set_numvfs(lower.pci, 0)
+        shutil.rmtree(root, ignore_errors=True)
     print(f"\ndemo {'passed' if ok else 'FAILED'}")
     return 0 if ok else 1
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -169,10 +170,12 @@ def _record(ctx: Context, request: CniRequest, conf: SriovConf, pf: str,
         container_id=request.container_id, ifname=request.ifname, netns=request.netns,
         pci=conf.device_id, pf=pf_name, vf_index=vf_index, dpdk=dpdk, original_name=name,
         original_mtu=mtu, original_mac=mac, pf_side=asdict(pf_side) if pf_side else {},
+        network=request.network, changed=[setting for setting, _, _ in _pf_settings(conf)],
     )
 
 
-def _apply_pf_side(ctx: Context, att: VfAttachment, conf: SriovConf) -> None:
+def _pf_settings(conf: SriovConf) -> list[tuple[str, Any, str]]:
+    """The PF-side settings the configuration asks for: (setting, value, label)."""
     settings: list[tuple[str, Any, str]] = []
     if conf.mac:
         settings.append(("mac", conf.mac, f"mac {conf.mac}"))
@@ -187,6 +190,11 @@ def _apply_pf_side(ctx: Context, att: VfAttachment, conf: SriovConf) -> None:
     if conf.link_state is not None:
         settings.append(("link_state", LINK_STATES[conf.link_state],
                          f"link_state {conf.link_state}"))
+    return settings
+
+
+def _apply_pf_side(ctx: Context, att: VfAttachment, conf: SriovConf) -> None:
+    settings = _pf_settings(conf)
     pf_index = ctx.host.link_index(att.pf)
     if pf_index is None:
         raise CniError(IO_FAILURE, f"PF {att.pf} vanished")
@@ -247,7 +255,8 @@ def _undo(ctx: Context, att: VfAttachment, *, release: bool, request: CniRequest
 
 
 def _return_netdev(ctx: Context, att: VfAttachment) -> None:
-    """Bring the VF netdev home under its original name, MTU and MAC."""
+    """Bring the VF netdev home under its original name, MTU and MAC, as far as the driver
+    lets us: a refusal is logged, never fails DEL (a failing DEL blocks pod termination)."""
     if att.netns and os.path.exists(att.netns):
         with Rtnl(att.netns) as pod:
             index = pod.link_index(att.ifname)
@@ -258,23 +267,29 @@ def _return_netdev(ctx: Context, att: VfAttachment) -> None:
                     pod.link_set(index, netns_fd=home)
                 finally:
                     os.close(home)
-    names = ctx.sysfs.pci_netdevs(att.pci)
-    if not names:
+    names = _wait_for_netdev(ctx, att.pci)
+    index = ctx.host.link_index(names[0]) if names else None
+    if index is None:
         log.warning("VF %s has no netdev in the host namespace to restore", att.pci)
         return
-    index = ctx.host.link_index(names[0])
-    if index is None:
-        return
-    rename = att.original_name if att.original_name != names[0] else None
-    if rename and ctx.host.link_index(rename) is not None:
-        log.warning("cannot rename VF %s back to %s: the name is taken", att.pci, rename)
-        rename = None
-    try:
-        ctx.host.link_set(index, up=False, name=rename, mtu=att.original_mtu,
-                          mac=att.original_mac)
-    except OSError as exc:  # some VF drivers refuse a MAC from the VF side: keep the rest
-        log.warning("restoring VF %s netdev: %s; retrying without its MAC", att.pci, exc)
-        ctx.host.link_set(index, up=False, name=rename, mtu=att.original_mtu)
+    changes: list[dict[str, Any]] = [{"mtu": att.original_mtu}, {"mac": att.original_mac}]
+    if att.original_name and att.original_name != names[0]:
+        changes.insert(0, {"name": att.original_name})
+    for change in changes:
+        try:
+            ctx.host.link_set(index, up=False, **change)
+        except OSError as exc:  # igbvf refuses a MAC from the VF side; a name may be taken
+            log.warning("restoring %s of VF %s: %s", ", ".join(change), att.pci, exc)
+
+
+def _wait_for_netdev(ctx: Context, pci: str, timeout: float = 10.0) -> list[str]:
+    """The VF's netdevs in the host namespace. When a pod's namespace is deleted, the kernel
+    returns its physical devices to the host asynchronously (netns cleanup runs in a
+    workqueue), so a DEL arriving right after may have to wait for it."""
+    deadline = time.monotonic() + timeout
+    while not (names := ctx.sysfs.pci_netdevs(pci)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return names
 
 
 def _restore_pf_side(ctx: Context, att: VfAttachment) -> None:
@@ -285,18 +300,36 @@ def _restore_pf_side(ctx: Context, att: VfAttachment) -> None:
     if pf_index is None:
         log.warning("PF %s is gone; VF %s settings not restored", att.pf, att.pci)
         return
-    settings: list[tuple[str, Any]] = [
-        ("vlan", (p["vlan"], p["qos"])), ("rate", (p["min_tx_rate"], p["max_tx_rate"]))]
-    if p.get("mac"):
-        settings.insert(0, ("mac", p["mac"]))
-    settings += [(k, p[k]) for k in ("spoofchk", "trust") if p.get(k) is not None]
-    if p.get("link_state"):
-        settings.append(("link_state", LINK_STATES[p["link_state"]]))
+    original: dict[str, Any] = {
+        "mac": p["mac"], "vlan": (p["vlan"], p["qos"]), "spoofchk": p["spoofchk"],
+        "trust": p["trust"], "rate": (p["min_tx_rate"], p["max_tx_rate"]),
+        "link_state": LINK_STATES.get(p["link_state"] or ""),
+    }
+    # The MAC always: igb records the VF driver's own MAC on the PF side once the VF was up.
+    restore = ["mac", *(k for k in att.changed if k != "mac")]
+    settings = [(k, original[k]) for k in restore if original.get(k) is not None]
     for setting, value in settings:
         try:
             ctx.host.vf_set(pf_index, att.vf_index, setting, value)
         except OSError as exc:
             log.warning("restoring %s of VF %s on %s: %s", setting, att.pci, att.pf, exc)
+
+
+# -- GC ---------------------------------------------------------------------------------------
+
+
+def gc(ctx: Context, request: CniRequest) -> None:
+    """Undo this network's attachments the runtime no longer lists (cni.dev/valid-attachments),
+    then let IPAM release their addresses."""
+    valid = {(a.get("containerID"), a.get("ifname"))
+             for a in request.config.get("cni.dev/valid-attachments") or []
+             if isinstance(a, dict)}
+    for att in ctx.vfs.all():
+        if att.network == request.network and (att.container_id, att.ifname) not in valid:
+            log.info("GC: detaching VF %s from gone container %s", att.pci, att.container_id)
+            with ctx.vfs.lock(att.pci):
+                _undo(ctx, att, release=False, request=request)
+    ipam.gc(ctx, request)
 
 
 # -- CHECK ------------------------------------------------------------------------------------
@@ -322,6 +355,7 @@ class _Handler:
     add = staticmethod(add)
     delete = staticmethod(delete)
     check = staticmethod(check)
+    gc = staticmethod(gc)
 
 
 HANDLER = _Handler()

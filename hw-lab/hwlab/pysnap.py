@@ -14,10 +14,11 @@ import sysconfig
 import tarfile
 from pathlib import Path
 
-# Imported by the suite (pytest, pyroute2, pyudev, yaml) and what they import in turn.
+# Imported by the suite (pytest, pyroute2, pyudev, yaml; grpc and protobuf for the device
+# plugin; tabulate for the CLI) and what they import in turn.
 SITE_PACKAGES = (
     "_pytest", "pytest", "py.py", "pluggy", "iniconfig", "packaging", "pygments",
-    "pyroute2", "psutil", "pyudev", "yaml", "_yaml",
+    "pyroute2", "psutil", "pyudev", "yaml", "_yaml", "grpc", "google", "tabulate",
 )
 STDLIB_SKIP = frozenset({
     "site-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",

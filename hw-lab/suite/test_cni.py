@@ -172,3 +172,22 @@ def test_sriov_dpdk_vf_stays_bound_and_gets_pf_side_settings(agent, pf: PF, make
 
     cni(agent, "DEL", conf, pod)
     assert vf_config(pf, vf.index).vlan == 0
+
+
+def test_sriov_gc_detaches_vfs_of_containers_that_are_gone(agent, pf: PF, make_vfs,
+                                                           namespaces) -> None:
+    vf = make_vfs(pf, 1)[0]
+    before = vf_config(pf, vf.index)
+    pod = namespaces("gc")
+    conf = sriov_conf(vf.pci, vlan=20)
+    cni(agent, "ADD", conf, pod, container="leaked")
+    assert vf_config(pf, vf.index).vlan == 20
+
+    # The runtime lost track of "leaked" (no DEL ever came) and lists only other attachments.
+    cni(agent, "GC", {**conf, "cni.dev/valid-attachments": [
+        {"containerID": "someone-else", "ifname": "net1"}]}, pod)
+
+    with IPRoute() as ipr:
+        assert ipr.link_lookup(ifname=vf.netdev), "the VF is back in the host namespace"
+    assert vf_config(pf, vf.index) == before
+    cni(agent, "DEL", conf, pod, container="leaked")  # a late DEL still succeeds

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from deviceplugin.server import socket_name
 from nodeagent.discovery import Scanner
 from nodeagent.model import Node
 from nodeagent.sysfs import Sysfs
+from tests.kubelet_standin import Kubelet, plugin
 from tests.sysfs_tree import SysfsTree
 
 PB2, PB2_GRPC = api.modules()
@@ -32,39 +31,6 @@ CONFIG = parse({"resourceList": [
     {"resourceName": "plain", "resourcePrefix": "example.org", "excludeTopology": True,
      "selectors": {"rootDevices": [I40E_PF]}},
 ]})
-
-
-class Kubelet:
-    """The kubelet's Registration service on ``kubelet.sock``; records each request."""
-
-    def __init__(self, plugin_dir: Path) -> None:
-        self.path = plugin_dir / api.KUBELET_SOCKET
-        self.requests: queue.Queue[Any] = queue.Queue()
-        self.server: grpc.Server | None = None
-
-    def Register(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self.requests.put(request)
-        return PB2.Empty()
-
-    def start(self) -> None:
-        self.path.unlink(missing_ok=True)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        PB2_GRPC.add_RegistrationServicer_to_server(self, self.server)
-        self.server.add_insecure_port(f"unix://{self.path}")
-        self.server.start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop(0).wait()
-            self.server = None
-        self.path.unlink(missing_ok=True)
-
-    def registered(self, count: int, timeout: float = 2.0) -> dict[str, Any]:
-        got = {}
-        for _ in range(count):
-            request = self.requests.get(timeout=timeout)
-            got[request.resource_name] = request
-        return got
 
 
 def scan(tree: SysfsTree) -> Node:
@@ -88,11 +54,6 @@ def setup(tree: SysfsTree, tmp_path: Path) -> Iterator[tuple[Kubelet, DevicePlug
         kubelet.stop()
 
 
-def plugin(plugin_dir: Path, resource: str = RESOURCE) -> tuple[grpc.Channel, Any]:
-    channel = grpc.insecure_channel(f"unix://{plugin_dir / socket_name(resource)}")
-    return channel, PB2_GRPC.DevicePluginStub(channel)
-
-
 def test_registers_every_pool_and_again_after_kubelet_restart(setup: Any) -> None:
     kubelet, _manager, plugin_dir = setup
     got = kubelet.registered(2)
@@ -110,7 +71,7 @@ def test_registers_every_pool_and_again_after_kubelet_restart(setup: Any) -> Non
     start = time.monotonic()
     assert set(kubelet.registered(2)) == {RESOURCE, "example.org/plain"}
     assert time.monotonic() - start < 2
-    channel, stub = plugin(plugin_dir)
+    channel, stub = plugin(plugin_dir, RESOURCE)
     with channel:
         options = stub.GetDevicePluginOptions(PB2.Empty(), timeout=2)
         assert options.get_preferred_allocation_available
@@ -118,7 +79,7 @@ def test_registers_every_pool_and_again_after_kubelet_restart(setup: Any) -> Non
 
 def test_list_and_watch_follows_the_tree(setup: Any, tree: SysfsTree) -> None:
     _kubelet, manager, plugin_dir = setup
-    channel, stub = plugin(plugin_dir)
+    channel, stub = plugin(plugin_dir, RESOURCE)
     with channel:
         stream = stub.ListAndWatch(PB2.Empty(), timeout=10)
         first = next(stream)
@@ -147,7 +108,7 @@ def test_list_and_watch_follows_the_tree(setup: Any, tree: SysfsTree) -> None:
 def test_allocate_field_by_field(setup: Any, tree: SysfsTree) -> None:
     _, _, plugin_dir = setup
     group = Sysfs(tree.root).pci_iommu_group(ICE_VFS[1])
-    channel, stub = plugin(plugin_dir)
+    channel, stub = plugin(plugin_dir, RESOURCE)
     with channel:
         response = stub.Allocate(PB2.AllocateRequest(container_requests=[
             PB2.ContainerAllocateRequest(devices_ids=[ICE_VFS[1], ICE_VFS[2]]),
@@ -175,7 +136,7 @@ def test_allocate_rejects_unknown_and_unhealthy(setup: Any, tree: SysfsTree) -> 
     _, manager, plugin_dir = setup
     tree.unbind(ICE_VFS[2])
     manager.update(scan(tree))
-    channel, stub = plugin(plugin_dir)
+    channel, stub = plugin(plugin_dir, RESOURCE)
     with channel:
         for ids, word in (([ICE_VFS[0], "0000:ff:00.1"], "unknown"), ([ICE_VFS[2]], "unhealthy")):
             with pytest.raises(grpc.RpcError) as err:
