@@ -191,3 +191,4 @@ def test_sriov_gc_detaches_vfs_of_containers_that_are_gone(agent, pf: PF, make_v
         assert ipr.link_lookup(ifname=vf.netdev), "the VF is back in the host namespace"
     assert vf_config(pf, vf.index) == before
     cni(agent, "DEL", conf, pod, container="leaked")  # a late DEL still succeeds
+

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
+import socket
+import struct
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -273,7 +277,7 @@ def test_status_and_gc(agent, master) -> None:
 
 
 def test_concurrent_adds_and_dels_of_different_pods(agent, master) -> None:
-    names = [unique(f"c{i}") for i in range(20)]
+    names = [unique(f"c{i}") for i in range(100)]
     for name in names:
         netns.create(name)
     try:
@@ -283,7 +287,7 @@ def test_concurrent_adds_and_dels_of_different_pods(agent, master) -> None:
             c["ipam"]["routes"] = []
             return cni(agent, "ADD", c, f"/run/netns/{names[i]}", container_id=f"pod{i}")
 
-        with ThreadPoolExecutor(10) as pool:
+        with ThreadPoolExecutor(50) as pool:
             outcomes = list(pool.map(attach, range(len(names))))
         assert all(o.status == 0 for o in outcomes), [o.stdout for o in outcomes if o.status]
         macs = {o.doc["interfaces"][0]["mac"] for o in outcomes}
@@ -295,7 +299,7 @@ def test_concurrent_adds_and_dels_of_different_pods(agent, master) -> None:
             return cni(agent, "DEL", conf(master), f"/run/netns/{names[i]}",
                        container_id=f"pod{i}")
 
-        with ThreadPoolExecutor(10) as pool:
+        with ThreadPoolExecutor(50) as pool:
             assert all(o.status == 0 for o in pool.map(detach, range(len(names))))
     finally:
         for name in names:
@@ -436,8 +440,46 @@ def test_sriov_bad_input_is_refused_before_anything_changes(agent, pod, case, fi
     assert not list((agent["state"] / "sriov").glob("*.json"))
 
 
+def test_sriov_vlan_proto_802_1ad_is_refused_for_now(agent, pod) -> None:
+    c = {"cniVersion": "1.0.0", "name": "sriovnet", "type": "sriov", "deviceID": "0000:fe:1f.7",
+         "vlan": 10, "vlanProto": "802.1ad"}
+    out = run_plugin(agent["bin"] / "sriov", "ADD", c, netns=pod, path=agent["bin"],
+                     env={"NODEAGENT_SOCKET": agent["socket"]})
+    assert out.status == 1 and out.doc["code"] == 2 and "802.1ad" in out.doc["msg"]
+
+
 def test_sriov_del_of_an_unknown_attachment_succeeds(agent, pod) -> None:
     c = {"cniVersion": "1.0.0", "name": "sriovnet", "type": "sriov", "deviceID": "0000:fe:1f.7"}
     out = run_plugin(agent["bin"] / "sriov", "DEL", c, netns=pod, path=agent["bin"],
                      env={"NODEAGENT_SOCKET": agent["socket"]})
     assert out.status == 0, out.stdout
+
+
+def test_addresses_are_announced_on_the_wire(agent, master, pod) -> None:
+    """A gratuitous ARP and an unsolicited neighbour advertisement for the pod's addresses
+    reach the master's peer, so neighbours drop stale entries for reused IPs."""
+    with IPRoute() as ipr:
+        (link,) = ipr.get_links(ifname=master)
+        peer = ipr.get_links(index=link.get("IFLA_LINK"))[0].get("IFLA_IFNAME")
+    sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    sniffer.bind((peer, 0))
+    c = conf(master)
+    c["ipam"]["addresses"].append({"address": "fd00:77::5/64"})
+    try:
+        assert cni(agent, "ADD", c, pod).status == 0
+        garp = na = False
+        deadline = time.monotonic() + 5
+        while not (garp and na) and time.monotonic() < deadline:
+            if not select.select([sniffer], [], [], 0.2)[0]:
+                continue
+            frame = sniffer.recv(2048)
+            ethertype = struct.unpack("!H", frame[12:14])[0]
+            if ethertype == 0x0806:
+                sender, target = frame[28:32], frame[38:42]
+                garp |= sender == target == socket.inet_aton("10.77.0.5")
+            elif ethertype == 0x86DD and frame[20] == 58 and frame[54] == 136:
+                na |= frame[62:78] == socket.inet_pton(socket.AF_INET6, "fd00:77::5")
+        assert garp, "no gratuitous ARP for 10.77.0.5"
+        assert na, "no unsolicited neighbour advertisement for fd00:77::5"
+    finally:
+        sniffer.close()
