@@ -13,7 +13,8 @@ from cni.errors import INVALID_CONFIG, CniError, config_error
 from cni.protocol import CniRequest
 from cni.vfstate import VfState
 from nodeagent.ipam.allocator import Ipam
-from nodeagent.rtnl import RT_TABLE_MAIN, Rtnl
+from nodeagent.netlink import default_route_oifs
+from nodeagent.rtnl import Rtnl
 from nodeagent.sysfs import Sysfs
 
 #: Where CNI attachments keep what they must undo; NODEAGENT_STATE_DIR overrides it (the daemon
@@ -64,11 +65,10 @@ def attachment_mac(request: CniRequest) -> str | None:
 
 def master_index(ctx: Context, rtnl: Rtnl, master: str | None, request: CniRequest) -> int:
     """The ifindex of the master link, or of the default route's link when none is named."""
-    if master is None:
-        for route in rtnl.routes(socket.AF_INET):
-            table = route.get("RTA_TABLE") or route["table"]
-            if route["dst_len"] == 0 and table == RT_TABLE_MAIN and route.get("RTA_OIF"):
-                return route.get("RTA_OIF")
+    if master is None:  # as the reference plugins: the IPv4 default route's link
+        oifs = default_route_oifs(rtnl, (socket.AF_INET,))
+        if oifs:
+            return oifs[0]
         raise CniError(INVALID_CONFIG, "no master given and no default route to take it from")
     cached = rtnl is ctx.host
     index = ctx.masters.get(master) if cached else None

@@ -7,7 +7,9 @@ import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 #: Its own name, the plugins it replaces (sriov-cni, the reference link plugins) and the IPAM
 #: plugins it serves in-process.
@@ -16,7 +18,7 @@ PLUGIN_NAMES = ("nodeagent", "sriov", "macvlan", "ipvlan", "vlan", "nodeagent-ip
 FALLBACK_NAME = "nodeagent-cni-fallback"
 
 
-def _atomic_write(dest: Path, write: callable) -> None:  # type: ignore[valid-type]
+def _atomic_write(dest: Path, write: Callable[[BinaryIO], object]) -> None:
     """Replace ``dest`` at once: a runtime never executes a half-written plugin."""
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
     try:

@@ -11,6 +11,8 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+from cni import ipam
+from cni.context import Context
 from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError
 from cni.protocol import CniRequest
 from cni.result import Result
@@ -50,6 +52,18 @@ def configure(pod: Rtnl, netns: str, ifname: str, index: int, result: Result) ->
         with kernel_errors(f"adding route to {route.dst}"):
             pod.route_add(family, str(route.dst.network_address), route.dst.prefixlen,
                           gateway=str(gw) if gw else None, oif=index)
+
+
+def address(ctx: Context, request: CniRequest, pod: Rtnl, index: int) -> Result:
+    """IPAM for the attachment, then its addresses and routes on ``index`` in the pod; the
+    addresses are released again if the kernel refuses any of it."""
+    result = ipam.add(ctx, request)
+    try:
+        configure(pod, request.netns, request.ifname, index, result)
+    except BaseException:
+        ipam.delete(ctx, request)
+        raise
+    return result
 
 
 def announce_on_up(netns: str, ifname: str) -> None:

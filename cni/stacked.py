@@ -74,15 +74,10 @@ def add(ctx: Context, request: CniRequest, spec: StackedLink) -> Result:
 def _configure(ctx: Context, request: CniRequest, pod: Rtnl) -> Result:
     link = pod.link(name=request.ifname)
     index = link["index"]
-    allocated = False
     try:
-        result = ipam.add(ctx, request)
-        allocated = True
-        links.configure(pod, request.netns, request.ifname, index, result)
+        result = links.address(ctx, request, pod, index)
     except BaseException:
         pod.link_delete(index)
-        if allocated:
-            ipam.delete(ctx, request)
         raise
     result.interfaces = [Interface(request.ifname, mac=link.get("IFLA_ADDRESS"),
                                    sandbox=request.netns, mtu=link.get("IFLA_MTU"))]

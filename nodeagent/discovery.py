@@ -222,9 +222,9 @@ class Scanner:
         """Netdevs of a PCI function: under ``net/``, or under a ``virtioN`` child (virtio-net)."""
         if address in ctx.pci_netdevs:
             return ctx.pci_netdevs[address]
-        device_dir = self.sysfs.pci_dir(address)
-        names = self.sysfs.listdir(f"{device_dir}/net")
+        names = self.sysfs.pci_netdevs(address)
         if not names and self.sysfs.pci_driver(address) == "virtio-pci":
+            device_dir = self.sysfs.pci_dir(address)
             for child in self.sysfs.listdir(device_dir):
                 if child.startswith("virtio"):
                     names += self.sysfs.listdir(f"{device_dir}/{child}/net")

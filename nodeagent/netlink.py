@@ -143,6 +143,20 @@ def default_route_links(links: Iterable[LinkInfo], oifs: set[int]) -> set[int]:
     return carrying
 
 
+def default_route_oifs(rtnl: Rtnl, families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)
+                       ) -> list[int]:
+    """Output links of the default routes in the main table, in the kernel's order."""
+    oifs: list[int] = []
+    for family in families:
+        for route in rtnl.routes(family):
+            table = route.get("RTA_TABLE") or route["table"]
+            if route["dst_len"] != 0 or table != RT_TABLE_MAIN:
+                continue
+            hops = [route.get("RTA_OIF")] + [h.get("oif") for h in route.get("RTA_MULTIPATH") or ()]
+            oifs += [oif for oif in hops if oif and oif not in oifs]
+    return oifs
+
+
 class Netlink:
     """Discovery's netlink queries in one network namespace (devlink: from one thread)."""
 
@@ -177,19 +191,7 @@ class Netlink:
 
     def default_route_oifs(self) -> set[int]:
         """Output links of IPv4 and IPv6 default routes in the main table."""
-        oifs: set[int] = set()
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for route in self._rtnl.routes(family):
-                table = route.get("RTA_TABLE") or route["table"]
-                if route["dst_len"] != 0 or table != RT_TABLE_MAIN:
-                    continue
-                oif = route.get("RTA_OIF")
-                if oif:
-                    oifs.add(oif)
-                for hop in route.get("RTA_MULTIPATH") or ():
-                    if hop.get("oif"):
-                        oifs.add(hop["oif"])
-        return oifs
+        return set(default_route_oifs(self._rtnl))
 
     def eswitch_mode(self, pci_address: str, bus: str = "pci") -> str | None:
         """A PF's eswitch mode from devlink, or None where the kernel or driver reports none."""

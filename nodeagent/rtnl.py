@@ -35,6 +35,19 @@ IFA_F_NODAD = 0x02
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 
 
+def _link_attrs(*, mtu: int | None, mac: str | None, netns_fd: int | None
+                ) -> list[tuple[str, Any]]:
+    """The optional link attributes RTM_NEWLINK takes both when creating and when changing."""
+    attrs: list[tuple[str, Any]] = []
+    if mtu:
+        attrs.append(("IFLA_MTU", mtu))
+    if mac:
+        attrs.append(("IFLA_ADDRESS", mac))
+    if netns_fd is not None:
+        attrs.append(("IFLA_NET_NS_FD", netns_fd))
+    return attrs
+
+
 class Rtnl:
     """One rtnetlink socket in one network namespace (the caller's, or ``netns``)."""
 
@@ -126,13 +139,7 @@ class Rtnl:
         attrs: list[tuple[str, Any]] = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", {"attrs": info})]
         if lower is not None:
             attrs.append(("IFLA_LINK", lower))
-        if netns_fd is not None:
-            attrs.append(("IFLA_NET_NS_FD", netns_fd))
-        if mtu:
-            attrs.append(("IFLA_MTU", mtu))
-        if mac:
-            attrs.append(("IFLA_ADDRESS", mac))
-        msg["attrs"] = attrs
+        msg["attrs"] = attrs + _link_attrs(mtu=mtu, mac=mac, netns_fd=netns_fd)
         self.request(msg, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
 
     def link_set(self, index: int, *, up: bool | None = None, name: str | None = None,
@@ -146,13 +153,7 @@ class Rtnl:
         attrs: list[tuple[str, Any]] = list(extra or [])
         if name:
             attrs.append(("IFLA_IFNAME", name))
-        if mtu:
-            attrs.append(("IFLA_MTU", mtu))
-        if mac:
-            attrs.append(("IFLA_ADDRESS", mac))
-        if netns_fd is not None:
-            attrs.append(("IFLA_NET_NS_FD", netns_fd))
-        msg["attrs"] = attrs
+        msg["attrs"] = attrs + _link_attrs(mtu=mtu, mac=mac, netns_fd=netns_fd)
         self.request(msg, RTM_NEWLINK)
 
     def link_delete(self, index: int) -> bool:

@@ -224,12 +224,7 @@ def _move_into_pod(ctx: Context, request: CniRequest, att: VfAttachment,
         index = pod.link_index(att.original_name or "")
         with links.kernel_errors(f"renaming the VF to {request.ifname}"):
             pod.link_set(index, name=request.ifname, mtu=conf.mtu or None, mac=conf.mac)
-        result = ipam.add(ctx, request)
-        try:
-            links.configure(pod, request.netns, request.ifname, index, result)
-        except BaseException:
-            ipam.delete(ctx, request)
-            raise
+        result = links.address(ctx, request, pod, index)
         return result, pod.link(index=index).get("IFLA_ADDRESS")
 
 

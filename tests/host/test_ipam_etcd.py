@@ -180,6 +180,7 @@ def test_two_clusters_share_one_pool(etcd: ipam_etcd.EtcdServer, prefix: str) ->
 def test_etcd_restart_mid_run(etcd: ipam_etcd.EtcdServer, prefix: str) -> None:
     results: dict[str, str] = {}
     retries = [0]
+    under_way = threading.Event()  # a quarter of the allocations are in: stop etcd now
 
     def allocator(i: int) -> None:
         ipam = Ipam("/x")
@@ -190,6 +191,8 @@ def test_etcd_restart_mid_run(etcd: ipam_etcd.EtcdServer, prefix: str) -> None:
             while True:  # the runtime retries a failed ADD; same attachment, same answer
                 try:
                     results[a.container_id] = addresses(ipam.allocate(c, a))[0]
+                    if len(results) >= 80:
+                        under_way.set()
                     break
                 except IpamError as exc:
                     assert exc.code == TRY_AGAIN_LATER, exc
@@ -199,7 +202,8 @@ def test_etcd_restart_mid_run(etcd: ipam_etcd.EtcdServer, prefix: str) -> None:
         ipam.close()
 
     def restarter(_: int) -> None:
-        time.sleep(0.3)
+        # Not a fixed delay: on a quick run every allocation was done before etcd stopped.
+        assert under_way.wait(30), "allocations never got under way"
         etcd.stop()
         time.sleep(1.0)
         etcd.start()
