@@ -11,6 +11,7 @@ Exits with pytest's status; 70 when the lab could not boot or gave no result (wi
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -106,6 +107,19 @@ def write_request(rundir: Path, args: argparse.Namespace, extra: list[str]) -> N
 def run_virtual(args: argparse.Namespace, extra: list[str]) -> int:
     vng = preflight()
     kernel, netdevsim_ko = pick_kernel(args.kernel)
+    BUILD.mkdir(parents=True, exist_ok=True)
+    # One lab VM at a time on this machine: two TCG guests on a small host time each other out.
+    with open(BUILD / "lab.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("hw-lab: waiting for another lab run on this machine to finish", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _run_locked(vng, kernel, netdevsim_ko, args, extra)
+
+
+def _run_locked(vng: Path, kernel: Path, netdevsim_ko: Path, args: argparse.Namespace,
+                extra: list[str]) -> int:
     rundir = BUILD / f"run-{os.getpid()}"
     shutil.rmtree(rundir, ignore_errors=True)
     rundir.mkdir(parents=True)

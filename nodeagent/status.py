@@ -1,0 +1,162 @@
+"""What the agent is doing, in one place: PF provisioning states, pools, allocations, errors.
+
+The daemon's parts report here; readers take a JSON-able snapshot: ``nodeagent status`` (from
+the file the daemon keeps at ``DEFAULT_PATH``), the metrics endpoint and the node's custom
+resource in the Kubernetes API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = "/run/nodeagent/status.json"
+RECENT_ERRORS = 50
+
+# PF provisioning states, as `nodeagent status` and the node resource show them.
+IN_SYNC, APPLYING, BLOCKED, FAILED, VERIFY_ONLY = "in-sync", "applying", "blocked", "failed", \
+    "externally-managed"
+PF_STATES = (IN_SYNC, APPLYING, BLOCKED, FAILED, VERIFY_ONLY)
+
+
+@dataclass(frozen=True)
+class PfStatus:
+    """One managed PF: where provisioning stands and, unless in sync, why."""
+
+    pci: str
+    name: str | None
+    state: str
+    reason: str = ""
+    numvfs: int = 0
+    desired_numvfs: int | None = None
+    since: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"pciAddress": d["pci"], "name": d["name"], "state": d["state"],
+                "reason": d["reason"], "numVfs": d["numvfs"],
+                "desiredNumVfs": d["desired_numvfs"], "since": d["since"]}
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    time: float
+    source: str  # "provision", "cni", "deviceplugin", ...
+    message: str
+    object: str = ""  # what it is about: a PCI address, pod, network
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+class StatusBoard:
+    """Thread-safe; every change notifies listeners and rewrites the status file (if any)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self._path = Path(path) if path is not None else None
+        self._lock = threading.Lock()
+        self._pfs: dict[str, PfStatus] = {}
+        self._pools: dict[str, dict[str, Any]] = {}
+        self._allocations: dict[str, dict[str, Any]] = {}
+        self._errors: deque[ErrorRecord] = deque(maxlen=RECENT_ERRORS)
+        self._listeners: list[Listener] = []
+
+    # -- writers ----------------------------------------------------------------------------
+
+    def set_pf(self, status: PfStatus) -> None:
+        """Record a PF's state; a repeat of the same state and reason keeps its ``since``."""
+        with self._lock:
+            old = self._pfs.get(status.pci)
+            if old is not None and (old.state, old.reason, old.numvfs, old.desired_numvfs,
+                                    old.name) == (status.state, status.reason, status.numvfs,
+                                                  status.desired_numvfs, status.name):
+                return
+            self._pfs[status.pci] = status
+        self._changed()
+
+    def drop_pf(self, pci: str) -> None:
+        with self._lock:
+            if self._pfs.pop(pci, None) is None:
+                return
+        self._changed()
+
+    def set_pools(self, pools: dict[str, dict[str, Any]]) -> None:
+        """Device-plugin pools: name -> {"total", "allocated", "unhealthy", ...}."""
+        with self._lock:
+            if pools == self._pools:
+                return
+            self._pools = {k: dict(v) for k, v in pools.items()}
+        self._changed()
+
+    def set_allocation(self, key: str, allocation: dict[str, Any] | None) -> None:
+        """An attachment (``containerID/ifname``): pod, network, device, IPs; None removes it."""
+        with self._lock:
+            if allocation is None:
+                if self._allocations.pop(key, None) is None:
+                    return
+            else:
+                self._allocations[key] = dict(allocation)
+        self._changed()
+
+    def error(self, source: str, message: str, obj: str = "") -> ErrorRecord:
+        record = ErrorRecord(time.time(), source, message, obj)
+        with self._lock:
+            self._errors.append(record)
+        self._changed()
+        return record
+
+    # -- readers ----------------------------------------------------------------------------
+
+    def pf(self, pci: str) -> PfStatus | None:
+        with self._lock:
+            return self._pfs.get(pci)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "time": time.time(),
+                "pfs": [s.to_dict() for _, s in sorted(self._pfs.items())],
+                "pools": {k: dict(v) for k, v in sorted(self._pools.items())},
+                "allocations": {k: dict(v) for k, v in sorted(self._allocations.items())},
+                "recentErrors": [e.to_dict() for e in self._errors],
+            }
+
+    def subscribe(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        snap = self.snapshot()
+        if self._path is not None:
+            write_atomically(self._path, json.dumps(snap, indent=1).encode())
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(snap)
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read(path: str | Path = DEFAULT_PATH) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
