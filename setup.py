@@ -91,5 +91,5 @@ class BuildExtWithShim(build_ext):
 
 setup(
     cmdclass={"build_ext": BuildExtWithShim},
-    cffi_modules=["native/build_bitmap.py:ffibuilder"],
+    cffi_modules=["native/build_bitmap.py:ffibuilder", "native/build_vfset.py:ffibuilder"],
 )

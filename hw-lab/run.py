@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
-"""Run the hw-lab suite (or the demo) in the virtual SR-IOV lab or on real PFs.
+"""Run the hw-lab suite (or the demo, or a script) in the virtual SR-IOV lab or on real PFs.
 
     .venv/bin/python hw-lab/run.py [-k EXPR] [--junit PATH] [pytest args...]  # virtual lab
     .venv/bin/python hw-lab/run.py --inventory hw-lab/inventories/NAME.yaml    # this host's PFs
     .venv/bin/python hw-lab/run.py --demo                                      # demo, in the lab
+    .venv/bin/python hw-lab/run.py --script PATH [--output FILE] [script args...]
+
+A script runs under the venv's Python with NODEAGENT_HWLAB_INVENTORY set (the lab's inventory,
+or --inventory's); its output (stdout and stderr) is also copied to --output (default
+results/<script name>.log) and its exit status is ours.
 
 Exits with pytest's status; 70 when the lab could not boot or gave no result (with the reason).
 """
@@ -41,6 +46,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--junit", type=Path, default=RESULTS / "junit.xml")
     parser.add_argument("-k", dest="keyword", help="pytest -k expression")
     parser.add_argument("--demo", action="store_true", help="run demo.py instead of the suite")
+    parser.add_argument("--script", type=Path,
+                        help="run this Python script instead of the suite (extra arguments go"
+                             " to it)")
+    parser.add_argument("--output", type=Path, help="copy the demo's or script's output here")
     parser.add_argument("--kernel", help="guest kernel version (default: newest one prepared)")
     parser.add_argument("--timeout", type=float, default=900.0, help="kill the VM after this")
     parser.add_argument("--keep", action="store_true", help="keep the run directory under .build/")
@@ -89,10 +98,30 @@ def pytest_argv(args: argparse.Namespace, extra: list[str], junit: Path) -> list
     return argv + extra
 
 
+def script_argv(args: argparse.Namespace, extra: list[str]) -> list[str] | None:
+    """The script to run and its arguments (--demo: demo.py), or None for the suite."""
+    if args.demo:
+        return [str(HWLAB / "demo.py"), *extra]
+    if args.script is not None:
+        return [str(args.script.resolve()), *extra]
+    return None
+
+
+def output_log(args: argparse.Namespace) -> Path:
+    if args.output is not None:
+        return args.output
+    if args.demo:
+        return RESULTS / "demo.log"
+    if args.script is not None:
+        return RESULTS / f"{args.script.stem}.log"
+    return RESULTS / "pytest.log"
+
+
 def write_request(rundir: Path, args: argparse.Namespace, extra: list[str]) -> None:
     """request.json for guest/main.py: what to run in the guest, and with which environment."""
-    if args.demo:
-        mode, argv = "demo", [str(HWLAB / "demo.py")]
+    script = script_argv(args, extra)
+    if script is not None:
+        mode, argv = "script", script
     else:
         mode = "pytest"
         argv = pytest_argv(args, ["-p", "no:cacheprovider", *extra], rundir / "junit.xml")
@@ -152,9 +181,10 @@ def collect(rundir: Path, args: argparse.Namespace, vng_rc: int) -> int:
         )
     status = int(status_file.read_text().strip() or EXIT_LAB_ERROR)
     if (rundir / "output.log").exists():
-        log = RESULTS / ("demo.log" if args.demo else "pytest.log")
+        log = output_log(args)
+        log.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(rundir / "output.log", log)
-    if not args.demo:
+    if script_argv(args, []) is None:
         junit = rundir / "junit.xml"
         if not junit.exists():
             raise vm.LabError(f"pytest exited {status} without writing a JUnit file")
@@ -171,8 +201,11 @@ def run_hardware(args: argparse.Namespace, extra: list[str]) -> int:
     except GuardError as exc:
         raise vm.LabError(str(exc)) from exc
     env = dict(os.environ, NODEAGENT_HWLAB_INVENTORY=str(inventory.path.resolve()))
-    if args.demo:
-        cmd = [sys.executable, str(HWLAB / "demo.py")]
+    script = script_argv(args, extra)
+    if script is not None:
+        cmd = [sys.executable, *script]
+        if args.output is not None:  # no console to copy from: tee the script's output
+            return _run_teed(cmd, env, args.output)
     else:
         args.junit.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pytest", *pytest_argv(args, extra, args.junit.resolve())]
@@ -180,8 +213,27 @@ def run_hardware(args: argparse.Namespace, extra: list[str]) -> int:
     return subprocess.run(cmd, env=env, cwd=REPO, check=False).returncode
 
 
+def _run_teed(cmd: list[str], env: dict[str, str], output: Path) -> int:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            log.write(line)
+        return proc.wait()
+
+
 def main(argv: list[str]) -> int:
     args, extra = parse_args(argv)
+    if args.demo and args.script is not None:
+        print("hw-lab: ERROR: --demo and --script exclude each other", file=sys.stderr)
+        return 2
+    if args.script is not None and not args.script.is_file():
+        print(f"hw-lab: ERROR: no script {args.script}", file=sys.stderr)
+        return 2
     try:
         if args.inventory is not None:
             return run_hardware(args, extra)

@@ -86,13 +86,17 @@ def vf_configs_from_msg(msg: Any) -> dict[int, VfConfig]:
         mac = info.get_attr("IFLA_VF_MAC")
         if mac is None:
             continue
+        # The kernel reports the VLAN twice: IFLA_VF_VLAN (no protocol) and IFLA_VF_VLAN_LIST,
+        # whose one IFLA_VF_VLAN_INFO adds the protocol (network byte order on the wire).
         vlan = info.get_attr("IFLA_VF_VLAN") or {}
         vlan_proto = "802.1Q"
         vlist = info.get_attr("IFLA_VF_VLAN_LIST")
-        if vlist is not None:
-            for ivvi in vlist.get_attrs("IFLA_VF_VLAN_INFO"):
-                vlan_proto = VLAN_PROTOS.get(ivvi["proto"], hex(ivvi["proto"]))
-                break
+        ivvi = None if vlist is None else next(iter(vlist.get_attrs("IFLA_VF_VLAN_INFO")), None)
+        if ivvi is not None:
+            vlan = ivvi
+            # 0: a VF netdevsim never had a VLAN set on (the kernel's default is 802.1Q).
+            proto = ivvi["proto"] or 0x8100
+            vlan_proto = VLAN_PROTOS.get(proto, hex(proto))
         spoofchk = info.get_attr("IFLA_VF_SPOOFCHK")
         trust = info.get_attr("IFLA_VF_TRUST")
         rate = info.get_attr("IFLA_VF_RATE")

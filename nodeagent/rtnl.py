@@ -211,34 +211,3 @@ class Rtnl:
             attrs.append(("RTA_OIF", oif))
         msg["attrs"] = attrs
         self.request(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL)
-
-    # -- VFs --------------------------------------------------------------------------------
-
-    def vf_set(self, pf_index: int, vf: int, setting: str, value: Any) -> None:
-        """One PF-side setting of one VF (IFLA_VFINFO_LIST). ``setting`` and ``value``:
-
-        ``mac`` "xx:..", ``vlan`` (vlan, qos) as 802.1Q, ``spoofchk`` bool,
-        ``trust`` bool, ``rate`` (min, max) in Mb/s, ``link_state`` 0 auto / 1 enable / 2 disable.
-        One request per setting, so a driver's refusal names the setting it refused.
-        """
-        if setting == "mac":
-            attr = ("IFLA_VF_MAC", {"vf": vf, "mac": value})
-        elif setting == "vlan":
-            # IFLA_VF_VLAN (802.1Q). IFLA_VF_VLAN_LIST would carry 802.1ad, but pyroute2 packs
-            # its struct in 14 bytes where the kernel's policy wants 16: the kernel says EINVAL.
-            vlan, qos = value
-            attr = ("IFLA_VF_VLAN", {"vf": vf, "vlan": vlan, "qos": qos})
-        elif setting == "spoofchk":
-            attr = ("IFLA_VF_SPOOFCHK", {"vf": vf, "spoofchk": int(value)})
-        elif setting == "trust":
-            attr = ("IFLA_VF_TRUST", {"vf": vf, "trust": int(value)})
-        elif setting == "rate":
-            attr = ("IFLA_VF_RATE", {"vf": vf, "min_tx_rate": value[0], "max_tx_rate": value[1]})
-        elif setting == "link_state":
-            attr = ("IFLA_VF_LINK_STATE", {"vf": vf, "link_state": value})
-        else:
-            raise ValueError(f"unknown VF setting {setting!r}")
-        msg = ifinfmsg()
-        msg["index"] = pf_index
-        msg["attrs"] = [("IFLA_VFINFO_LIST", {"attrs": [("IFLA_VF_INFO", {"attrs": [attr]})]})]
-        self.request(msg, RTM_NEWLINK)

@@ -16,24 +16,29 @@ import errno
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from cni import ipam, links
 from cni.context import Context, attachment_mac
-from cni.errors import INVALID_CONFIG, IO_FAILURE, UNSUPPORTED_FIELD, CniError, config_error
+from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError, config_error
 from cni.protocol import CniRequest
 from cni.result import Interface, Result
 from cni.vfstate import VfAttachment
+from nodeagent import vfbatch
+from nodeagent.model import VfConfig
 from nodeagent.netlink import RTEXT_FILTER_VF, vf_configs_from_msg
 from nodeagent.rtnl import Rtnl
 from nodeagent.sysfs import PCI_ADDRESS
+from nodeagent.vfbatch import VfBatchError, VfResult, VfSettings
 
 log = logging.getLogger(__name__)
 
 DPDK_DRIVERS = frozenset({"vfio-pci", "uio_pci_generic", "igb_uio"})
 VLAN_PROTOS = {"802.1q": 0x8100, "802.1ad": 0x88A8}
 LINK_STATES = {"auto": 0, "enable": 1, "disable": 2}
+#: Errnos with which a driver refuses a value it does not support: a configuration problem.
+REFUSALS = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.ERANGE})
 ON_OFF = {"on": True, "off": False}
 
 
@@ -81,8 +86,6 @@ def parse(request: CniRequest) -> SriovConf:
     proto = _choice(c, "vlanProto", VLAN_PROTOS)
     if vlan is None and (qos or proto):
         raise config_error("vlanQoS/vlanProto", "need 'vlan'")
-    if proto == "802.1ad":
-        raise CniError(UNSUPPORTED_FIELD, "vlanProto 802.1ad is not supported yet; use 802.1q")
     spoofchk, trust = _choice(c, "spoofchk", ON_OFF), _choice(c, "trust", ON_OFF)
     min_rate, max_rate = _int(c, "min_tx_rate", 0, 1 << 31), _int(c, "max_tx_rate", 0, 1 << 31)
     if min_rate and max_rate and min_rate > max_rate:
@@ -170,42 +173,44 @@ def _record(ctx: Context, request: CniRequest, conf: SriovConf, pf: str,
         container_id=request.container_id, ifname=request.ifname, netns=request.netns,
         pci=conf.device_id, pf=pf_name, vf_index=vf_index, dpdk=dpdk, original_name=name,
         original_mtu=mtu, original_mac=mac, pf_side=asdict(pf_side) if pf_side else {},
-        network=request.network, changed=[setting for setting, _, _ in _pf_settings(conf)],
+        network=request.network, changed=list(_pf_settings(conf, vf_index).requested()),
     )
 
 
-def _pf_settings(conf: SriovConf) -> list[tuple[str, Any, str]]:
-    """The PF-side settings the configuration asks for: (setting, value, label)."""
-    settings: list[tuple[str, Any, str]] = []
-    if conf.mac:
-        settings.append(("mac", conf.mac, f"mac {conf.mac}"))
-    if conf.vlan is not None:
-        settings.append(("vlan", (conf.vlan, conf.qos), f"vlan {conf.vlan} qos {conf.qos}"))
-    if conf.spoofchk is not None:
-        settings.append(("spoofchk", conf.spoofchk, "spoofchk"))
-    if conf.trust is not None:
-        settings.append(("trust", conf.trust, "trust"))
-    if conf.min_tx_rate is not None or conf.max_tx_rate is not None:
-        settings.append(("rate", (conf.min_tx_rate or 0, conf.max_tx_rate or 0), "tx rates"))
-    if conf.link_state is not None:
-        settings.append(("link_state", LINK_STATES[conf.link_state],
-                         f"link_state {conf.link_state}"))
-    return settings
+def _pf_settings(conf: SriovConf, vf_index: int) -> VfSettings:
+    """The PF-side settings the configuration asks for."""
+    return VfSettings(
+        vf=vf_index, mac=conf.mac, vlan=conf.vlan, qos=conf.qos,
+        vlan_proto=conf.proto, spoofchk=conf.spoofchk, trust=conf.trust,
+        min_tx_rate=conf.min_tx_rate, max_tx_rate=conf.max_tx_rate, link_state=conf.link_state,
+    )
 
 
 def _apply_pf_side(ctx: Context, att: VfAttachment, conf: SriovConf) -> None:
-    settings = _pf_settings(conf)
+    settings = _pf_settings(conf, att.vf_index)
+    if not settings.requested():
+        return
+    result = _set_vf(ctx, att, settings)
+    if not result.ok:
+        code = INVALID_CONFIG if all(f.errno in REFUSALS for f in result.failed) else IO_FAILURE
+        refused = "; ".join(str(f) for f in result.failed)
+        raise CniError(code, f"PF {att.pf} refused {refused} for VF {att.vf_index} ({att.pci})")
+
+
+def _set_vf(ctx: Context, att: VfAttachment, settings: VfSettings) -> VfResult:
+    """One VF's PF-side settings through the batch setter; CniError when nothing could be
+    tried (the PF is gone, the VF index is not the PF's)."""
     pf_index = ctx.host.link_index(att.pf)
     if pf_index is None:
         raise CniError(IO_FAILURE, f"PF {att.pf} vanished")
-    for setting, value, label in settings:
-        try:
-            ctx.host.vf_set(pf_index, att.vf_index, setting, value)
-        except OSError as exc:
-            refused = (errno.EINVAL, errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.ERANGE)
-            code = INVALID_CONFIG if exc.errno in refused else IO_FAILURE
-            raise CniError(code, f"PF {att.pf} refused {label} for VF {att.vf_index}"
-                           f" ({att.pci}): {exc.strerror}") from None
+    try:
+        (result,) = vfbatch.apply(pf_index, [settings])
+    except VfBatchError as exc:
+        raise CniError(IO_FAILURE, f"VF {att.vf_index} ({att.pci}) of PF {att.pf}: {exc}") from None
+    except OSError as exc:
+        raise CniError(IO_FAILURE, f"setting VF {att.vf_index} ({att.pci}) on PF {att.pf}:"
+                       f" {exc.strerror}") from None
+    return result
 
 
 def _move_into_pod(ctx: Context, request: CniRequest, att: VfAttachment,
@@ -288,26 +293,20 @@ def _wait_for_netdev(ctx: Context, pci: str, timeout: float = 10.0) -> list[str]
 
 
 def _restore_pf_side(ctx: Context, att: VfAttachment) -> None:
-    p = att.pf_side
-    if not p:
+    if not att.pf_side:
         return
-    pf_index = ctx.host.link_index(att.pf)
-    if pf_index is None:
-        log.warning("PF %s is gone; VF %s settings not restored", att.pf, att.pci)
-        return
-    original: dict[str, Any] = {
-        "mac": p["mac"], "vlan": (p["vlan"], p["qos"]), "spoofchk": p["spoofchk"],
-        "trust": p["trust"], "rate": (p["min_tx_rate"], p["max_tx_rate"]),
-        "link_state": LINK_STATES.get(p["link_state"] or ""),
-    }
+    known = {f.name for f in fields(VfConfig)}
+    original = VfConfig(**{k: v for k, v in att.pf_side.items() if k in known})
     # The MAC always: igb records the VF driver's own MAC on the PF side once the VF was up.
-    restore = ["mac", *(k for k in att.changed if k != "mac")]
-    settings = [(k, original[k]) for k in restore if original.get(k) is not None]
-    for setting, value in settings:
-        try:
-            ctx.host.vf_set(pf_index, att.vf_index, setting, value)
-        except OSError as exc:
-            log.warning("restoring %s of VF %s on %s: %s", setting, att.pci, att.pf, exc)
+    settings = VfSettings.from_config(att.vf_index, original, ["mac", *att.changed])
+    try:
+        result = _set_vf(ctx, att, settings)
+    except CniError as exc:  # DEL must not fail on what it cannot put back
+        log.warning("VF %s settings not restored: %s", att.pci, exc.msg)
+        return
+    for failure in result.failed:
+        log.warning("restoring %s of VF %s on %s: %s", failure.setting, att.pci, att.pf,
+                    failure.strerror)
 
 
 # -- GC ---------------------------------------------------------------------------------------

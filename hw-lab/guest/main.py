@@ -1,6 +1,8 @@
-"""Guest entry: runs the lab suite (pytest, in this process) or the demo, as request.json says.
+"""Guest entry: runs the lab suite (pytest, in this process) or a script (the demo, a lab
+benchmark), as request.json says.
 
-request.json: {"mode": "pytest" | "demo", "argv": [...], "env": {...}, "cwd": "..."}
+request.json: {"mode": "pytest" | "script", "argv": [...], "env": {...}, "cwd": "..."}
+("demo" is taken as "script"); a script's argv[0] is its path.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ def main(request_path: str) -> int:
         import pytest
 
         return int(pytest.main(argv))
-    if request["mode"] == "demo":
+    if request["mode"] in ("script", "demo"):
         sys.argv = argv
+        sys.path.insert(0, str(Path(argv[0]).resolve().parent))  # as `python SCRIPT` has it
         try:
             runpy.run_path(argv[0], run_name="__main__")
         except SystemExit as exc:

@@ -42,7 +42,8 @@ def agent() -> Iterator[dict[str, Path]]:
         server.start()
         install(Path(root) / "bin", shim_path())
         try:
-            yield {"socket": Path(server.path), "bin": Path(root) / "bin"}
+            yield {"socket": Path(server.path), "bin": Path(root) / "bin",
+                   "state": Path(root) / "state"}
         finally:
             server.stop()
 
@@ -192,3 +193,25 @@ def test_sriov_gc_detaches_vfs_of_containers_that_are_gone(agent, pf: PF, make_v
     assert vf_config(pf, vf.index) == before
     cni(agent, "DEL", conf, pod, container="leaked")  # a late DEL still succeeds
 
+
+
+def test_sriov_vlan_proto_802_1ad_refused_by_igb_leaves_nothing_behind(agent, pf: PF, make_vfs,
+                                                                      namespaces) -> None:
+    if pf.spec.driver != "igb":
+        pytest.skip(f"{pf.pci} runs {pf.spec.driver}; only igb is known to refuse 802.1ad")
+    vf = make_vfs(pf, 1)[0]
+    before = vf_config(pf, vf.index)
+    pod = namespaces("qinq")
+    conf = sriov_conf(vf.pci, mac="02:00:5e:00:53:51", vlan=100, vlanProto="802.1ad",
+                      trust="on")
+
+    refused = cni(agent, "ADD", conf, pod, expect=1)
+
+    assert refused["code"] == 7, refused
+    assert "vlan 100 qos 0 (802.1ad)" in refused["msg"] and "EPROTONOSUPPORT" in refused["msg"]
+    assert vf_config(pf, vf.index) == before, "the MAC and trust igb took are put back"
+    with IPRoute() as ipr:
+        assert ipr.link_lookup(ifname=vf.netdev), "the VF netdev never left the host"
+    with IPRoute(netns=pod) as ipr:
+        assert [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()] == ["lo"]
+    assert not list((agent["state"] / "sriov").glob("*.json")), "no attachment record left"
