@@ -9,15 +9,20 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from cni import ipam
+from cni import ipam, observe, stacked
 from cni.context import Context
 from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError
 from cni.kinds import ipvlan, macvlan, sriov, vlan
 from cni.protocol import SUPPORTED_VERSIONS, CniRequest, parse_request
 from cni.result import Result
 from cni.wire import Response
+from nodeagent import logs
+from nodeagent.status import StatusBoard
+
+if TYPE_CHECKING:
+    from nodeagent.metrics import Metrics
 
 log = logging.getLogger("nodeagent.cni")
 
@@ -31,64 +36,85 @@ class Kind(Protocol):
 KINDS: dict[str, Kind] = {m.HANDLER.kind: m.HANDLER for m in (macvlan, ipvlan, vlan, sriov)}
 
 
-def handle(ctx: Context, env: Mapping[str, str], stdin: bytes, plugin: str = "") -> Response:
-    """Serve one invocation; ``plugin`` is the name the shim was run as (its argv[0])."""
+def handle(ctx: Context, env: Mapping[str, str], stdin: bytes, plugin: str = "", *,
+           metrics: Metrics | None = None, status: StatusBoard | None = None) -> Response:
+    """Serve one invocation; ``plugin`` is the name the shim was run as (its argv[0]).
+
+    Every line logged while serving it carries the request's pod, container, network, type
+    and device; with ``metrics`` it is counted and timed, with ``status`` its attachment is
+    recorded (ADD) or dropped (DEL, GC).
+    """
     started = time.perf_counter()
-    version = "1.1.0"
-    request: CniRequest | None = None
-    try:
-        request = parse_request(env, stdin)
-        version = request.version
-        out = _run_ipam(ctx, request) if plugin in ipam.INLINE_TYPES else _run(ctx, request)
-        response = Response(0, out)
-    except CniError as err:
-        response = Response(1, _json(err.to_dict(version)), str(err).encode())
-        log.warning("%s failed (code %d): %s", _who(request, env), err.code, err)
-    except Exception as exc:  # a bug or an unexpected kernel answer: still a CNI error
-        log.exception("%s failed", _who(request, env))
-        err = CniError(IO_FAILURE, f"internal error: {exc}")
-        response = Response(1, _json(err.to_dict(version)), str(err).encode())
-    else:
-        log.info("%s ok in %.1f ms", _who(request, env), (time.perf_counter() - started) * 1e3)
+    with logs.bind(**observe.env_fields(env), type=type_label(None, plugin)) as fields:
+        version = "1.1.0"
+        request: CniRequest | None = None
+        result: Result | dict[str, Any] | None = None
+        error: CniError | None = None
+        try:
+            request = parse_request(env, stdin)
+            version = request.version
+            stacked_link = isinstance(KINDS.get(str(request.config.get("type"))), stacked.Handler)
+            fields.update(observe.request_fields(ctx, request, type_label(request, plugin),
+                                                 stacked_link))
+            result = _run_ipam(ctx, request) if plugin in ipam.INLINE_TYPES else _run(ctx, request)
+            response = Response(0, _render(result, version))
+        except CniError as err:
+            error = err
+        except Exception as exc:  # a bug or an unexpected kernel answer: still a CNI error
+            log.exception("CNI %s failed", fields["verb"])
+            error = CniError(IO_FAILURE, f"internal error: {exc}")
+        if error is not None:
+            response = Response(1, _json(error.to_dict(version)), str(error).encode())
+            if request is None:
+                fields.update(observe.unparsed_fields(stdin))
+        observe.finished(request, fields, result, error, time.perf_counter() - started,
+                         metrics=metrics, status=status)
     return response
 
 
-def _run(ctx: Context, request: CniRequest) -> bytes:
+def type_label(request: CniRequest | None, plugin: str) -> str:
+    """What kind of plugin a request is for, as a bounded metric label: a link type of KINDS,
+    "ipam" when serving as another plugin's IPAM, else "unknown"."""
+    if plugin in ipam.INLINE_TYPES:
+        return "ipam"
+    kind = (request.config.get("type") if request is not None else None) or plugin
+    return kind if isinstance(kind, str) and kind in KINDS else "unknown"
+
+
+def _run(ctx: Context, request: CniRequest) -> Result | dict[str, Any] | None:
     if request.command == "VERSION":
-        return _json({"cniVersion": request.version, "supportedVersions": list(SUPPORTED_VERSIONS)})
+        return {"cniVersion": request.version, "supportedVersions": list(SUPPORTED_VERSIONS)}
     kind = KINDS.get(request.config.get("type", ""))
     if kind is None:
         raise CniError(INVALID_CONFIG, f"plugin type {request.config.get('type')!r} is not one of"
                        f" {', '.join(KINDS)}")
-    verbs: dict[str, Callable[[], object]] = {
+    verbs: dict[str, Callable[[], Result | None]] = {
         "ADD": lambda: kind.add(ctx, request),
         "DEL": lambda: kind.delete(ctx, request),
         "CHECK": lambda: kind.check(ctx, request),
         "STATUS": lambda: ipam.status(ctx, request),
         "GC": lambda: kind.gc(ctx, request),
     }
-    result = verbs[request.command]()
-    if request.command == "ADD":
-        return _json(result.to_dict(request.version))  # type: ignore[attr-defined]
-    return b""
+    return verbs[request.command]()
 
 
-def _run_ipam(ctx: Context, request: CniRequest) -> bytes:
+def _run_ipam(ctx: Context, request: CniRequest) -> Result | dict[str, Any] | None:
     """Invoked as an IPAM plugin (``whereabouts``, ``nodeagent-ipam``) by another plugin."""
     if request.command == "VERSION":
         return _run(ctx, request)
     if request.command == "ADD":
-        return _json(ipam.add(ctx, request).to_dict(request.version))
+        return ipam.add(ctx, request)
     {"DEL": ipam.delete, "CHECK": ipam.check, "GC": ipam.gc,
      "STATUS": ipam.status}[request.command](ctx, request)
-    return b""
+    return None
+
+
+def _render(result: Result | dict[str, Any] | None, version: str) -> bytes:
+    """ADD's result in the request's version, VERSION's document, or nothing."""
+    if isinstance(result, Result):
+        return _json(result.to_dict(version))
+    return _json(result) if result is not None else b""
 
 
 def _json(doc: object) -> bytes:
     return json.dumps(doc).encode() + b"\n"
-
-
-def _who(request: CniRequest | None, env: Mapping[str, str]) -> str:
-    if request is not None:
-        return request.describe()
-    return f"{env.get('CNI_COMMAND', '?')} container={env.get('CNI_CONTAINERID', '?')[:12]}"

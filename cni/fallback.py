@@ -12,11 +12,14 @@ import sys
 
 from cni.context import Context
 from cni.dispatch import handle
+from nodeagent import logs
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="nodeagent-cni-fallback: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)  # with the request's pod, network, device
+    handler.setFormatter(logs.TextFormatter("nodeagent-cni-fallback: %(message)s"))
+    handler.addFilter(logs.ContextFilter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     context = Context()
     try:
         plugin = os.environ.get("NODEAGENT_CNI_PLUGIN", "")  # set by the shim

@@ -10,10 +10,15 @@ import stat
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from cni.context import Context
 from cni.dispatch import handle
 from cni.wire import WireError, encode_response, read_request
+from nodeagent.status import StatusBoard
+
+if TYPE_CHECKING:
+    from nodeagent.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +31,17 @@ class CniServer:
     """Serves CNI requests on a root-only unix socket until :meth:`stop`."""
 
     def __init__(self, path: str = DEFAULT_SOCKET, workers: int = 32,
-                 context: Context | None = None, allowed_uid: int = 0) -> None:
+                 context: Context | None = None, allowed_uid: int = 0, *,
+                 metrics: Metrics | None = None, status: StatusBoard | None = None) -> None:
+        """``metrics``: count and time requests, report IPAM usage; ``status``: keep the
+        attachments' records (either may be None)."""
         self.path = path
         self.context = context or Context()
         self.allowed_uid = allowed_uid
+        self.metrics = metrics
+        self.status = status
+        if metrics is not None:
+            metrics.track_ipam(self.context.ipam)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni")
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -50,6 +62,10 @@ class CniServer:
         self._thread = threading.Thread(target=self._accept, name="cni-accept", daemon=True)
         self._thread.start()
         log.info("serving CNI on %s", self.path)
+
+    def listening(self) -> bool:
+        """Accepting requests (a readiness and liveness check)."""
+        return self._sock is not None and self._thread is not None and self._thread.is_alive()
 
     def _remove_stale_socket(self) -> None:
         try:
@@ -103,7 +119,8 @@ class CniServer:
                 log.warning("dropped a malformed CNI request from pid %d: %s", pid, exc)
                 return
             conn.settimeout(None)
-            response = handle(self.context, request.env, request.stdin, request.argv0)
+            response = handle(self.context, request.env, request.stdin, request.argv0,
+                              metrics=self.metrics, status=self.status)
             try:
                 conn.sendall(encode_response(response))
             except OSError as exc:

@@ -94,6 +94,8 @@ class Ipam:
         self.lock_timeout = lock_timeout
         self._lock = threading.Lock()
         self._stores: dict[tuple[Any, ...], Store] = {}
+        #: The latest config of each CNI network, per store, for usage reports.
+        self._configs: dict[tuple[Any, ...], IPAMConfig] = {}
         self._clients: dict[EtcdConfig, Any] = {}
         self._pools: dict[IPRange, Pool] = {}
 
@@ -165,6 +167,7 @@ class Ipam:
             key: tuple[Any, ...] = ("etcd", config.etcd, config.network)
         else:
             key = ("file", config.data_dir or self.state_dir, config.network)
+        self._configs[(*key, config.name)] = config
         store = self._stores.get(key)
         if store is None:
             with self._lock:
@@ -187,6 +190,11 @@ class Ipam:
             config.data_dir or self.state_dir, config.network, lock_timeout=self.lock_timeout
         )
 
+    def configs(self) -> list[IPAMConfig]:
+        """The latest configuration of each CNI network served, for usage reports (metrics)."""
+        with self._lock:
+            return list(self._configs.values())
+
     def pool(self, rng: IPRange) -> Pool:
         pool = self._pools.get(rng)
         if pool is None:
@@ -200,6 +208,7 @@ class Ipam:
     def close(self) -> None:
         with self._lock:
             clients, self._clients, self._stores = list(self._clients.values()), {}, {}
+            self._configs = {}
         for client in clients:
             client.close()
 

@@ -1,0 +1,121 @@
+"""What a CNI request tells the rest of the agent: log fields, metrics, allocation records.
+
+The dispatcher binds :func:`env_fields` and :func:`request_fields` as log context for the
+whole request (so a line logged deep in a handler names its pod, container, network and
+device) and calls :func:`finished` once per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from cni.context import Context
+from cni.errors import CniError
+from cni.protocol import COMMANDS, CniRequest, parse_cni_args
+from cni.result import Result
+from nodeagent.netlink import default_route_oifs
+from nodeagent.status import StatusBoard
+
+if TYPE_CHECKING:
+    from nodeagent.metrics import Metrics
+
+log = logging.getLogger("nodeagent.cni")
+
+
+def env_fields(env: Mapping[str, str]) -> dict[str, Any]:
+    """Fields known before the request is validated (for the log line of a refused one)."""
+    fields: dict[str, Any] = {"verb": env.get("CNI_COMMAND", ""),
+                              "containerID": env.get("CNI_CONTAINERID", ""),
+                              "ifname": env.get("CNI_IFNAME", "")}
+    try:
+        args = parse_cni_args(env.get("CNI_ARGS", ""))
+    except CniError:
+        args = {}
+    fields["pod"] = pod_name(args)
+    return fields
+
+
+def unparsed_fields(stdin: bytes) -> dict[str, Any]:
+    """The network's name from a configuration the request was refused over, if it has one."""
+    try:
+        config = json.loads(stdin)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    name = config.get("name") if isinstance(config, dict) else None
+    return {"network": name} if isinstance(name, str) and name else {}
+
+
+def pod_name(args: Mapping[str, str]) -> str:
+    """``namespace/name`` from CNI_ARGS, as much of it as the runtime gave."""
+    return "/".join(filter(None, (args.get("K8S_POD_NAMESPACE"), args.get("K8S_POD_NAME"))))
+
+
+def request_fields(ctx: Context, request: CniRequest, kind: str, stacked: bool) -> dict[str, Any]:
+    """``kind``: the request's type label; ``stacked``: a link on a master (macvlan, ...)."""
+    return {"network": request.network, "type": kind, "device": device(ctx, request, stacked)}
+
+
+def device(ctx: Context, request: CniRequest, stacked: bool) -> str:
+    """The VF's PCI address (sriov) or the master link (macvlan, ipvlan, vlan); for a stacked
+    link without a master, the default route's link, as the handler picks it."""
+    c = request.config
+    device_id = request.runtime_config.get("deviceID") or c.get("deviceID")
+    if isinstance(device_id, str) and device_id:
+        return device_id
+    master = c.get("master")
+    if isinstance(master, str) and master:
+        return master
+    if stacked and request.command in ("ADD", "DEL", "CHECK"):
+        try:
+            oifs = default_route_oifs(ctx.host, (socket.AF_INET,))
+            link = ctx.host.link(index=oifs[0]) if oifs else None
+        except OSError:
+            return ""
+        return str(link.get("IFLA_IFNAME") or "") if link is not None else ""
+    return ""
+
+
+def finished(request: CniRequest | None, fields: Mapping[str, Any], result: Any,
+             error: CniError | None, seconds: float, *,
+             metrics: Metrics | None = None, status: StatusBoard | None = None) -> None:
+    """Log the request's line, count it, and keep the allocation records current."""
+    verb = str(fields.get("verb") or "")
+    ms = round(seconds * 1e3, 3)
+    if error is None:
+        log.info("CNI %s ok in %.1f ms", verb, ms, extra={"result": "ok", "durationMs": ms})
+    else:
+        log.warning("CNI %s failed (code %d): %s", verb, error.code, error,
+                    extra={"result": str(error.code), "code": error.code, "durationMs": ms})
+    if metrics is not None:
+        metrics.cni_request(verb if verb in COMMANDS else "invalid",
+                            str(fields.get("type") or "unknown"),
+                            "ok" if error is None else str(error.code), seconds)
+    if status is not None and request is not None and error is None:
+        _record(status, request, fields, result)
+
+
+def _record(status: StatusBoard, request: CniRequest, fields: Mapping[str, Any],
+            result: Any) -> None:
+    key = f"{request.container_id}/{request.ifname}"
+    if request.command == "ADD" and isinstance(result, Result):
+        mac = next((i.mac for i in result.interfaces if i.sandbox and i.mac), None)
+        kind = str(request.config.get("type", ""))
+        status.set_allocation(key, {
+            "pod": request.args.get("K8S_POD_NAME", ""),
+            "namespace": request.args.get("K8S_POD_NAMESPACE", ""),
+            "network": request.network, "type": kind, "kind": kind,
+            "device": fields.get("device", ""),
+            "ips": [str(ip.address) for ip in result.ips], "mac": mac,
+        })
+    elif request.command == "DEL":
+        status.set_allocation(key, None)
+    elif request.command == "GC":
+        valid = request.config.get("cni.dev/valid-attachments") or []
+        keep = {f"{a.get('containerID')}/{a.get('ifname')}" for a in valid if isinstance(a, dict)}
+        for other, allocation in status.snapshot()["allocations"].items():
+            if allocation.get("network") == request.network and other not in keep:
+                status.set_allocation(other, None)
