@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import re
 import socket
 from collections.abc import Callable
@@ -17,10 +16,6 @@ from nodeagent.netlink import default_route_oifs
 from nodeagent.rtnl import Rtnl
 from nodeagent.sysfs import Sysfs
 
-#: Where CNI attachments keep what they must undo; NODEAGENT_STATE_DIR overrides it (the daemon
-#: and the fallback must agree).
-DEFAULT_STATE_DIR = "/var/lib/nodeagent/cni"
-
 MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
@@ -32,8 +27,7 @@ class Context:
     host: Rtnl = field(default_factory=Rtnl)
     masters: dict[str, int] = field(default_factory=dict)
     ipam: Ipam = field(default_factory=Ipam)
-    vfs: VfState = field(
-        default_factory=lambda: VfState(os.environ.get("NODEAGENT_STATE_DIR", DEFAULT_STATE_DIR)))
+    vfs: VfState = field(default_factory=VfState.default)
     sysfs: Sysfs = field(default_factory=Sysfs)
 
     def close(self) -> None:

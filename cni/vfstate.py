@@ -37,11 +37,20 @@ class VfAttachment:
     changed: list[str] = field(default_factory=list)
 
 
+#: Where CNI attachments keep what they must undo; NODEAGENT_STATE_DIR overrides it (the daemon,
+#: the fallback and provisioning must agree).
+DEFAULT_STATE_DIR = "/var/lib/nodeagent/cni"
+
+
 class VfState:
     """Attachment records and VF locks under ``root`` (``<root>/sriov``)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.dir = Path(root) / "sriov"
+
+    @classmethod
+    def default(cls) -> VfState:
+        return cls(os.environ.get("NODEAGENT_STATE_DIR", DEFAULT_STATE_DIR))
 
     def _path(self, container_id: str, ifname: str) -> Path:
         return self.dir / f"{container_id}-{ifname}.json"

@@ -12,7 +12,7 @@ import grpc
 
 from deviceplugin import api
 from deviceplugin.config import PluginConfig
-from deviceplugin.pools import HealthPolicy, build_pools, log_unsupported
+from deviceplugin.pools import HealthPolicy, Pool, build_pools, log_unsupported
 from deviceplugin.registrar import KubeletWatch, register
 from deviceplugin.server import PoolServer
 from nodeagent.model import Node
@@ -37,12 +37,14 @@ class DevicePluginManager:
         policy: str = "pack",
         poll_interval: float = 0.1,
         retry_interval: float = 1.0,
+        on_pools: Callable[[dict[str, Pool]], None] | None = None,
     ) -> None:
         self.config = config
         self.plugin_dir = plugin_dir
         self.health = health or HealthPolicy()
         self.policy = policy
         self.retry_interval = retry_interval
+        self.on_pools = on_pools  # told every pool's devices after each update (status, metrics)
         self.servers: dict[str, PoolServer] = {}
         self.registrations: dict[str, int] = {}  # successful Register calls per resource
         self._pending: dict[str, float] = {}  # resource -> earliest next attempt
@@ -55,16 +57,22 @@ class DevicePluginManager:
     def start(self, node: Node) -> None:
         log_unsupported(self.config)
         os.makedirs(self.plugin_dir, exist_ok=True)
-        for name, pool in build_pools(self.config, node, self.health).items():
+        pools = build_pools(self.config, node, self.health)
+        for name, pool in pools.items():
             server = PoolServer(pool, self.plugin_dir, policy=self.policy)
             server.start()
             self.servers[name] = server
             self.registrations[name] = 0
         self._watch.start()
+        if self.on_pools is not None:
+            self.on_pools(pools)
 
     def update(self, node: Node) -> None:
-        for name, pool in build_pools(self.config, node, self.health).items():
+        pools = build_pools(self.config, node, self.health)
+        for name, pool in pools.items():
             self.servers[name].update(pool)
+        if self.on_pools is not None:
+            self.on_pools(pools)
 
     def attach(self, inventory: LiveInventory) -> None:
         """Start from the inventory's snapshot and follow every change."""

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -15,24 +16,34 @@ from pathlib import Path
 from cni.errors import CniError
 from cni.install import FALLBACK_NAME, PLUGIN_NAMES
 from cni.install import install as install_plugins
-from cni.server import DEFAULT_SOCKET, CniServer
+from cni.server import DEFAULT_SOCKET
 from cni.shim import shim_path
+from cni.vfstate import VfState
 from deviceplugin import config as dp_config
 from deviceplugin.api import DEVICE_PLUGIN_PATH
-from deviceplugin.manager import DevicePluginManager
-from nodeagent import __version__
+from nodeagent import __version__, logs
+from nodeagent.daemon import Daemon, DaemonConfig
 from nodeagent.discovery import Scanner
+from nodeagent.httpserver import DEFAULT_ADDRESS as DEFAULT_METRICS_ADDRESS
 from nodeagent.ipam import ops as ipam_ops
 from nodeagent.ipam.allocator import Ipam
-from nodeagent.ipam.config import parse_config
+from nodeagent.ipam.config import IPAMConfig, parse_config
 from nodeagent.ipam.filestore import DEFAULT_STATE_DIR
 from nodeagent.model import Node
 from nodeagent.netlink import Netlink
+from nodeagent.provision.policy import PolicyError
+from nodeagent.provision.policy import load as load_policy
+from nodeagent.provision.reconciler import Reconciler
 from nodeagent.render import inventory_table
+from nodeagent.status import DEFAULT_PATH as DEFAULT_STATUS_PATH
+from nodeagent.status import read as read_status
+from nodeagent.statusview import pass_table, status_screen
 from nodeagent.sysfs import Sysfs
 from nodeagent.watch import LiveInventory
 
 log = logging.getLogger("nodeagent")
+
+DEFAULT_POLICY = "/etc/nodeagent/policy.yaml"
 
 
 def _inventory_args(sub: argparse._SubParsersAction) -> None:
@@ -116,31 +127,120 @@ def _daemon_args(sub: argparse._SubParsersAction) -> None:
                    help=f"kubelet's device plugin directory (default: {DEVICE_PLUGIN_PATH})")
     p.add_argument("--allocation-policy", choices=["pack", "spread"], default="pack",
                    help="preferred allocation: fewest PFs (pack) or most (spread)")
+    _log_format_arg(p, argparse.SUPPRESS)  # also after the subcommand, as DaemonSets say it
+    p.add_argument("--policy", type=Path, default=Path(DEFAULT_POLICY), metavar="FILE",
+                   help=f"VF provisioning policy (default: {DEFAULT_POLICY}); reconciled while"
+                   " the file exists, re-read when it changes")
+    p.add_argument("--status-file", default=DEFAULT_STATUS_PATH, metavar="PATH",
+                   help=f"where `nodeagent status` reads the agent's state (default:"
+                   f" {DEFAULT_STATUS_PATH})")
+    p.add_argument("--metrics-address", default=DEFAULT_METRICS_ADDRESS, metavar="HOST:PORT",
+                   help="serve /metrics, /healthz and /readyz here (default:"
+                   f" {DEFAULT_METRICS_ADDRESS}; empty: off)")
+    p.add_argument("--ipam-state-dir", default=str(DEFAULT_STATE_DIR), metavar="DIR",
+                   help=f"node-local IPAM store (default: {DEFAULT_STATE_DIR})")
+    p.add_argument("--node-name", default=None, metavar="NAME",
+                   help="this node's Kubernetes name (default: $NODE_NAME, else the hostname)")
+    p.add_argument("--kubeconfig", default=None, metavar="FILE",
+                   help="talk to the API with this kubeconfig (default: in-cluster config)")
+    p.add_argument("--publish-node-state", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep a NodeNetworkState resource and Node events current (default: on"
+                   " in a cluster or with --kubeconfig)")
+    p.add_argument("--cni-bin-dir", type=Path, default=None, metavar="DIR",
+                   help="install the CNI shim into this dir at start (as `cni install`)")
+    _provision_tuning_args(p)
     p.set_defaults(func=cmd_daemon)
+
+
+def _provision_tuning_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--numvfs-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="give up on a sriov_numvfs write after this long and report the PF"
+                   " failed (default: 120)")
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    inventory = LiveInventory(Sysfs(args.sysfs_root), udev=args.sysfs_root == "/sys")
-    node = inventory.start()
-    log.info("inventory: %d NICs, %d SR-IOV PFs", len(node.nics), len(node.pfs))
-    server = CniServer(args.socket, workers=args.workers)
-    server.start()
-    plugins = None
-    if args.device_plugin_config.exists():
-        plugins = DevicePluginManager(dp_config.load(args.device_plugin_config),
-                                      args.device_plugin_dir, policy=args.allocation_policy)
-        plugins.attach(inventory)
-        log.info("device plugin: resources %s", ", ".join(sorted(plugins.servers)) or "none")
+    publish = args.publish_node_state
+    if publish is None:
+        # in a pod (KUBERNETES_SERVICE_HOST is set), or told where the API is
+        publish = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) or args.kubeconfig is not None
+    daemon = Daemon(DaemonConfig(
+        socket=args.socket, sysfs_root=args.sysfs_root, workers=args.workers,
+        device_plugin_config=args.device_plugin_config, device_plugin_dir=args.device_plugin_dir,
+        allocation_policy=args.allocation_policy, policy=args.policy,
+        status_file=args.status_file, numvfs_timeout=args.numvfs_timeout,
+        metrics_address=args.metrics_address, ipam_state_dir=args.ipam_state_dir,
+        node_name=args.node_name, publish_node_state=publish, kubeconfig=args.kubeconfig,
+        cni_bin_dir=args.cni_bin_dir))
     try:
+        daemon.start()
         done.wait()
     finally:
-        if plugins is not None:
-            plugins.stop()
-        server.stop()
-        inventory.stop()
+        daemon.stop()
+    return 0
+
+
+def _provision_args(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "provision", help="apply a VF provisioning policy",
+        description="Bring the PFs a policy selects to its state (VF count, drivers, MTU, VF"
+        " settings). Exits 0 when the node matches the policy, 1 when a PF is blocked or"
+        " failed, 2 when the policy is invalid.")
+    p.add_argument("--policy", required=True, type=Path, metavar="FILE",
+                   help="the policy file (YAML or JSON; see docs/provisioning.md)")
+    p.add_argument("--once", action="store_true",
+                   help="apply once and exit (the daemon keeps applying it: `daemon --policy`)")
+    p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    p.add_argument("--sysfs-root", default="/sys", metavar="DIR")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    _provision_tuning_args(p)
+    p.set_defaults(func=cmd_provision)
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    if not (args.once or args.dry_run):
+        print("nodeagent: provision needs --once or --dry-run; to keep a node provisioned run"
+              " `nodeagent daemon --policy FILE`", file=sys.stderr)
+        return 2
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        print(f"nodeagent: invalid policy: {exc}", file=sys.stderr)
+        return 2
+    sysfs = Sysfs(args.sysfs_root)
+    reconciler = Reconciler(sysfs, vfstate=VfState.default(), numvfs_timeout=args.numvfs_timeout)
+    with Netlink() as netlink:
+        result = reconciler.reconcile(policy, Scanner(sysfs, netlink), dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({
+            "matches": result.matches, "unmatched": list(result.unmatched),
+            "pfs": [{"pciAddress": o.pci, "name": o.name, "policy": o.policy,
+                     "state": o.decision.state, "reason": o.decision.reason,
+                     "applied": list(o.applied)} for o in result.outcomes]}, indent=2))
+    else:
+        print(pass_table(result, args.dry_run))
+    return 0 if result.matches else 1
+
+
+def _status_args(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="what the running agent is doing",
+                       description="PF provisioning states, device pools, allocations by pod and"
+                       " recent errors, as the running daemon last recorded them.")
+    p.add_argument("--status-file", default=DEFAULT_STATUS_PATH, metavar="PATH")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        snap = read_status(args.status_file)
+    except FileNotFoundError:
+        print(f"nodeagent: no status at {args.status_file}: is `nodeagent daemon` running?",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(snap, indent=2) if args.json else status_screen(snap))
     return 0
 
 
@@ -175,6 +275,14 @@ def _ipam_args(sub: argparse._SubParsersAction) -> None:
     gc.add_argument("--live", nargs="*", default=[], metavar="CONTAINERID/IFNAME",
                     help="attachments to keep")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be released")
+    gc.add_argument("--from-cluster", action="store_true",
+                    help="also keep the attachments of pods the Kubernetes API lists on this node"
+                    " (every node's pods for an etcd datastore); refuses to run when the pods"
+                    " cannot be listed")
+    gc.add_argument("--kubeconfig", type=Path, metavar="FILE",
+                    help="with --from-cluster (default: the in-cluster service account)")
+    gc.add_argument("--node-name", metavar="NAME",
+                    help="with --from-cluster (default: $NODE_NAME, else the hostname)")
     show.set_defaults(func=cmd_ipam_show)
     gc.set_defaults(func=cmd_ipam_gc)
 
@@ -192,8 +300,16 @@ def cmd_ipam_gc(args: argparse.Namespace) -> int:
     ipam = Ipam(args.state_dir)
     live = [tuple(item.rsplit("/", 1)) for item in args.live]
     try:
-        gone = ipam_ops.gc_against(parse_config(args.config.read_bytes()), live,
-                                   dry_run=args.dry_run, ipam=ipam)
+        config = parse_config(args.config.read_bytes())
+        if args.from_cluster:
+            from nodeagent.k8s.client import ApiError
+            try:
+                live += _cluster_keep(args, config, ipam)
+            except ApiError as exc:
+                print(f"nodeagent: cannot list pods from the Kubernetes API ({exc});"
+                      " refusing to garbage-collect", file=sys.stderr)
+                return 1
+        gone = ipam_ops.gc_against(config, live, dry_run=args.dry_run, ipam=ipam)
     finally:
         ipam.close()
     for r in gone:
@@ -202,14 +318,39 @@ def cmd_ipam_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_format_arg(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--log-format", choices=logs.FORMATS, default=default,
+                        help="log lines as JSON objects or text; auto (default): text when"
+                        " stderr is a terminal, else JSON")
+
+
+def _cluster_keep(args: argparse.Namespace, config: IPAMConfig,
+                  ipam: Ipam) -> list[tuple[str, str]]:
+    """Attachments of the pods the API lists (imported here: the kubernetes package is slow)."""
+    from nodeagent.k8s.client import build_client
+    from nodeagent.k8s.pods import gc_keep_from_cluster
+
+    reservations = ipam.store(config).reservations() if config.range_sets else []
+    node = args.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+    api = build_client(kubeconfig=args.kubeconfig)
+    try:
+        return gc_keep_from_cluster(api, None if config.datastore == "etcd" else node,
+                                    reservations)
+    finally:
+        api.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodeagent", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nodeagent {__version__}")
     parser.add_argument("--log-level", default="warning",
                         choices=["debug", "info", "warning", "error"])
+    _log_format_arg(parser, "auto")
     sub = parser.add_subparsers(dest="command", required=True)
     _inventory_args(sub)
     _daemon_args(sub)
+    _provision_args(sub)
+    _status_args(sub)
     _cni_args(sub)
     _ipam_args(sub)
     return parser
@@ -217,8 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     try:
         return args.func(args)
     except CniError as exc:

@@ -8,6 +8,7 @@ resource in the Kubernetes API.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/run/nodeagent/status.json"
 RECENT_ERRORS = 50
@@ -59,11 +62,19 @@ class ErrorRecord:
 Listener = Callable[[dict[str, Any]], None]
 
 
+#: The status file is rewritten at most this often (seconds): CNI requests change the board,
+#: and must not wait for a file write.
+WRITE_DELAY = 0.2
+
+
 class StatusBoard:
-    """Thread-safe; every change notifies listeners and rewrites the status file (if any)."""
+    """Thread-safe; every change notifies listeners, and a writer thread rewrites the status
+    file (if any) shortly after."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         self._path = Path(path) if path is not None else None
+        self._dirty = threading.Event()
+        self._writer: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pfs: dict[str, PfStatus] = {}
         self._pools: dict[str, dict[str, Any]] = {}
@@ -135,24 +146,44 @@ class StatusBoard:
         with self._lock:
             self._listeners.append(listener)
 
+    def flush(self) -> None:
+        """Write the status file now (the daemon does at exit; tests do)."""
+        if self._path is not None:
+            write_atomically(self._path, json.dumps(self.snapshot(), indent=1).encode())
+
     def _changed(self) -> None:
         snap = self.snapshot()
         if self._path is not None:
-            write_atomically(self._path, json.dumps(snap, indent=1).encode())
+            with self._lock:
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                                    name="status-file")
+                    self._writer.start()
+            self._dirty.set()
         with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:
             listener(snap)
 
+    def _write_loop(self) -> None:
+        while True:
+            self._dirty.wait()
+            time.sleep(WRITE_DELAY)  # one write for a burst of changes
+            self._dirty.clear()
+            try:
+                self.flush()
+            except OSError as exc:
+                log.warning("writing %s: %s", self._path, exc)
+
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
+    """Write via a temporary file and rename, so a reader never sees half a file. No fsync:
+    the file lives in /run and is rewritten on every change."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.write(fd, data)
-        os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)

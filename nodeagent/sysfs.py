@@ -1,8 +1,9 @@
-"""Read access to sysfs under a configurable root.
+"""Access to sysfs under a configurable root.
 
 This is the only module that builds ``/sys`` paths. Every reader tolerates the kernel removing a
 device underneath it: a missing or unreadable attribute is ``None``, never an exception, because
-devices vanish (VF removal, driver unbind) while a scan is running.
+devices vanish (VF removal, driver unbind) while a scan is running. Writers (provisioning's) raise
+OSError with the kernel's errno: a refused write must be reported, not skipped.
 """
 
 from __future__ import annotations
@@ -122,6 +123,35 @@ class Sysfs:
     def pci_has_sriov(self, address: str) -> bool:
         return os.path.exists(f"{self._pci_devices}/{address}/sriov_totalvfs")
 
+    def pci_attr_path(self, address: str, name: str) -> str:
+        return f"{self._pci_devices}/{address}/{name}"
+
+    # -- PCI writes (provisioning) ----------------------------------------------------------
+
+    def write(self, path: str, value: str) -> None:
+        """One write(2) of ``value``, as the kernel wants sysfs stores; OSError on refusal."""
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+
+    def pci_write(self, address: str, name: str, value: str) -> None:
+        self.write(self.pci_attr_path(address, name), value)
+
+    def pci_unbind(self, address: str) -> None:
+        """Detach a function from its driver (nothing to do when it has none)."""
+        driver = self.pci_driver(address)
+        if driver is not None:
+            self.write(f"{self.root}/bus/pci/drivers/{driver}/unbind", address)
+
+    def pci_probe(self, address: str) -> None:
+        """Ask the PCI core to bind a driver: ``driver_override`` if set, else by ID match."""
+        self.write(f"{self.root}/bus/pci/drivers_probe", address)
+
+    def pci_driver_loaded(self, driver: str) -> bool:
+        return os.path.isdir(f"{self.root}/bus/pci/drivers/{driver}")
+
     # -- net class --------------------------------------------------------------------------
 
     def netdev_dir(self, name: str) -> str:
@@ -136,8 +166,8 @@ class Sysfs:
     def netdev_attr(self, name: str, attr: str) -> str | None:
         return self.read(f"{self._class_net}/{name}/{attr}")
 
-    def netdev_int(self, name: str, attr: str) -> int | None:
-        return self.read_int(f"{self._class_net}/{name}/{attr}")
+    def netdev_int(self, name: str, attr: str, base: int = 10) -> int | None:
+        return self.read_int(f"{self._class_net}/{name}/{attr}", base)
 
     def netdev_pci_address(self, name: str) -> str | None:
         """The PCI function behind a netdev, or None for a virtual or non-PCI one.

@@ -1,0 +1,152 @@
+"""The agent daemon: the parts ``nodeagent daemon`` runs, started and stopped in order.
+
+Pods come first: the CNI socket serves as soon as the inventory is read, whatever the
+Kubernetes API, the metrics port or provisioning are doing. The API-facing parts never block
+the others (they back off on their own threads).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cni.context import Context
+from cni.install import install as install_plugins
+from cni.server import CniServer
+from cni.shim import shim_path
+from cni.vfstate import VfState
+from deviceplugin import config as dp_config
+from deviceplugin.api import DEVICE_PLUGIN_PATH
+from deviceplugin.manager import DevicePluginManager
+from deviceplugin.pools import Pool
+from nodeagent.discovery import node_name
+from nodeagent.httpserver import HttpServer
+from nodeagent.ipam.allocator import Ipam
+from nodeagent.metrics import Metrics
+from nodeagent.provision.reconciler import ReconcileLoop, Reconciler
+from nodeagent.status import StatusBoard
+from nodeagent.sysfs import Sysfs
+from nodeagent.watch import LiveInventory
+
+log = logging.getLogger("nodeagent")
+
+
+@dataclass
+class DaemonConfig:
+    socket: str
+    sysfs_root: str = "/sys"
+    workers: int = 32
+    device_plugin_config: Path | None = None
+    device_plugin_dir: str = DEVICE_PLUGIN_PATH
+    allocation_policy: str = "pack"
+    policy: Path | None = None
+    status_file: str | None = None
+    numvfs_timeout: float = 120.0
+    metrics_address: str = ""
+    ipam_state_dir: str | None = None
+    node_name: str | None = None
+    publish_node_state: bool = False
+    kubeconfig: str | None = None
+    cni_bin_dir: Path | None = None
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig) -> None:
+        self.cfg = cfg
+        self.node_name = cfg.node_name or node_name()
+        self.sysfs = Sysfs(cfg.sysfs_root)
+        self.status = StatusBoard(cfg.status_file)
+        self.metrics = Metrics(self.status)
+        self.vfstate = VfState.default()
+        ipam = Ipam(cfg.ipam_state_dir) if cfg.ipam_state_dir else Ipam()
+        self.metrics.track_ipam(ipam)
+        self.inventory = LiveInventory(self.sysfs, udev=cfg.sysfs_root == "/sys")
+        self.cni = CniServer(cfg.socket, workers=cfg.workers, context=Context(ipam=ipam),
+                             metrics=self.metrics, status=self.status)
+        self.reconcile = ReconcileLoop(
+            Reconciler(self.sysfs, self.status, hostname=self.node_name, vfstate=self.vfstate,
+                       numvfs_timeout=cfg.numvfs_timeout, metrics=self.metrics),
+            cfg.policy) if cfg.policy is not None else None
+        self.http = HttpServer(cfg.metrics_address, self.metrics.registry) \
+            if cfg.metrics_address else None
+        self.plugins: DevicePluginManager | None = None
+        self._stoppers: list = []
+        self._scanned = threading.Event()
+
+    def start(self) -> None:
+        if self.http is not None:  # first: probes answer (not ready) while the scan runs
+            self.http.add_readiness("inventory", self._scanned.is_set)
+            self.http.add_readiness("cni-socket", self.cni.listening)
+            self.http.start()
+            self._stoppers.append(self.http.stop)
+        if self.cfg.cni_bin_dir is not None:
+            for path in install_plugins(self.cfg.cni_bin_dir, shim_path()):
+                log.info("installed %s", path)
+        node = self.inventory.start()
+        self._stoppers.append(self.inventory.stop)
+        self._scanned.set()
+        log.info("inventory: %d NICs, %d SR-IOV PFs", len(node.nics), len(node.pfs))
+        self.cni.start()
+        self._stoppers.append(self.cni.stop)
+        if self.http is not None:
+            self.http.add_liveness("cni-socket", self.cni.listening)
+        if self.reconcile is not None:
+            self.reconcile.start(self.inventory.subscribe)
+            self._stoppers.append(self.reconcile.stop)
+        self._start_device_plugin()
+        if self.cfg.publish_node_state:
+            self._start_publishing()
+        self.status.flush()  # `nodeagent status` works before the first change
+
+    def stop(self) -> None:
+        for stop in reversed(self._stoppers):
+            try:
+                stop()
+            except Exception:  # stop everything else even if one part fails to
+                log.exception("stopping %s", stop)
+        self._stoppers.clear()
+        self.status.flush()
+
+    def _start_device_plugin(self) -> None:
+        path = self.cfg.device_plugin_config
+        if path is None or not path.exists():
+            return
+        self.plugins = DevicePluginManager(
+            dp_config.load(path), self.cfg.device_plugin_dir,
+            policy=self.cfg.allocation_policy, on_pools=self._pools_changed)
+        self.plugins.attach(self.inventory)
+        self._stoppers.append(self.plugins.stop)
+        log.info("device plugin: resources %s", ", ".join(sorted(self.plugins.servers)) or "none")
+
+    def _pools_changed(self, pools: dict[str, Pool]) -> None:
+        attached = {a.pci for a in self.vfstate.all()}
+        self.status.set_pools({
+            name: {"total": len(pool.devices),
+                   "allocated": sum(d.id in attached for d in pool.devices),
+                   "unhealthy": sum(not d.healthy for d in pool.devices)}
+            for name, pool in pools.items()})
+
+    def _start_publishing(self) -> None:
+        # Imported here: the kubernetes package is heavy and only needed in a cluster.
+        from nodeagent.k8s.client import ApiError, build_client
+        from nodeagent.k8s.events import NodeEventRecorder
+        from nodeagent.k8s.nodestate import NodeStatePublisher
+
+        try:
+            api = build_client(kubeconfig=self.cfg.kubeconfig)
+        except ApiError as exc:
+            log.error("node state not published: %s", exc)
+            self.status.error("kubernetes", str(exc))
+            return
+        self._stoppers.append(api.close)
+        publisher = NodeStatePublisher(api, self.node_name, self.status,
+                                       lambda: self.inventory.snapshot)
+        publisher.attach(self.inventory)
+        publisher.start()
+        self._stoppers.append(publisher.stop)
+        events = NodeEventRecorder(api, self.node_name)
+        events.attach(self.status)
+        events.start()
+        self._stoppers.append(events.stop)
