@@ -31,7 +31,10 @@ def _atomic_write(dest: Path, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
-def install(dest: Path, shim: Path, python: str = sys.executable) -> list[Path]:
+def install(dest: Path, shim: Path, python: str = sys.executable,
+            fallback: bool = True) -> list[Path]:
+    """The shim under every plugin name, and the fallback script (``fallback``) that runs the
+    handlers with ``python`` when the agent is down; without it, a stale one is removed."""
     dest.mkdir(parents=True, exist_ok=True)
     installed = []
     for name in PLUGIN_NAMES:
@@ -39,6 +42,9 @@ def install(dest: Path, shim: Path, python: str = sys.executable) -> list[Path]:
         with open(shim, "rb") as src:
             _atomic_write(target, lambda f, src=src: shutil.copyfileobj(src, f))
         installed.append(target)
+    if not fallback:
+        (dest / FALLBACK_NAME).unlink(missing_ok=True)
+        return installed
     script = f"#!/bin/sh\nexec {shlex.quote(python)} -m cni.fallback\n".encode()
     _atomic_write(dest / FALLBACK_NAME, lambda f: f.write(script))
     installed.append(dest / FALLBACK_NAME)

@@ -253,11 +253,16 @@ def _cni_args(sub: argparse._SubParsersAction) -> None:
         + f", plus {FALLBACK_NAME} (used when the daemon is unreachable).")
     install.add_argument("--dest", required=True, type=Path, metavar="DIR",
                          help="the runtime's CNI bin dir, e.g. /opt/cni/bin")
+    install.add_argument("--no-fallback", action="store_true",
+                         help=f"leave {FALLBACK_NAME} out (and remove an old one): for a bin dir"
+                         " on a host that does not have this Python environment, such as from"
+                         " the DaemonSet's init container; requests then fail with CNI error 11"
+                         " (try again later) while the agent is down")
     install.set_defaults(func=cmd_cni_install)
 
 
 def cmd_cni_install(args: argparse.Namespace) -> int:
-    for path in install_plugins(args.dest, shim_path()):
+    for path in install_plugins(args.dest, shim_path(), fallback=not args.no_fallback):
         print(path)
     return 0
 

@@ -641,3 +641,15 @@ def test_stale_binary_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         shim_path()
     monkeypatch.setattr(cni.shim, "_SOURCE", tmp_path / "absent.c")  # an installed wheel
     assert shim_path() == built_shim
+
+
+def test_install_without_fallback_removes_a_stale_one(tmp_path: Path) -> None:
+    from cni.install import FALLBACK_NAME, install
+    from cni.shim import shim_path
+
+    install(tmp_path, shim_path())
+    assert (tmp_path / FALLBACK_NAME).exists()
+    installed = install(tmp_path, shim_path(), fallback=False)
+    assert not (tmp_path / FALLBACK_NAME).exists()
+    assert FALLBACK_NAME not in {p.name for p in installed}
+    assert (tmp_path / "sriov").stat().st_mode & 0o111
