@@ -37,7 +37,7 @@ def _ago(ts: float | None, now: float) -> str:
 def status_screen(snap: dict[str, Any], now: float | None = None) -> str:
     """``nodeagent status``: PF states, pools, allocations by pod, recent errors."""
     now = time.time() if now is None else now
-    out = [f"status as of {_ago(snap.get('time'), now)} ago"]
+    out = [f"last change {_ago(snap.get('time'), now)} ago"]
     pfs = [(p["name"] or "-", p["pciAddress"], p["state"],
             f"{p['numVfs']}/{p['desiredNumVfs'] if p['desiredNumVfs'] is not None else '-'}",
             _ago(p.get("since"), now), p["reason"] or "-") for p in snap.get("pfs", [])]

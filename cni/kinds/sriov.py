@@ -228,9 +228,41 @@ def _move_into_pod(ctx: Context, request: CniRequest, att: VfAttachment,
     with Rtnl(request.netns) as pod:
         index = pod.link_index(att.original_name or "")
         with links.kernel_errors(f"renaming the VF to {request.ifname}"):
-            pod.link_set(index, name=request.ifname, mtu=conf.mtu or None, mac=conf.mac)
+            pod.link_set(index, name=request.ifname, mtu=conf.mtu or None)
+        if conf.mac and (pod.link(index=index).get("IFLA_ADDRESS") or "").lower() != conf.mac:
+            _adopt_mac(ctx, att, pod, index, conf.mac)
         result = links.address(ctx, request, pod, index)
         return result, pod.link(index=index).get("IFLA_ADDRESS")
+
+
+def _adopt_mac(ctx: Context, att: VfAttachment, rtnl: Rtnl, index: int, mac: str) -> None:
+    """Give the VF netdev the MAC set (or about to be set back) on the PF side. Kernel VF
+    drivers read the admin MAC only when they probe, and some PFs (igb) refuse an untrusted
+    VF's own MAC change once an admin MAC is set: then the VF is trusted for the change, and
+    its trust put back. Raises CniError."""
+    try:
+        rtnl.link_set(index, mac=mac)
+        return
+    except OSError as exc:
+        trust = _trust(ctx, att)
+        if exc.errno not in (errno.EADDRNOTAVAIL, errno.EPERM, errno.EINVAL) or trust:
+            raise CniError(IO_FAILURE, f"setting MAC {mac} on VF {att.pci}:"
+                           f" {exc.strerror}") from None
+    trusted = _set_vf(ctx, att, VfSettings(att.vf_index, trust=True))
+    try:
+        with links.kernel_errors(f"setting MAC {mac} on VF {att.pci} (trusted)"):
+            rtnl.link_set(index, mac=mac)
+    finally:
+        if trusted.ok:
+            _set_vf(ctx, att, VfSettings(att.vf_index, trust=bool(trust)))
+
+
+def _trust(ctx: Context, att: VfAttachment) -> bool | None:
+    """The VF's trust as its PF reports it now."""
+    pf_index = ctx.host.link_index(att.pf)
+    msg = ctx.host.link(index=pf_index, ext_mask=RTEXT_FILTER_VF) if pf_index else None
+    config = vf_configs_from_msg(msg).get(att.vf_index) if msg is not None else None
+    return config.trust if config is not None else None
 
 
 # -- DEL and the undo both ADD failures and DEL use --------------------------------------------
@@ -259,7 +291,8 @@ def _return_netdev(ctx: Context, att: VfAttachment) -> None:
     lets us: a refusal is logged, never fails DEL (a failing DEL blocks pod termination)."""
     if att.netns and os.path.exists(att.netns):
         with Rtnl(att.netns) as pod:
-            index = pod.link_index(att.ifname)
+            # Under the pod's name, or still under its own when ADD failed before the rename.
+            index = pod.link_index(att.ifname) or pod.link_index(att.original_name or "")
             if index is not None:
                 home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                 try:
@@ -272,14 +305,20 @@ def _return_netdev(ctx: Context, att: VfAttachment) -> None:
     if index is None:
         log.warning("VF %s has no netdev in the host namespace to restore", att.pci)
         return
-    changes: list[dict[str, Any]] = [{"mtu": att.original_mtu}, {"mac": att.original_mac}]
+    changes: list[dict[str, Any]] = [{"up": False}, {"mtu": att.original_mtu}]
     if att.original_name and att.original_name != names[0]:
-        changes.insert(0, {"name": att.original_name})
+        changes.insert(1, {"name": att.original_name})
     for change in changes:
         try:
-            ctx.host.link_set(index, up=False, **change)
-        except OSError as exc:  # igbvf refuses a MAC from the VF side; a name may be taken
+            ctx.host.link_set(index, **change)
+        except OSError as exc:  # a name may be taken meanwhile
             log.warning("restoring %s of VF %s: %s", ", ".join(change), att.pci, exc)
+    current = (ctx.host.link(index=index) or {}).get("IFLA_ADDRESS")
+    if att.original_mac and (current or "").lower() != att.original_mac.lower():
+        try:
+            _adopt_mac(ctx, att, ctx.host, index, att.original_mac)
+        except CniError as exc:
+            log.warning("restoring the MAC of VF %s: %s", att.pci, exc)
 
 
 def _wait_for_netdev(ctx: Context, pci: str, timeout: float = 10.0) -> list[str]:

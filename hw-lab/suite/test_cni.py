@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hwlab import netns
+from hwlab import netns, sriov
 from hwlab.guard import PF
 from pyroute2 import IPRoute
 
@@ -25,6 +25,7 @@ from cni.install import install  # noqa: E402
 from cni.server import CniServer  # noqa: E402
 from cni.shim import shim_path  # noqa: E402
 from cni.vfstate import VfState  # noqa: E402
+from nodeagent import vfbatch  # noqa: E402
 from nodeagent.ipam.allocator import Ipam  # noqa: E402
 from nodeagent.netlink import Netlink  # noqa: E402
 
@@ -136,6 +137,39 @@ def test_sriov_vf_netdev_into_pod_and_back(agent, pf_pair: tuple[PF, PF], namesp
     with IPRoute() as ipr:
         assert ipr.link_lookup(ifname=vf.netdev), "the VF is back under its original name"
     assert vf_config(lower, vf.index) == before, "PF-side settings restored"
+
+
+def test_sriov_mac_on_a_vf_whose_pf_already_set_one(agent, pf: PF, make_vfs, sysfs,
+                                                    namespaces) -> None:
+    """Provisioning gave the VF an admin MAC before igbvf probed; igb then refuses the
+    untrusted VF's own MAC change, so the CNI trusts it for the change and puts trust back."""
+    netns.up_with_carrier(pf.netdev)  # a VF fetches its MAC from a PF that is up
+    vf = make_vfs(pf, 1)[0]
+    with IPRoute() as ipr:
+        pf_index = netns.index(ipr, pf.netdev)
+    (set_mac,) = vfbatch.apply(pf_index, [vfbatch.VfSettings(vf.index, mac="02:00:5e:00:53:30",
+                                                             trust=False)])
+    assert set_mac.ok, str(set_mac)
+    sysfs.bind(vf.pci, pf.spec.vf_driver)  # the driver reads the admin MAC as it probes
+    sriov.wait_driver(sysfs, vf.pci, pf.spec.vf_driver)
+    name = sriov.wait_netdev(sysfs, vf.pci)
+    assert (Path("/sys/class/net") / name / "address").read_text().strip() == "02:00:5e:00:53:30"
+    pod = namespaces("mac")
+    conf = sriov_conf(vf.pci, mac="02:00:5e:00:53:31")
+
+    cni(agent, "ADD", conf, pod)
+
+    with IPRoute(netns=pod) as ipr:
+        (link,) = ipr.get_links(ifname="net1")
+        assert link.get_attr("IFLA_ADDRESS") == "02:00:5e:00:53:31"
+    applied = vf_config(pf, vf.index)
+    assert (applied.mac, applied.trust) == ("02:00:5e:00:53:31", False), "trust put back"
+    cni(agent, "DEL", conf, pod)
+    assert vf_config(pf, vf.index).mac == "02:00:5e:00:53:30", "the provisioned MAC is back"
+    assert vf_config(pf, vf.index).trust is False
+    (name,) = sysfs.netdevs(vf.pci)
+    assert (Path("/sys/class/net") / name / "address").read_text().strip() == \
+        "02:00:5e:00:53:30", "and the VF netdev has it too, not the pod's"
 
 
 def test_sriov_del_after_the_pod_namespace_is_gone(agent, pf: PF, make_vfs) -> None:
