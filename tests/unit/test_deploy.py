@@ -46,8 +46,8 @@ K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 #: The agent's rights, from the shared contract: (API group, resource, verb).
 CONTRACT_RIGHTS = {
     ("", "nodes", "get"),
-    *(("nodeagent.io", "nodenetworkstates", v) for v in ("get", "create", "update", "patch")),
-    *(("nodeagent.io", "nodenetworkstates/status", v) for v in ("update", "patch")),
+    *(("nodeagent.io", "nodenetworkstates", v) for v in ("get", "create")),
+    ("nodeagent.io", "nodenetworkstates/status", "update"),
     ("", "events", "create"), ("", "events", "patch"),
     ("", "pods", "list"), ("", "pods", "watch"),
 }
