@@ -8,14 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
-T = TypeVar("T")
+from tests.waiting import wait_until
 
 
 def free_port() -> int:
@@ -30,16 +27,6 @@ def get(url: str) -> tuple[int, str]:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-
-
-def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_daemon_serves_probes_status_and_stops_cleanly(tmp_path: Path) -> None:
@@ -57,12 +44,12 @@ def test_daemon_serves_probes_status_and_stops_cleanly(tmp_path: Path) -> None:
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_until("the daemon to be ready", lambda: _ready(base))
+        assert wait_until(lambda: _ready(base), 30), "the daemon did not become ready"
         assert get(f"{base}/healthz")[0] == 200
         assert "nodeagent_build_info" in get(f"{base}/metrics")[1]
         assert sock.is_socket() and sock.stat().st_mode & 0o777 == 0o600
-        snap = wait_until("the policy error in the status file",
-                          lambda: _policy_error(status_file))
+        snap = wait_until(lambda: _policy_error(status_file), 30)
+        assert snap, "no policy error in the status file"
         assert "numVfs: must be an integer" in snap["message"]
         out = subprocess.run([sys.executable, "-m", "nodeagent", "status", "--status-file",
                               str(status_file)], capture_output=True, text=True, check=True)

@@ -13,6 +13,7 @@ from nodeagent.k8s.client import Backoff, build_client
 from nodeagent.k8s.events import NodeEventRecorder, reason_for
 from nodeagent.status import APPLYING, IN_SYNC, PfStatus, StatusBoard
 from tests.k8s_replay import ReplayApiServer, parse_path
+from tests.waiting import wait_until
 
 NODE = "worker-1"
 EVENTS = "/api/v1/namespaces/default/events"
@@ -36,15 +37,6 @@ def make(api: ReplayApiServer, **kw: Any) -> tuple[NodeEventRecorder, StatusBoar
 
 def events(api: ReplayApiServer) -> list[dict[str, Any]]:
     return api.objects("", "events")
-
-
-def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_error_record_becomes_a_warning_event_on_the_node(api: ReplayApiServer) -> None:

@@ -3,7 +3,6 @@ write only on change, conflicts, a deleted resource, the API going away and comi
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ from nodeagent.k8s.nodestate import NodeStatePublisher, build_status
 from nodeagent.model import Netdev, Nic, Node, PciInfo, Sriov, VfConfig, VirtualFunction
 from nodeagent.status import BLOCKED, FAILED, IN_SYNC, PfStatus, StatusBoard
 from tests.k8s_replay import ReplayApiServer, crd_validator
+from tests.waiting import wait_until
 
 NODE = "worker-1"
 CR = f"/apis/nodeagent.io/v1alpha1/nodenetworkstates/{NODE}"
@@ -73,15 +73,6 @@ def harness(api: ReplayApiServer) -> Iterator[Harness]:
     yield h
     h.publisher.stop()
     h.client.close()
-
-
-def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_first_publish_creates_the_resource_owned_by_the_node(harness: Harness) -> None:

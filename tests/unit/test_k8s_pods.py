@@ -3,7 +3,6 @@ ERROR event or HTTP 410), errors that must not look like an empty node."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 from nodeagent.k8s.client import ApiError, Backoff, build_client
 from nodeagent.k8s.pods import NodePods
 from tests.k8s_replay import ReplayApiServer
+from tests.waiting import wait_until
 
 NODE = "worker-1"
 
@@ -30,15 +30,6 @@ def pods_of(api: ReplayApiServer, **kw: Any) -> NodePods:
 
 def names(view: NodePods) -> set[str]:
     return {p.key for p in view.live()}
-
-
-def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_fetch_lists_every_page_of_this_nodes_pods(api: ReplayApiServer) -> None:
