@@ -1,6 +1,6 @@
 """Build hooks: native/ through cffi (API mode), the compiled CNI shim (native/cni_shim.c,
-installed as cni/bin/nodeagent-cni-shim) and the kubelet device plugin API stubs (generated from
-deviceplugin/api.proto into deviceplugin/_stubs); everything else is in pyproject.toml."""
+installed as cni/bin/nodeagent-cni-shim) and the gRPC stubs of the .protos under PROTO_DIRS
+(into <dir>/_stubs); everything else is in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from setuptools.command.build_ext import build_ext
 SHIM_SOURCE = "native/cni_shim.c"
 SHIM_NAME = "nodeagent-cni-shim"
 SHIM_CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"]
+# gRPC APIs, <dir>/*.proto generated into <dir>/_stubs: the kubelet's (device plugin,
+# pod resources) and etcd's (the IPAM store)
+PROTO_DIRS = [Path("deviceplugin", "proto"), Path("nodeagent", "ipam", "proto")]
 
 
 class BuildExtWithShim(build_ext):
@@ -35,14 +38,10 @@ class BuildExtWithShim(build_ext):
         self._generate_stubs()
 
     def _generate_stubs(self) -> None:
-        """Device plugin gRPC stubs from the .proto: generated at build time, never committed."""
-        generate = runpy.run_path(os.path.join("deviceplugin", "api.py"))["generate"]
-        targets = [Path(self.build_lib, "deviceplugin", "_stubs")]
-        if self.inplace:
-            package_dir = self.get_finalized_command("build_py").get_package_dir("deviceplugin")
-            targets.append(Path(package_dir, "_stubs"))
-        for target in targets:
-            generate(target)
+        """gRPC stubs from the .protos: generated at build time, never committed."""
+        # Loaded by path: the package is not importable while it is being built.
+        protostubs = runpy.run_path(os.path.join("nodeagent", "protostubs.py"))
+        protostubs["generate_packaged"](PROTO_DIRS, Path(self.build_lib), self.inplace)
 
     def _shim_build_path(self) -> Path:
         return Path(self.build_lib, "cni", "bin", SHIM_NAME)

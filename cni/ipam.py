@@ -46,7 +46,7 @@ def add(ctx: Context, request: CniRequest) -> Result:
         return static_result(request, ipam)
     if ipam["type"] in INLINE_TYPES:
         config, attachment = _library_args(request)
-        return Result.from_dict(ctx.ipam.allocate(config, attachment).to_cni(request.version))
+        return ctx.ipam.allocate(config, attachment)
     return Result.from_dict(delegate(request, ipam["type"], "ADD") or {})
 
 

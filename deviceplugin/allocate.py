@@ -1,14 +1,23 @@
-"""What a container gets for a set of VFs: environment and device nodes (no gRPC here)."""
+"""What a container gets for a set of VFs: environment and device nodes (no gRPC here).
+
+A VFIO group in no-IOMMU mode (``vfio.enable_unsafe_noiommu_mode``, typically in VMs) has the
+device node ``/dev/vfio/noiommu-<group>``, and its sysfs group's ``name`` reads
+``vfio-noiommu``. As sriov-network-device-plugin does, the container then gets that host node
+under the plain path ``/dev/vfio/<group>``.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from deviceplugin.pools import PoolDevice
+from nodeagent.sysfs import Sysfs
 
 VFIO_CONTAINER = "/dev/vfio/vfio"
+NOIOMMU_GROUP_NAME = "vfio-noiommu"
 VHOST_NET = ("/dev/vhost-net", "/dev/net/tun")
 
 
@@ -22,6 +31,37 @@ class Allocation:
     device_specs: list[tuple[str, str, str]] = field(default_factory=list)  # container, host, perm
 
 
+GroupPaths = Callable[[int], tuple[str, str]]  # IOMMU group -> (host path, container path)
+
+
+def plain_group_paths(group: int) -> tuple[str, str]:
+    return f"/dev/vfio/{group}", f"/dev/vfio/{group}"
+
+
+class VfioGroupPaths:
+    """Host and container paths of a VFIO group's device node, no-IOMMU groups included.
+
+    ``sysfs_root`` and ``dev_root`` are where this process sees the host's /sys and /dev; the
+    paths returned are the host's own (``/dev/vfio/...``), as the kubelet needs them.
+    """
+
+    def __init__(self, sysfs_root: str = "/sys", dev_root: str = "/dev") -> None:
+        self.sysfs = Sysfs(sysfs_root)
+        self.dev_root = dev_root
+
+    def noiommu(self, group: int) -> bool:
+        name = self.sysfs.iommu_group_name(group)
+        if name is not None:
+            return name == NOIOMMU_GROUP_NAME
+        # No group name in sysfs: go by the device node the vfio driver made.
+        return (not os.path.exists(f"{self.dev_root}/vfio/{group}")
+                and os.path.exists(f"{self.dev_root}/vfio/noiommu-{group}"))
+
+    def __call__(self, group: int) -> tuple[str, str]:
+        container = f"/dev/vfio/{group}"
+        return (f"/dev/vfio/noiommu-{group}" if self.noiommu(group) else container), container
+
+
 def env_name(full_resource_name: str) -> str:
     """``intel.com/sriov_net`` -> ``PCIDEVICE_INTEL_COM_SRIOV_NET``."""
     return "PCIDEVICE_" + full_resource_name.replace(".", "_").replace("/", "_").upper()
@@ -33,6 +73,7 @@ def allocate(
     ids: Iterable[str],
     *,
     need_vhost_net: bool = False,
+    group_paths: GroupPaths = plain_group_paths,
 ) -> Allocation:
     ids = list(dict.fromkeys(ids))
     unknown = [i for i in ids if i not in devices]
@@ -49,10 +90,10 @@ def allocate(
         device = devices[device_id]
         info[device_id] = {"generic": {"deviceID": device_id}}
         if device.vfio and device.iommu_group is not None:
-            group = f"/dev/vfio/{device.iommu_group}"
-            info[device_id]["vfio"] = {"mount": VFIO_CONTAINER, "dev-mount": group}
-            for path in (VFIO_CONTAINER, group):
-                specs.setdefault(path, (path, path, "rw"))
+            host, container = group_paths(device.iommu_group)
+            info[device_id]["vfio"] = {"mount": VFIO_CONTAINER, "dev-mount": container}
+            specs.setdefault(VFIO_CONTAINER, (VFIO_CONTAINER, VFIO_CONTAINER, "rw"))
+            specs.setdefault(container, (container, host, "rw"))
     if need_vhost_net:
         for path in VHOST_NET:
             specs.setdefault(path, (path, path, "rw"))

@@ -13,10 +13,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from nodeagent.provision.policy import DEFAULT_RESOURCE_PREFIX, RESOURCE_NAME
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/etc/pcidp/config.json"
-DEFAULT_PREFIX = "intel.com"
+DEFAULT_PREFIX = DEFAULT_RESOURCE_PREFIX
 DEVICE_TYPES = {"netdevice": "netDevice", "accelerator": "accelerator",
                 "auxnetdevice": "auxNetDevice"}
 _LIST_KEYS = ("vendors", "devices", "drivers", "pciAddresses", "pfNames", "rootDevices",
@@ -26,7 +28,6 @@ _STRING_KEYS = ("vdpaType",)
 # Accepted but not answerable from the node model: logged once per pool, then ignored.
 UNSUPPORTED = ("linkTypes", "acpiIndexes", "ddpProfiles", "pKeys", "auxTypes", "isRdma",
                "vdpaType")
-_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
 class ConfigError(ValueError):
@@ -124,7 +125,7 @@ def _bool(obj: dict[str, Any], key: str, where: str) -> bool:
 def _resource(item: Any, where: str) -> ResourceConfig:
     obj = _object(item, where)
     name = _string(obj, "resourceName", where)
-    if not _NAME.match(name):
+    if not RESOURCE_NAME.match(name):
         raise ConfigError(f"{where}.resourceName: {name!r} is not a valid resource name")
     prefix = _string(obj, "resourcePrefix", where, DEFAULT_PREFIX)
     device_type = _string(obj, "deviceType", where, "netDevice")

@@ -1,4 +1,10 @@
-"""Runs every configured pool: servers, registration, and updates from node snapshots."""
+"""Runs every configured pool: servers, registration, and updates from node snapshots.
+
+Pools come from ``config.json`` and from the node policy's ``resourceName``s
+(:mod:`deviceplugin.policypools`); :meth:`DevicePluginManager.reload` swaps either without a
+restart: new resources get a server and register, removed ones stop and lose their socket,
+changed ones send the new list on every open ListAndWatch stream.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +18,12 @@ import grpc
 
 from deviceplugin import api
 from deviceplugin.config import PluginConfig
+from deviceplugin.policypools import merged, shadowed
 from deviceplugin.pools import HealthPolicy, Pool, build_pools, log_unsupported
 from deviceplugin.registrar import KubeletWatch, register
 from deviceplugin.server import PoolServer
 from nodeagent.model import Node
+from nodeagent.provision.policy import Policy
 from nodeagent.watch import LiveInventory
 
 log = logging.getLogger(__name__)
@@ -38,8 +46,16 @@ class DevicePluginManager:
         poll_interval: float = 0.1,
         retry_interval: float = 1.0,
         on_pools: Callable[[dict[str, Pool]], None] | None = None,
+        node_policy: Policy | None = None,
+        sysfs_root: str = "/sys",
+        dev_root: str = "/dev",
+        on_allocate: Callable[[str, list[str]], None] | None = None,
     ) -> None:
         self.config = config
+        self.node_policy = node_policy
+        self.sysfs_root = sysfs_root  # where Allocate looks up VFIO groups (noiommu)
+        self.dev_root = dev_root
+        self.on_allocate = on_allocate  # (resource, device IDs) after each successful Allocate
         self.plugin_dir = plugin_dir
         self.health = health or HealthPolicy()
         self.policy = policy
@@ -53,26 +69,80 @@ class DevicePluginManager:
         self._unsubscribe: Callable[[], None] | None = None
         self._follower: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._pools_lock = threading.Lock()  # one update or reload at a time
+        self._node: Node | None = None
 
     def start(self, node: Node) -> None:
         log_unsupported(self.config)
+        self._warn_shadowed()
         os.makedirs(self.plugin_dir, exist_ok=True)
-        pools = build_pools(self.config, node, self.health)
-        for name, pool in pools.items():
-            server = PoolServer(pool, self.plugin_dir, policy=self.policy)
-            server.start()
-            self.servers[name] = server
-            self.registrations[name] = 0
+        with self._pools_lock:
+            self._node = node
+            pools = self._pools(node)
+            for name, pool in pools.items():
+                self._add(name, pool, register_now=False)  # the first watch tick registers
         self._watch.start()
         if self.on_pools is not None:
             self.on_pools(pools)
 
     def update(self, node: Node) -> None:
-        pools = build_pools(self.config, node, self.health)
-        for name, pool in pools.items():
-            self.servers[name].update(pool)
+        with self._pools_lock:
+            self._node = node
+            pools = self._pools(node)
+            for name, pool in pools.items():
+                server = self.servers.get(name)
+                if server is not None:
+                    server.update(pool)
         if self.on_pools is not None:
             self.on_pools(pools)
+
+    def reload(self, config: PluginConfig, node_policy: Policy | None = None) -> None:
+        """Serve ``config.json``'s pools plus ``node_policy``'s from now on (no restart)."""
+        with self._pools_lock:
+            self.config, self.node_policy = config, node_policy
+            log_unsupported(config)
+            self._warn_shadowed()
+            if self._node is None:  # not started: start() builds from the new config
+                return
+            pools = self._pools(self._node)
+            for name in [n for n in self.servers if n not in pools]:
+                self._remove(name)
+            for name, pool in pools.items():
+                if name in self.servers:
+                    self.servers[name].update(pool)
+                else:
+                    self._add(name, pool, register_now=True)
+        log.info("device plugin reloaded: resources %s", ", ".join(sorted(pools)) or "none")
+        if self.on_pools is not None:
+            self.on_pools(pools)
+
+    def _pools(self, node: Node) -> dict[str, Pool]:
+        return build_pools(merged(self.config, self.node_policy, node), node, self.health)
+
+    def _warn_shadowed(self) -> None:
+        for name in shadowed(self.config, self.node_policy):
+            log.warning("resource %s is defined by config.json and by the node policy; the "
+                        "config.json pool is served", name)
+
+    def _add(self, name: str, pool: Pool, *, register_now: bool) -> None:
+        server = PoolServer(pool, self.plugin_dir, policy=self.policy,
+                            sysfs_root=self.sysfs_root, dev_root=self.dev_root,
+                            on_allocate=self.on_allocate)
+        server.start()
+        with self._lock:
+            self.servers[name] = server
+            self.registrations[name] = 0
+            if register_now:
+                self._pending[name] = time.monotonic()
+        log.info("serving %s on %s", name, server.path)
+
+    def _remove(self, name: str) -> None:
+        with self._lock:
+            server = self.servers.pop(name)
+            self.registrations.pop(name, None)
+            self._pending.pop(name, None)
+        server.stop()  # ends ListAndWatch streams; the kubelet drops the resource's devices
+        log.info("stopped serving %s (no longer configured)", name)
 
     def attach(self, inventory: LiveInventory) -> None:
         """Start from the inventory's snapshot and follow every change."""
@@ -96,8 +166,9 @@ class DevicePluginManager:
         if self._unsubscribe is not None:
             self._unsubscribe()
         self._watch.stop()
-        for server in self.servers.values():
-            server.stop()
+        with self._pools_lock:
+            for server in self.servers.values():
+                server.stop()
         if self._follower is not None:
             self._follower.join(timeout=5)
 

@@ -6,14 +6,14 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
 import grpc
 
 from deviceplugin import api
-from deviceplugin.allocate import AllocationError, allocate
+from deviceplugin.allocate import AllocationError, VfioGroupPaths, allocate
 from deviceplugin.pools import Pool
 from deviceplugin.preferred import preferred
 
@@ -29,7 +29,8 @@ class PoolServer:
     """Serves one pool. :meth:`update` swaps the device list and wakes ListAndWatch streams."""
 
     def __init__(self, pool: Pool, plugin_dir: str, *, policy: str = "pack",
-                 max_workers: int = 8) -> None:
+                 max_workers: int = 8, sysfs_root: str = "/sys", dev_root: str = "/dev",
+                 on_allocate: Callable[[str, list[str]], None] | None = None) -> None:
         self.pb2, self.pb2_grpc = api.modules()
         self.plugin_dir = plugin_dir
         self.resource = pool.resource
@@ -37,6 +38,8 @@ class PoolServer:
         self.path = os.path.join(plugin_dir, self.endpoint)
         self.policy = policy
         self.max_workers = max_workers
+        self.group_paths = VfioGroupPaths(sysfs_root, dev_root)
+        self.on_allocate = on_allocate  # (resource, device IDs) after a successful Allocate
         self._pool = pool
         self._version = 0
         self._stopping = False
@@ -50,7 +53,7 @@ class PoolServer:
 
     def update(self, pool: Pool) -> None:
         with self._cond:
-            if pool.devices == self._pool.devices:
+            if pool == self._pool:
                 return
             self._pool = pool
             self._version += 1
@@ -143,7 +146,7 @@ class _Servicer:
         for req in request.container_requests:
             try:
                 result = allocate(pool.resource.full_name, devices, req.devices_ids,
-                                  need_vhost_net=vhost)
+                                  need_vhost_net=vhost, group_paths=self.owner.group_paths)
             except AllocationError as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             container = response.container_responses.add()
@@ -151,6 +154,12 @@ class _Servicer:
             for container_path, host_path, permissions in result.device_specs:
                 container.devices.add(container_path=container_path, host_path=host_path,
                                       permissions=permissions)
+        if self.owner.on_allocate is not None:
+            ids = [i for req in request.container_requests for i in req.devices_ids]
+            try:
+                self.owner.on_allocate(pool.resource.full_name, ids)
+            except Exception:  # bookkeeping must never fail the kubelet's call
+                log.exception("after Allocate of %s", pool.resource.full_name)
         return response
 
     def PreStartContainer(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -17,14 +17,17 @@ from cni.install import install as install_plugins
 from cni.server import CniServer
 from cni.shim import shim_path
 from cni.vfstate import VfState
-from deviceplugin import config as dp_config
-from deviceplugin.api import DEVICE_PLUGIN_PATH
+from deviceplugin.api import DEVICE_PLUGIN_PATH, POD_RESOURCES_SOCKET
+from deviceplugin.config import PluginConfig
 from deviceplugin.manager import DevicePluginManager
+from deviceplugin.podresources import PodResourcesWatch
 from deviceplugin.pools import Pool
+from deviceplugin.sources import PluginSources
 from nodeagent.discovery import node_name
 from nodeagent.httpserver import HttpServer
 from nodeagent.ipam.allocator import Ipam
 from nodeagent.metrics import Metrics
+from nodeagent.provision.policy import Policy
 from nodeagent.provision.reconciler import ReconcileLoop, Reconciler
 from nodeagent.status import StatusBoard
 from nodeagent.sysfs import Sysfs
@@ -40,6 +43,7 @@ class DaemonConfig:
     workers: int = 32
     device_plugin_config: Path | None = None
     device_plugin_dir: str = DEVICE_PLUGIN_PATH
+    pod_resources_socket: str = POD_RESOURCES_SOCKET
     allocation_policy: str = "pack"
     policy: Path | None = None
     status_file: str | None = None
@@ -72,6 +76,9 @@ class Daemon:
         self.http = HttpServer(cfg.metrics_address, self.metrics.registry) \
             if cfg.metrics_address else None
         self.plugins: DevicePluginManager | None = None
+        self.plugin_sources: PluginSources | None = None
+        self.pod_resources: PodResourcesWatch | None = None
+        self._plugins_lock = threading.Lock()
         self._stoppers: list = []
         self._scanned = threading.Event()
 
@@ -110,18 +117,51 @@ class Daemon:
         self.status.flush()
 
     def _start_device_plugin(self) -> None:
-        path = self.cfg.device_plugin_config
-        if path is None or not path.exists():
+        """Pools from config.json and the policy's resourceNames, re-read when either changes;
+        the plugin starts once there is something to serve."""
+        if self.cfg.device_plugin_config is None and self.cfg.policy is None:
             return
-        self.plugins = DevicePluginManager(
-            dp_config.load(path), self.cfg.device_plugin_dir,
-            policy=self.cfg.allocation_policy, on_pools=self._pools_changed)
-        self.plugins.attach(self.inventory)
-        self._stoppers.append(self.plugins.stop)
+        sources = PluginSources(self.cfg.device_plugin_config, self.cfg.policy,
+                                status=self.status)
+        self.plugin_sources = sources
+        sources.check()
+        self._device_plugin_sources(sources.config, sources.policy)
+        sources.start(self._device_plugin_sources)
+        self._stoppers.append(self._stop_device_plugin)
+
+    def _device_plugin_sources(self, config: PluginConfig, policy: Policy | None) -> None:
+        with self._plugins_lock:
+            if self.plugins is not None:
+                self.plugins.reload(config, policy)
+                return
+            if self.plugin_sources is None or not self.plugin_sources.wanted:
+                return
+            self.pod_resources = PodResourcesWatch(
+                self.status, lambda: list(self.plugins.servers) if self.plugins else [],
+                socket=self.cfg.pod_resources_socket)
+            self.plugins = DevicePluginManager(
+                config, self.cfg.device_plugin_dir, policy=self.cfg.allocation_policy,
+                on_pools=self._pools_changed, node_policy=policy,
+                sysfs_root=self.cfg.sysfs_root, on_allocate=self.pod_resources.poke)
+            self.plugins.attach(self.inventory)
+            self.pod_resources.start()
+            if self.reconcile is not None:  # a VF the kubelet gave a pod is in use
+                self.reconcile.reconciler.in_use.kubelet_assigned = self.pod_resources.pods
         log.info("device plugin: resources %s", ", ".join(sorted(self.plugins.servers)) or "none")
+
+    def _stop_device_plugin(self) -> None:
+        if self.plugin_sources is not None:
+            self.plugin_sources.stop()
+        with self._plugins_lock:
+            if self.pod_resources is not None:
+                self.pod_resources.stop()
+            if self.plugins is not None:
+                self.plugins.stop()
 
     def _pools_changed(self, pools: dict[str, Pool]) -> None:
         attached = {a.pci for a in self.vfstate.all()}
+        if self.pod_resources is not None:
+            attached |= self.pod_resources.assigned().keys()
         self.status.set_pools({
             name: {"total": len(pool.devices),
                    "allocated": sum(d.id in attached for d in pool.devices),

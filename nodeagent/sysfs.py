@@ -100,6 +100,10 @@ class Sysfs:
         name = self.link_name(f"{self._pci_devices}/{address}/iommu_group")
         return int(name) if name is not None and name.isdigit() else None
 
+    def iommu_group_name(self, group: int) -> str | None:
+        """An IOMMU group's ``name`` (``vfio-noiommu`` for VFIO's no-IOMMU groups)."""
+        return self.read(f"{self.root}/kernel/iommu_groups/{group}/name")
+
     def pci_physfn(self, address: str) -> str | None:
         """The PF of a VF (its ``physfn`` link), or None for anything else."""
         return self.link_name(f"{self._pci_devices}/{address}/physfn")

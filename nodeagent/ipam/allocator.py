@@ -15,7 +15,10 @@ from ipaddress import ip_interface
 from pathlib import Path
 from typing import Any
 
+from cni.result import IPConfig, Result
+from cni.result import Route as ResultRoute
 from nodeagent.ipam.config import (
+    DNS,
     EtcdConfig,
     IPAddress,
     IPAMConfig,
@@ -27,7 +30,6 @@ from nodeagent.ipam.config import (
 from nodeagent.ipam.errors import UNKNOWN_CONTAINER, IpamError, env_error
 from nodeagent.ipam.filestore import DEFAULT_STATE_DIR, FileStore
 from nodeagent.ipam.pool import Pool
-from nodeagent.ipam.result import IPResult, Result
 from nodeagent.ipam.store import Claim, Owner, Reservation, Store
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,1023}$")
@@ -108,11 +110,11 @@ class Ipam:
         stays reserved by this call.
         """
         claims, fixed = self._plan(config)
-        ips: list[IPResult] = []
+        ips: list[IPConfig] = []
         if claims:
             reservations = self.store(config).claim(claims, attachment.owner(config.name))
             ips += [self._ip_result(config, r.ip, fixed) for r in reservations]
-        return Result(tuple(ips) + _static_ips(config), config.routes, config.dns)
+        return _result(config, ips + _static_ips(config))
 
     def release(self, config: IPAMConfig, attachment: Attachment) -> list[Reservation]:
         """DEL: free the attachment's addresses; succeeds when there is nothing to free."""
@@ -123,10 +125,10 @@ class Ipam:
     def check(self, config: IPAMConfig, attachment: Attachment) -> Result:
         """CHECK: the attachment still holds an address in every range set."""
         if not config.range_sets:
-            return Result(_static_ips(config), config.routes, config.dns)  # nothing stored
+            return _result(config, _static_ips(config))  # nothing stored
         held = self.store(config).find(attachment.container_id, attachment.ifname)
         claims, fixed = self._plan(config)
-        ips = []
+        ips: list[IPConfig] = []
         for claim in claims:
             mine = next((r for r in held if claim.covers(r)), None)
             if mine is None:
@@ -142,7 +144,7 @@ class Ipam:
                     f" not the requested {claim.ip}",
                 )
             ips.append(self._ip_result(config, mine.ip, fixed))
-        return Result(tuple(ips) + _static_ips(config), config.routes, config.dns)
+        return _result(config, ips + _static_ips(config))
 
     def gc(self, config: IPAMConfig, valid: Iterable[AttachmentRef]) -> list[Reservation]:
         """CNI GC: release every reservation of this CNI network not in ``valid``
@@ -239,7 +241,7 @@ class Ipam:
     @staticmethod
     def _ip_result(
         config: IPAMConfig, ip: IPAddress, fixed: dict[IPAddress, IPAddress | None]
-    ) -> IPResult:
+    ) -> IPConfig:
         where = locate(config, ip)
         if where is None:  # a reservation from a range the config no longer has
             raise IpamError(
@@ -247,22 +249,47 @@ class Ipam:
             )
         rng = where[1]
         gateway = fixed.get(ip) or rng.gateway
-        return IPResult(ip_interface(f"{ip}/{rng.subnet.prefixlen}"), gateway)
+        return IPConfig(ip_interface(f"{ip}/{rng.subnet.prefixlen}"), gateway)
 
 
-def _static_ips(config: IPAMConfig) -> tuple[IPResult, ...]:
+def _static_ips(config: IPAMConfig) -> list[IPConfig]:
     """Addresses given in full that no range holds: returned as they are, never stored."""
     ips = [
-        IPResult(s.address, s.gateway)
+        IPConfig(s.address, s.gateway)
         for s in config.addresses
         if locate(config, s.address.ip) is None
     ]
     if not config.range_sets:
         ips += [
-            IPResult(ip_interface(f"{req.ip}/{req.prefixlen}"), req.gateway)
+            IPConfig(ip_interface(f"{req.ip}/{req.prefixlen}"), req.gateway)
             for req in config.requested
         ]
-    return tuple(ips)
+    return ips
+
+
+def _result(config: IPAMConfig, ips: list[IPConfig]) -> Result:
+    """The CNI result: the addresses, plus the config's routes and DNS.
+
+    Routes carry ``dst`` and ``gw``; their CNI 1.1 attributes (``mtu``, ``advmss``,
+    ``priority``, ``table``, ``scope``) are validated but not passed on, as the attaching
+    plugins do not apply them yet.
+    """
+    routes = [ResultRoute(r.dst, r.gw) for r in config.routes]
+    return Result(ips=ips, routes=routes, dns=_dns(config.dns))
+
+
+def _dns(dns: DNS) -> dict[str, Any]:
+    """The result's ``dns``: only the fields that are set."""
+    doc: dict[str, Any] = {}
+    if dns.nameservers:
+        doc["nameservers"] = list(dns.nameservers)
+    if dns.domain:
+        doc["domain"] = dns.domain
+    if dns.search:
+        doc["search"] = list(dns.search)
+    if dns.options:
+        doc["options"] = list(dns.options)
+    return doc
 
 
 _default: Ipam | None = None

@@ -13,46 +13,39 @@ in one transaction), so the later one simply waits for the next batch.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from nodeagent.ipam import etcdpb as pb
+from nodeagent.ipam import etcdapi as pb
 
 MAX_BATCH = 32  # nested transactions per etcd transaction (etcd allows 128 ops per level)
 
 
 @dataclass(eq=False)  # identity: two equal requests are still two claims
 class _Pending:
-    compares: Sequence[bytes]
-    success: Sequence[bytes]
-    failure: Sequence[bytes]
+    request: Any  # TxnRequest
     keys: frozenset[bytes]  # keys the transaction writes
     done: bool = False
-    result: pb.TxnResponse | None = None
+    result: Any = None  # TxnResponse
     error: BaseException | None = None
 
 
-Send = Callable[[Sequence[bytes], Sequence[bytes], Sequence[bytes]], pb.TxnResponse]
+Send = Callable[[Any], Any]  # TxnRequest -> TxnResponse
 
 
 class Batcher:
     def __init__(self, send: Send) -> None:
-        """``send(compares, success, failure)`` runs one etcd transaction."""
+        """``send(request)`` runs one etcd transaction (TxnRequest -> TxnResponse)."""
         self._send = send
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
         self._busy = False
 
-    def txn(
-        self,
-        compares: Sequence[bytes],
-        success: Sequence[bytes],
-        failure: Sequence[bytes],
-        writes: frozenset[bytes],
-    ) -> pb.TxnResponse:
-        """Run one transaction, alone or in a batch; its response as if it ran alone (the
-        revision is the batch's, which is the revision of everything it wrote)."""
-        mine = _Pending(compares, success, failure, writes)
+    def txn(self, request: Any, writes: frozenset[bytes]) -> Any:
+        """Run one TxnRequest, alone or in a batch; its TxnResponse as if it ran alone (the
+        header's revision is the batch's, which is the revision of everything it wrote)."""
+        mine = _Pending(request, writes)
         with self._cond:
             self._queue.append(mine)
             while not mine.done and self._busy:
@@ -84,13 +77,15 @@ class Batcher:
         try:
             if len(batch) == 1:
                 (p,) = batch
-                p.result = self._send(p.compares, p.success, p.failure)
+                p.result = self._send(p.request)
             else:
-                ops = [pb.op_txn(pb.txn_request(p.compares, p.success, p.failure)) for p in batch]
-                resp = self._send([], ops, [])
-                for p, nested in zip(batch, resp.responses, strict=True):
-                    assert isinstance(nested, pb.TxnResponse)
-                    p.result = pb.TxnResponse(resp.revision, nested.succeeded, nested.responses)
+                request = pb.txn()
+                for p in batch:  # one copy of each (a RequestOp built first is copied again)
+                    request.success.add().request_txn.CopyFrom(p.request)
+                resp = self._send(request)
+                for p, op in zip(batch, resp.responses, strict=True):
+                    p.result = op.response_txn
+                    p.result.header.revision = resp.header.revision
         except BaseException as exc:
             for p in batch:
                 p.error = exc

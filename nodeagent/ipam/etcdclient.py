@@ -1,4 +1,5 @@
-"""A small etcd v3 client over grpcio: Range, Txn, Authenticate; bounded time, endpoint failover.
+"""A small etcd v3 client over grpcio: Range, Put, DeleteRange, Txn, Authenticate through the
+generated stubs (:mod:`nodeagent.ipam.etcdapi`); bounded time, endpoint failover.
 
 Every call has a deadline (``EtcdConfig.timeout``, 2 s by default) and fails with
 :class:`EtcdUnavailable` instead of waiting for a server that is down: a channel whose server
@@ -15,15 +16,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any
 
 import grpc
 
-from nodeagent.ipam import etcdpb
 from nodeagent.ipam.config import EtcdConfig
-
-T = TypeVar("T")
+from nodeagent.ipam.etcdapi import rpc, services
 
 _OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -34,18 +32,27 @@ _OPTIONS = [
     ("grpc.enable_retries", 0),
 ]
 _PASS_PAUSE = 0.05  # between the two passes over the endpoints
+# In gRPC's details when TLS failed: a handshake error, or the TLS layer (TSI) failing right
+# after it (the server refused our certificate, or that we sent none).
+_TLS_FAILURES = ("handshake", "tsi_", "ssl_error")
 
 
 class EtcdError(Exception):
     """etcd answered with an error (bad request, permission, ...)."""
 
 
-class EtcdUnavailable(EtcdError):
-    """No endpoint answered in time. ``maybe_applied``: a write may have landed anyway."""
+class EtcdAuthError(EtcdError):
+    """etcd refused ``etcd_username``/``etcd_password``."""
 
-    def __init__(self, msg: str, maybe_applied: bool = False) -> None:
+
+class EtcdUnavailable(EtcdError):
+    """No endpoint answered in time. ``maybe_applied``: a write may have landed anyway;
+    ``tls``: TLS failed on every endpoint (certificates, not the network)."""
+
+    def __init__(self, msg: str, maybe_applied: bool = False, tls: bool = False) -> None:
         super().__init__(msg)
         self.maybe_applied = maybe_applied
+        self.tls = tls
 
 
 class EtcdClient:
@@ -53,8 +60,9 @@ class EtcdClient:
         self.config = config
         self.timeout = config.timeout
         self._lock = threading.Lock()
+        self._auth_lock = threading.Lock()  # one Authenticate at a time; never with _lock
         self._channels: dict[int, grpc.Channel] = {}
-        self._methods: dict[tuple[int, str], grpc.UnaryUnaryMultiCallable] = {}
+        self._kv: dict[int, Any] = {}  # endpoint index -> KVStub
         self._current = 0
         self._token: str | None = None
         self._closed = False
@@ -63,15 +71,16 @@ class EtcdClient:
 
     def range(
         self, key: bytes, range_end: bytes = b"", *, limit: int = 0, keys_only: bool = False
-    ) -> etcdpb.RangeResponse:
-        request = etcdpb.range_request(key, range_end, limit=limit, keys_only=keys_only)
-        return self._call("/etcdserverpb.KV/Range", request, etcdpb.RangeResponse.decode)
+    ) -> Any:
+        """A ``RangeResponse``."""
+        request = rpc.RangeRequest(key=key, range_end=range_end, limit=limit, keys_only=keys_only)
+        return self._call("Range", request)
 
     def range_all(
         self, key: bytes, range_end: bytes, *, keys_only: bool = False, page: int = 10_000
-    ) -> list[etcdpb.KeyValue]:
-        """Every key in [key, range_end), fetched in pages (each consistent on its own)."""
-        out: list[etcdpb.KeyValue] = []
+    ) -> list[Any]:
+        """Every ``KeyValue`` in [key, range_end), fetched in pages (each consistent on its own)."""
+        out: list[Any] = []
         while True:
             resp = self.range(key, range_end, limit=page, keys_only=keys_only)
             out += resp.kvs
@@ -79,35 +88,28 @@ class EtcdClient:
                 return out
             key = resp.kvs[-1].key + b"\x00"
 
-    def txn(
-        self, compares: Sequence[bytes], success: Sequence[bytes], failure: Sequence[bytes] = ()
-    ) -> etcdpb.TxnResponse:
-        request = etcdpb.txn_request(compares, success, failure)
-        return self._call("/etcdserverpb.KV/Txn", request, etcdpb.TxnResponse.decode)
+    def txn(self, request: Any) -> Any:
+        """Run a ``TxnRequest``; its ``TxnResponse``."""
+        return self._call("Txn", request)
 
-    def put(self, key: bytes, value: bytes) -> etcdpb.PutResponse:
-        return self._call(
-            "/etcdserverpb.KV/Put", etcdpb.put_request(key, value), etcdpb.decode_put
-        )
+    def put(self, key: bytes, value: bytes) -> Any:
+        return self._call("Put", rpc.PutRequest(key=key, value=value))
 
-    def delete(self, key: bytes, range_end: bytes = b"") -> etcdpb.DeleteRangeResponse:
-        return self._call(
-            "/etcdserverpb.KV/DeleteRange",
-            etcdpb.delete_request(key, range_end),
-            etcdpb.decode_delete,
-        )
+    def delete(self, key: bytes, range_end: bytes = b"") -> Any:
+        return self._call("DeleteRange", rpc.DeleteRangeRequest(key=key, range_end=range_end))
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             channels, self._channels = list(self._channels.values()), {}
-            self._methods = {}
+            self._kv = {}
         for channel in channels:
             channel.close()
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _call(self, method: str, request: bytes, decode: Callable[[bytes], T]) -> T:
+    def _call(self, method: str, request: Any) -> Any:
+        """``KV.<method>(request)`` on the first endpoint that answers, within the deadline."""
         deadline = time.monotonic() + self.timeout
         endpoints = len(self.config.endpoints)
         reauthed = False
@@ -118,9 +120,9 @@ class EtcdClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise EtcdUnavailable(self._summary(failures or ["deadline exceeded"]), True)
-            call = self._method(index, method)
+            call = getattr(self._stub(index), method)
             try:
-                reply = call(request, timeout=remaining, metadata=self._metadata())
+                reply = call(request, timeout=remaining, metadata=self._metadata(deadline))
             except grpc.RpcError as exc:
                 code = exc.code()  # type: ignore[attr-defined]
                 details = exc.details() or code.name  # type: ignore[attr-defined]
@@ -129,7 +131,7 @@ class EtcdClient:
                     failures.append(f"{target}: {details}")
                     attempt += 1
                     if attempt >= 2 * endpoints:
-                        raise EtcdUnavailable(self._summary(failures)) from None
+                        raise self._unavailable(failures) from None
                     if attempt == endpoints:
                         time.sleep(min(_PASS_PAUSE, max(0.0, deadline - time.monotonic())))
                     continue
@@ -144,16 +146,20 @@ class EtcdClient:
                     continue
                 raise EtcdError(f"etcd {target}: {details}") from None
             self._current = index  # stick with an endpoint that answers
-            return decode(reply)
+            return reply
 
     def _summary(self, failures: list[str]) -> str:
         return "; ".join(dict.fromkeys(failures))  # dedupe, keep order
 
-    def _method(self, index: int, method: str) -> grpc.UnaryUnaryMultiCallable:
-        call = self._methods.get((index, method))
-        if call is None:
-            call = self._methods[index, method] = self._channel(index).unary_unary(method)
-        return call
+    def _unavailable(self, failures: list[str]) -> EtcdUnavailable:
+        tls = self.config.tls and all(any(m in f.lower() for m in _TLS_FAILURES) for f in failures)
+        return EtcdUnavailable(self._summary(failures), tls=tls)
+
+    def _stub(self, index: int) -> Any:
+        stub = self._kv.get(index)
+        if stub is None:
+            stub = self._kv[index] = services.KVStub(self._channel(index))
+        return stub
 
     def _channel(self, index: int) -> grpc.Channel:
         channel = self._channels.get(index)
@@ -179,33 +185,39 @@ class EtcdClient:
         )
         return grpc.secure_channel(target, credentials, options=_OPTIONS)
 
-    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+    def _metadata(self, deadline: float) -> tuple[tuple[str, str], ...] | None:
         if not self.config.username:
             return None
         token = self._token
         if token is None:
-            with self._lock:
+            with self._auth_lock:
                 if self._token is None:
-                    self._token = self._authenticate()
+                    self._token = self._authenticate(deadline)
                 token = self._token
         return (("token", token),)
 
-    def _authenticate(self) -> str:
+    def _authenticate(self, deadline: float) -> str:
+        """A token for ``etcd_username``: Authenticate on each endpoint until one answers."""
         cfg = self.config
         assert cfg.username is not None and cfg.password is not None
-        request = etcdpb.authenticate_request(cfg.username, cfg.password)
-        errors = []
+        request = rpc.AuthenticateRequest(name=cfg.username, password=cfg.password)
+        failures = []
         for index in range(len(cfg.endpoints)):
-            call = self._method(index, "/etcdserverpb.Auth/Authenticate")
+            target = cfg.endpoints[index].target()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                failures.append(f"{target}: deadline exceeded")
+                break
+            stub = services.AuthStub(self._channel(index))
             try:
-                return etcdpb.decode_authenticate(call(request, timeout=self.timeout))
+                return str(stub.Authenticate(request, timeout=remaining).token)
             except grpc.RpcError as exc:
                 code = exc.code()  # type: ignore[attr-defined]
                 details = exc.details() or code.name  # type: ignore[attr-defined]
                 if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise EtcdError(f"etcd authentication as {cfg.username!r}: {details}") from None
-                errors.append(f"{cfg.endpoints[index].target()}: {details}")
-        raise EtcdUnavailable(self._summary(errors))
+                    raise EtcdAuthError(f"etcd {target}: {details}") from None
+                failures.append(f"{target}: {details}")
+        raise self._unavailable(failures)
 
 
 def _auth_expired(code: grpc.StatusCode, details: str) -> bool:
@@ -217,4 +229,3 @@ def _read(path: object) -> bytes | None:
         return None
     with open(str(path), "rb") as f:
         return f.read()
-

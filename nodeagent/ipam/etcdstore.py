@@ -33,14 +33,15 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from nodeagent.ipam import etcdpb as pb
+from nodeagent.ipam import etcdapi as pb
 from nodeagent.ipam.config import IPAddress
 from nodeagent.ipam.errors import TRY_AGAIN_LATER, IpamError, unavailable
 from nodeagent.ipam.etcdbatch import Batcher
-from nodeagent.ipam.etcdclient import EtcdClient, EtcdError, EtcdUnavailable
+from nodeagent.ipam.etcdclient import EtcdAuthError, EtcdClient, EtcdError, EtcdUnavailable
 from nodeagent.ipam.pool import Pool, PoolView
 from nodeagent.ipam.store import (
     Claim,
@@ -117,10 +118,12 @@ class _View:
         digits = 8 if self.version == 4 else 32
         self.pattern = re.compile(re.escape(self.base) + b"([0-9a-f]{%d})" % digits)
 
-    def slots_in(self, raw: bytes) -> set[int]:
-        """Slots of the address keys in an encoded keys-only RangeResponse. The keys are the
-        only strings in it, so a scan finds them without decoding every KeyValue."""
+    def slots_in(self, window: Any) -> set[int]:
+        """Slots of the address keys in a keys-only RangeResponse. The keys are the only
+        strings in its encoding, so one scan of that finds them: about half the time of
+        reading up to WINDOW KeyValue messages one by one (this runs on every lost race)."""
         to_slot = self.view.pool.int_slot
+        raw = window.SerializeToString()
         return {s for h in self.pattern.findall(raw) if (s := to_slot(int(h, 16))) is not None}
 
     def key(self, slot: int) -> bytes:
@@ -182,27 +185,23 @@ class EtcdStore(Store):
             addr_key = doc["ip"].encode()
             r = from_record(doc["rec"])
             records.append(r)
-            then = [pb.op_delete(pb.delete_request(kv.key))]
+            then = [pb.op_delete(kv.key)]
             if r.sticky and r.owner.pod:  # the pod's address waits for it
                 hold = json.dumps(to_record(r.as_hold())).encode()
-                then.append(pb.op_put(pb.put_request(addr_key, hold)))
+                then.append(pb.op_put(addr_key, hold))
             else:
-                then.append(pb.op_delete(pb.delete_request(addr_key)))
+                then.append(pb.op_delete(addr_key))
                 self._forget(addr_key)
             txns.append(
                 pb.op_txn(
-                    pb.txn_request(
-                        [pb.compare(addr_key, "mod", kv.mod_revision)],
-                        then,
-                        [pb.op_delete(pb.delete_request(kv.key))],
+                    pb.txn(
+                        [pb.compare(addr_key, "mod", kv.mod_revision)], then, [pb.op_delete(kv.key)]
                     )
                 )
             )
-        resp = self._txn([], txns)
+        resp = self._txn(pb.txn(success=txns))
         return [
-            r
-            for r, nested in zip(records, resp.responses, strict=True)
-            if isinstance(nested, pb.TxnResponse) and nested.succeeded
+            r for r, op in zip(records, resp.responses, strict=True) if op.response_txn.succeeded
         ]
 
     def reservations(self) -> list[Reservation]:
@@ -233,23 +232,19 @@ class EtcdStore(Store):
         ops = []
         for kv, r in holds:
             pod_key = self.keys.pod(r.owner.pod, r.set_id)
-            unindex = pb.txn_request(
-                [pb.compare(pod_key, "value", kv.key)], [pb.op_delete(pb.delete_request(pod_key))]
-            )
+            unindex = pb.txn([pb.compare(pod_key, "value", kv.key)], [pb.op_delete(pod_key)])
             ops.append(
                 pb.op_txn(
-                    pb.txn_request(
+                    pb.txn(
                         [pb.compare(kv.key, "mod", kv.mod_revision)],
-                        [pb.op_delete(pb.delete_request(kv.key)), pb.op_txn(unindex)],
+                        [pb.op_delete(kv.key), pb.op_txn(unindex)],
                     )
                 )
             )
             self._forget(kv.key)
-        resp = self._txn([], ops)
+        resp = self._txn(pb.txn(success=ops))
         return [
-            r
-            for (_, r), nested in zip(holds, resp.responses, strict=True)
-            if isinstance(nested, pb.TxnResponse) and nested.succeeded
+            r for (_, r), op in zip(holds, resp.responses, strict=True) if op.response_txn.succeeded
         ]
 
     def close(self) -> None:
@@ -282,9 +277,7 @@ class EtcdStore(Store):
             addr_key = v.key(slot)
             lo = slot - slot % WINDOW
             hi = min(lo + WINDOW, pool.size) - 1
-            window_op = pb.op_range(
-                pb.range_request(v.key(lo), v.key(hi) + b"\x00", keys_only=True)
-            )
+            window_op = pb.op_range(v.key(lo), v.key(hi) + b"\x00", keys_only=True)
             try:
                 resp = self._create(c, owner, r, addr_key, [window_op])
             except IpamError:
@@ -292,10 +285,9 @@ class EtcdStore(Store):
                     v.view.unmark(slot)
                 raise
             if resp.succeeded:
-                return r, resp.revision
-            existing, window = resp.responses
-            assert isinstance(existing, pb.RangeResponse) and isinstance(window, pb.RangeResponse)
-            taken = v.slots_in(window.raw)
+                return r, resp.header.revision
+            existing, window = (op.response_range for op in resp.responses)
+            taken = v.slots_in(window)
             with v.lock:
                 v.view.replace_window(lo, hi, taken)  # drops our candidate if it is not taken
                 if not existing.kvs:  # lost a race for the address: spread out for a while
@@ -316,12 +308,11 @@ class EtcdStore(Store):
         scope = c.scope(pool)
         addr_key = self.keys.ip(scope, ip)
         r = self._new(c, owner, ip, scope)
-        resp = self._create(c, owner, r, addr_key, [pb.op_range(pb.range_request(addr_key))])
+        resp = self._create(c, owner, r, addr_key, [pb.op_range(addr_key)])
         if resp.succeeded:
             self._mark(scope, pool, ip)
-            return r, resp.revision
-        existing, current = resp.responses
-        assert isinstance(existing, pb.RangeResponse) and isinstance(current, pb.RangeResponse)
+            return r, resp.header.revision
+        existing, current = (op.response_range for op in resp.responses)
         if existing.kvs:
             found = self._existing(existing.kvs[0])
             if found.ip != ip:
@@ -355,19 +346,21 @@ class EtcdStore(Store):
         return self._take_hold(c, owner, holder, current.kvs[0])
 
     def _take_hold(
-        self, c: Claim, owner: Owner, hold: Reservation, kv: pb.KeyValue
+        self, c: Claim, owner: Owner, hold: Reservation, kv: Any
     ) -> tuple[Reservation, int] | None:
         r = self._new(c, owner, hold.ip, hold.scope)
         owner_key = self.keys.owner(owner.container_id, owner.ifname, c.set_id)
         resp = self._txn(
-            [pb.compare(kv.key, "mod", kv.mod_revision), pb.compare(owner_key, "create", 0)],
-            self._writes(c, owner, r, kv.key, owner_key),
-            [pb.op_range(pb.range_request(owner_key))],
+            pb.txn(
+                [pb.compare(kv.key, "mod", kv.mod_revision), pb.compare(owner_key, "create", 0)],
+                self._writes(c, owner, r, kv.key, owner_key),
+                [pb.op_range(owner_key)],
+            )
         )
         if resp.succeeded:
-            return r, resp.revision
-        existing = resp.responses[0]
-        if isinstance(existing, pb.RangeResponse) and existing.kvs:
+            return r, resp.header.revision
+        existing = resp.responses[0].response_range
+        if existing.kvs:
             return self._existing(existing.kvs[0]), 0
         return None  # the hold changed under us: allocate normally
 
@@ -377,33 +370,34 @@ class EtcdStore(Store):
         owner: Owner,
         r: Reservation,
         addr_key: bytes,
-        extra: list[bytes],
-    ) -> pb.TxnResponse:
+        extra: list[Any],
+    ) -> Any:
+        """The claim transaction (module docstring); ``extra`` ops join its Else branch."""
         owner_key = self.keys.owner(owner.container_id, owner.ifname, c.set_id)
         writes = [addr_key, owner_key]
         if r.sticky and owner.pod:
             writes.append(self.keys.pod(owner.pod, c.set_id))
-        return self._batcher.txn(
+        request = pb.txn(
             [pb.compare(addr_key, "create", 0), pb.compare(owner_key, "create", 0)],
             self._writes(c, owner, r, addr_key, owner_key),
-            [pb.op_range(pb.range_request(owner_key)), *extra],
-            frozenset(writes),
+            [pb.op_range(owner_key), *extra],
         )
+        return self._batcher.txn(request, frozenset(writes))
 
     def _writes(
         self, c: Claim, owner: Owner, r: Reservation, addr_key: bytes, owner_key: bytes
-    ) -> list[bytes]:
+    ) -> list[Any]:
         index = {"ip": addr_key.decode(), "rec": to_record(r)}
         ops = [
-            pb.op_put(pb.put_request(addr_key, json.dumps(to_record(r)).encode())),
-            pb.op_put(pb.put_request(owner_key, json.dumps(index).encode())),
+            pb.op_put(addr_key, json.dumps(to_record(r)).encode()),
+            pb.op_put(owner_key, json.dumps(index).encode()),
         ]
         if r.sticky and owner.pod:
-            ops.append(pb.op_put(pb.put_request(self.keys.pod(owner.pod, c.set_id), addr_key)))
+            ops.append(pb.op_put(self.keys.pod(owner.pod, c.set_id), addr_key))
         return ops
 
     @staticmethod
-    def _existing(owner_kv: pb.KeyValue) -> Reservation:
+    def _existing(owner_kv: Any) -> Reservation:
         """The reservation an owner key points at (written with it, so no second read)."""
         return from_record(json.loads(owner_kv.value)["rec"])
 
@@ -420,18 +414,15 @@ class EtcdStore(Store):
             owner_key = self.keys.owner(owner.container_id, owner.ifname, r.set_id)
             ops.append(
                 pb.op_txn(
-                    pb.txn_request(
+                    pb.txn(
                         [pb.compare(addr_key, "mod", revision)],
-                        [
-                            pb.op_delete(pb.delete_request(addr_key)),
-                            pb.op_delete(pb.delete_request(owner_key)),
-                        ],
+                        [pb.op_delete(addr_key), pb.op_delete(owner_key)],
                     )
                 )
             )
             self._forget(addr_key)
         with contextlib.suppress(IpamError):
-            self._txn([], ops)
+            self._txn(pb.txn(success=ops))
 
     # -- views ---------------------------------------------------------------------------
 
@@ -488,37 +479,46 @@ class EtcdStore(Store):
 
     # -- etcd calls, errors mapped to CNI codes ------------------------------------------
 
-    def _txn(
-        self, compares: Sequence[bytes], success: Sequence[bytes], failure: Sequence[bytes] = ()
-    ) -> pb.TxnResponse:
-        try:
-            return self.client.txn(compares, success, failure)
-        except EtcdUnavailable as exc:
-            raise unavailable(f"etcd ({self._endpoints()})", str(exc)) from exc
-        except EtcdError as exc:
-            raise IpamError(TRY_AGAIN_LATER, "etcd rejected an IPAM transaction", str(exc)) from exc
+    def _txn(self, request: Any) -> Any:
+        with self._errors("transaction"):
+            return self.client.txn(request)
 
-    def _get(self, key: bytes) -> pb.RangeResponse:
-        try:
+    def _get(self, key: bytes) -> Any:
+        with self._errors("read"):
             return self.client.range(key)
-        except EtcdUnavailable as exc:
-            raise unavailable(f"etcd ({self._endpoints()})", str(exc)) from exc
-        except EtcdError as exc:
-            raise IpamError(TRY_AGAIN_LATER, "etcd rejected an IPAM read", str(exc)) from exc
 
-    def _range_prefix(self, prefix: bytes) -> list[pb.KeyValue]:
+    def _range_prefix(self, prefix: bytes) -> list[Any]:
         return self._range_all(prefix, prefix_end(prefix))
 
-    def _range_all(self, key: bytes, end: bytes, *, keys_only: bool = False) -> list[pb.KeyValue]:
-        try:
+    def _range_all(self, key: bytes, end: bytes, *, keys_only: bool = False) -> list[Any]:
+        with self._errors("read"):
             return self.client.range_all(key, end, keys_only=keys_only)
-        except EtcdUnavailable as exc:
-            raise unavailable(f"etcd ({self._endpoints()})", str(exc)) from exc
-        except EtcdError as exc:
-            raise IpamError(TRY_AGAIN_LATER, "etcd rejected an IPAM read", str(exc)) from exc
 
-    def _endpoints(self) -> str:
-        return ",".join(e.target() for e in self.client.config.endpoints)
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """etcd client errors as CNI errors, all code 11: nothing was reserved (a timed-out
+        write aside, see EtcdUnavailable), and the runtime retries."""
+        cfg = self.client.config
+        where = f"etcd ({','.join(e.target() for e in cfg.endpoints)})"
+        try:
+            yield
+        except EtcdUnavailable as exc:
+            if exc.tls:
+                raise IpamError(
+                    TRY_AGAIN_LATER,
+                    f"{where}: TLS failed (certificate not trusted, or refused by the server);"
+                    " check etcd_ca_cert_file, etcd_cert_file and etcd_key_file",
+                    str(exc),
+                ) from exc
+            raise unavailable(where, str(exc)) from exc
+        except EtcdAuthError as exc:
+            raise IpamError(
+                TRY_AGAIN_LATER,
+                f"{where} refused etcd_username {cfg.username!r} and its etcd_password",
+                str(exc),
+            ) from exc
+        except EtcdError as exc:
+            raise IpamError(TRY_AGAIN_LATER, f"{where} rejected an IPAM {what}", str(exc)) from exc
 
 
 def _parse(value: bytes) -> Reservation | None:

@@ -1,13 +1,16 @@
 """Which VFs pods are using, so provisioning never pulls one out from under a pod.
 
-Three signs, any of which counts: a CNI attachment record (netdevice and DPDK attachments made
-through this agent); the VF's VFIO group open by some process (a DPDK application); a VF on a
-kernel network driver whose netdev is not in the host namespace (moved into a pod by any CNI).
+Four signs, any of which counts: a CNI attachment record (netdevice and DPDK attachments made
+through this agent); the kubelet having assigned the VF to a pod (device plugin, from the
+kubelet's pod-resources API, when the daemon runs the device plugin); the VF's VFIO group open
+by some process (a DPDK application); a VF on a kernel network driver whose netdev is not in the
+host namespace (moved into a pod by any CNI).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 
 from cni.vfstate import VfState
 from nodeagent.model import Nic
@@ -37,10 +40,13 @@ def open_vfio_groups(proc: str = "/proc") -> set[int]:
 
 
 class InUse:
-    def __init__(self, sysfs: Sysfs, vfstate: VfState | None, proc: str = "/proc") -> None:
+    def __init__(self, sysfs: Sysfs, vfstate: VfState | None, proc: str = "/proc",
+                 kubelet_assigned: Callable[[], Mapping[str, str]] | None = None) -> None:
         self.sysfs = sysfs
         self.vfstate = vfstate
         self.proc = proc
+        #: VF PCI address -> "namespace/pod" the kubelet assigned it to (device plugin).
+        self.kubelet_assigned = kubelet_assigned
 
     def vfs(self, pf: Nic) -> dict[str, str]:
         """VF PCI address -> why it counts as in use, for one PF's VFs."""
@@ -50,6 +56,9 @@ class InUse:
         if self.vfstate is not None:
             for att in self.vfstate.all():
                 found[att.pci] = f"attached by CNI to {att.container_id[:12]}/{att.ifname}"
+        if self.kubelet_assigned is not None:
+            for address, pod in self.kubelet_assigned().items():
+                found.setdefault(address, f"assigned by the kubelet to pod {pod}")
         vfio = open_vfio_groups(self.proc) if any(
             vf.pci.driver == VFIO for vf in pf.sriov.vfs) else set()
         for vf in pf.sriov.vfs:

@@ -8,11 +8,14 @@ A YAML or JSON file (docs/provisioning.md)::
         numVfs: 8
         mtu: 9000
         vfDefaults: {driver: kernel, mac: derived, spoofchk: true, trust: false, vlan: 0}
+        resourceName: fronthaul_netdev   # optional: a device plugin pool of these VFs
         vfGroups:
-          - {vfs: "0-3", driver: vfio-pci}
+          - {vfs: "0-3", driver: vfio-pci, resourceName: fronthaul_dpdk}
 
 ``nicSelector`` uses sriov-network-operator's field names; every field given must match (a
-list matches any of its entries). Each PF may be selected by one entry only.
+list matches any of its entries). Each PF may be selected by one entry only. ``resourceName``
+(on an entry or a group; a group without one inherits the entry's) and the top-level
+``resourcePrefix`` name device plugin pools, as in SriovNetworkNodePolicy.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ VLAN_PROTOS = ("802.1Q", "802.1ad")
 DRIVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 HEX_ID = re.compile(r"^[0-9a-f]{4}$")
+# Device plugin resource names as sriov-network-device-plugin accepts them; the prefix is a
+# DNS subdomain (the part of an extended resource name before the "/").
+RESOURCE_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+RESOURCE_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DEFAULT_RESOURCE_PREFIX = "intel.com"
 
 
 class PolicyError(ValueError):
@@ -59,6 +67,7 @@ class VfSettings:
 class VfGroup:
     vfs: frozenset[int]
     settings: VfSettings
+    resource_name: str | None = None  # the entry's unless the group names its own
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ class PfPolicy:
     allow_default_route: bool = False
     defaults: VfSettings = field(default_factory=VfSettings)
     groups: tuple[VfGroup, ...] = ()
+    resource_name: str | None = None
 
     def vf_settings(self, index: int) -> VfSettings:
         """The defaults, overridden by the first group that lists the VF."""
@@ -103,6 +113,7 @@ class PfPolicy:
 @dataclass(frozen=True)
 class Policy:
     pfs: tuple[PfPolicy, ...] = ()
+    resource_prefix: str = DEFAULT_RESOURCE_PREFIX
 
     def select(self, nic: Nic) -> list[PfPolicy]:
         return [p for p in self.pfs if p.selector.matches(nic)]
@@ -145,7 +156,11 @@ def parse(text: str, where: str = "policy") -> Policy:
         raise PolicyError(f"{where}: not valid YAML or JSON: {exc}") from None
     if raw is None:
         return Policy()
-    doc = _obj(raw, where, {"apiVersion", "kind", "pfs"})
+    doc = _obj(raw, where, {"apiVersion", "kind", "pfs", "resourcePrefix"})
+    prefix = doc.get("resourcePrefix", DEFAULT_RESOURCE_PREFIX)
+    if not isinstance(prefix, str) or len(prefix) > 253 or not RESOURCE_PREFIX.match(prefix):
+        raise PolicyError(f"{where}.resourcePrefix: must be a DNS subdomain such as"
+                          f" \"example.com\", got {prefix!r}")
     pfs = doc.get("pfs") or []
     if not isinstance(pfs, list):
         raise PolicyError(f"{where}.pfs: must be a list")
@@ -153,7 +168,7 @@ def parse(text: str, where: str = "policy") -> Policy:
     names = [p.name for p in parsed]
     if len(set(names)) != len(names):
         raise PolicyError(f"{where}.pfs: entry names must be unique, got {names}")
-    return Policy(parsed)
+    return Policy(parsed, prefix)
 
 
 def _obj(raw: Any, where: str, allowed: set[str]) -> dict[str, Any]:
@@ -263,9 +278,20 @@ def parse_range(text: Any, where: str, limit: int) -> frozenset[int]:
     return frozenset(found)
 
 
+def _resource_name(raw: dict[str, Any], where: str, inherited: str | None) -> str | None:
+    value = raw.get("resourceName", inherited)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 63 or not RESOURCE_NAME.match(value):
+        raise PolicyError(f"{where}.resourceName: must be letters, digits, '_', '.' or '-'"
+                          f" (starting and ending with a letter or digit), got {value!r}")
+    return value
+
+
 def _pf(raw: Any, where: str, position: int) -> PfPolicy:
     raw = _obj(raw, where, {"name", "nicSelector", "numVfs", "mtu", "externallyManaged",
-                            "allowDefaultRoute", "vfDefaults", "vfGroups"})
+                            "allowDefaultRoute", "vfDefaults", "vfGroups", "resourceName"})
+    resource_name = _resource_name(raw, where, None)
     if "nicSelector" not in raw:
         raise PolicyError(f"{where}: nicSelector is required")
     if "numVfs" not in raw:
@@ -287,7 +313,9 @@ def _pf(raw: Any, where: str, position: int) -> PfPolicy:
         if vfs & claimed:
             raise PolicyError(f"{gw}.vfs: VF(s) {sorted(vfs & claimed)} are in an earlier group")
         claimed |= vfs
-        groups.append(VfGroup(vfs, _settings(item, gw, defaults)))
+        settings = _settings({k: v for k, v in item.items() if k != "resourceName"}, gw,
+                             defaults)
+        groups.append(VfGroup(vfs, settings, _resource_name(item, gw, resource_name)))
     name = raw.get("name", f"pfs[{position}]")
     if not isinstance(name, str) or not name:
         raise PolicyError(f"{where}.name: must be a non-empty string")
@@ -296,5 +324,5 @@ def _pf(raw: Any, where: str, position: int) -> PfPolicy:
         num_vfs=num_vfs, mtu=_int(raw, "mtu", where, 68, 65535),
         externally_managed=bool(_bool(raw, "externallyManaged", where)),
         allow_default_route=bool(_bool(raw, "allowDefaultRoute", where)),
-        defaults=defaults, groups=tuple(groups),
+        defaults=defaults, groups=tuple(groups), resource_name=resource_name,
     )

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nodeagent.ipam import etcdpb
+from nodeagent.ipam import etcdapi as api
 from nodeagent.ipam.allocator import Attachment, Ipam
 from nodeagent.ipam.config import IPAMConfig, parse_config
 from nodeagent.ipam.etcdclient import EtcdClient
@@ -166,8 +166,10 @@ class PoolObjectAllocator:
             offset = next(o for o in range(1, self.size) if str(o) not in taken)
             taken[str(offset)] = {"id": container_id, "podref": "bench/pod"}
             resp = self.client.txn(
-                [etcdpb.compare(self.key, "mod", revision)],
-                [etcdpb.op_put(etcdpb.put_request(self.key, json.dumps(pool).encode()))],
+                api.txn(
+                    [api.compare(self.key, "mod", revision)],
+                    [api.op_put(self.key, json.dumps(pool).encode())],
+                )
             )
             if resp.succeeded:
                 return offset

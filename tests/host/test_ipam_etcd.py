@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from nodeagent.ipam import etcdpb
+from nodeagent.ipam import etcdapi as api
 from nodeagent.ipam.allocator import Attachment, Ipam
 from nodeagent.ipam.config import IPAMConfig, parse_config
 from nodeagent.ipam.errors import ADDRESS_IN_USE, POOL_EXHAUSTED, TRY_AGAIN_LATER, IpamError
@@ -252,45 +250,24 @@ def test_failover_to_the_endpoint_that_answers(etcd: ipam_etcd.EtcdServer, prefi
     ipam.close()
 
 
-@pytest.mark.skipif(shutil.which("etcdctl") is None, reason="etcdctl not installed (etcd-client)")
-def test_username_password(prefix: str) -> None:
-    with ipam_etcd.EtcdServer() as server:
-        ctl = ["etcdctl", "--endpoints", server.endpoint]
-        for args in (["user", "add", "root:rootpw"], ["auth", "enable"]):
-            subprocess.run([*ctl, *args], check=True, capture_output=True, timeout=10)
-        good = config(server.endpoint, prefix, {"etcd_username": "root", "etcd_password": "rootpw"})
-        ipam = Ipam("/x")
-        assert addresses(ipam.allocate(good, Attachment("a", "eth0"))) == ["10.0.0.1/16"]
-        bad = config(server.endpoint, prefix, {"etcd_username": "root", "etcd_password": "nope"})
-        with pytest.raises(IpamError) as info:
-            ipam.allocate(bad, Attachment("b", "eth0"))
-        assert "authentication" in str(info.value)
-        anonymous = config(server.endpoint, prefix)
-        with pytest.raises(IpamError):
-            ipam.allocate(anonymous, Attachment("c", "eth0"))
-        ipam.close()
-
-
-def test_codec_against_etcd(etcd: ipam_etcd.EtcdServer, prefix: str) -> None:
+def test_generated_api_against_etcd(etcd: ipam_etcd.EtcdServer, prefix: str) -> None:
     """Nested transactions, compares on value/mod/version, ranges with limits."""
     client = EtcdClient(config(etcd.endpoint, prefix).etcd)  # type: ignore[arg-type]
     k = f"{prefix}/k".encode()
     put = client.put(k, b"v1")
-    assert put.revision > 0
+    assert put.header.revision > 0
     (kv,) = client.range(k).kvs
-    assert (kv.value, kv.version, kv.mod_revision) == (b"v1", 1, put.revision)
+    assert (kv.value, kv.version, kv.mod_revision) == (b"v1", 1, put.header.revision)
     resp = client.txn(
-        [etcdpb.compare(k, "value", b"v1"), etcdpb.compare(k, "mod", kv.mod_revision)],
-        [
-            etcdpb.op_txn(
-                etcdpb.txn_request(
-                    [etcdpb.compare(k, "version", 1)], [etcdpb.op_put(etcdpb.put_request(k, b"v2"))]
-                )
-            )
-        ],
+        api.txn(
+            [api.compare(k, "value", b"v1"), api.compare(k, "mod", kv.mod_revision)],
+            [api.op_txn(api.txn([api.compare(k, "version", 1)], [api.op_put(k, b"v2")]))],
+        )
     )
-    assert resp.succeeded and isinstance(resp.responses[0], etcdpb.TxnResponse)
-    assert resp.responses[0].succeeded
+    assert resp.succeeded and resp.responses[0].response_txn.succeeded
+    assert client.range(k).kvs[0].value == b"v2"
+    missed = client.txn(api.txn([api.compare(k, "create", 0)], [api.op_put(k, b"v3")]))
+    assert not missed.succeeded and client.range(k).kvs[0].value == b"v2"  # k exists
     for i in range(5):
         client.put(f"{prefix}/r/{i}".encode(), b"x")
     page = client.range(f"{prefix}/r/".encode(), prefix_end(f"{prefix}/r/".encode()), limit=2)

@@ -772,9 +772,11 @@ def test_dockerfile_stages_and_copy_sources_hold_together() -> None:
 
 def test_dockerignore_keeps_local_builds_and_the_venv_out() -> None:
     for path in (".venv", ".git", "nodeagent/_bitmap.abi3.so", "cni/bin/nodeagent-cni-shim",
-                 "deviceplugin/_stubs/proto.sha256", "nodeagent/__pycache__/cli.cpython-311.pyc"):
+                 "deviceplugin/proto/_stubs/proto.sha256",
+                 "nodeagent/__pycache__/cli.cpython-311.pyc"):
         assert dockerignored(path), path
-    for path in ("native/cni_shim.c", "nodeagent/cli.py", "deviceplugin/api.proto", "setup.py"):
+    for path in ("native/cni_shim.c", "nodeagent/cli.py", "setup.py",
+                 "deviceplugin/proto/kubelet_deviceplugin_v1beta1.proto"):
         assert not dockerignored(path), path
 
 
@@ -802,7 +804,7 @@ def test_build_stage_sources_build_a_wheel_with_the_native_code(tmp_path: Path) 
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "cni/bin/nodeagent-cni-shim" in names
     assert any(re.fullmatch(r"nodeagent/_bitmap\..*so", n) for n in names)
-    assert "deviceplugin/_stubs/proto.sha256" in names
+    assert "deviceplugin/proto/_stubs/proto.sha256" in names
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "nodeagent = nodeagent.cli:main" in entry_points

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deviceplugin.allocate import AllocationError, allocate, env_name
+from deviceplugin.allocate import AllocationError, VfioGroupPaths, allocate, env_name
 from deviceplugin.config import ConfigError, VfRange, load, parse, vf_range
 from deviceplugin.pools import HealthPolicy, build_pools
 from deviceplugin.preferred import preferred
@@ -127,6 +127,35 @@ def test_allocate_contents(node: Node) -> None:
     assert allocate("intel.com/sriov_net", devices, [ICE_VFS[0]]).device_specs == []
     with pytest.raises(AllocationError, match=r"0000:ff:00\.1"):
         allocate("intel.com/sriov_net", devices, ["0000:ff:00.1"])
+
+
+def test_noiommu_group_host_node_mapped_to_the_plain_container_path(
+        tree: SysfsTree, tmp_path: Path) -> None:
+    tree.add_pf(ICE_PF, "ice", netdev="ens1f0", numvfs=3, numa_node=0, vfio=(0, 1, 2))
+    cfg = parse({"resourceList": [{"resourceName": "dpdk"}]})
+    devices = build_pools(cfg, scan(tree))["intel.com/dpdk"].by_id()
+    groups = [devices[vf].iommu_group for vf in ICE_VFS[:3]]
+    dev = tmp_path / "dev"
+    (dev / "vfio").mkdir(parents=True)
+    (dev / "vfio" / "vfio").touch()
+    # VF 0: a no-IOMMU group as the kernel shows it (group name and device node).
+    (tree.root / f"kernel/iommu_groups/{groups[0]}/name").write_text("vfio-noiommu\n")
+    (dev / "vfio" / f"noiommu-{groups[0]}").touch()
+    # VF 1: no group name in sysfs; only the device node tells.
+    (dev / "vfio" / f"noiommu-{groups[1]}").touch()
+    # VF 2: an IOMMU-backed group.
+    (dev / "vfio" / str(groups[2])).touch()
+    paths = VfioGroupPaths(str(tree.root), str(dev))
+    result = allocate("intel.com/dpdk", devices, ICE_VFS[:3], group_paths=paths)
+    assert result.device_specs == [
+        ("/dev/vfio/vfio", "/dev/vfio/vfio", "rw"),
+        (f"/dev/vfio/{groups[0]}", f"/dev/vfio/noiommu-{groups[0]}", "rw"),
+        (f"/dev/vfio/{groups[1]}", f"/dev/vfio/noiommu-{groups[1]}", "rw"),
+        (f"/dev/vfio/{groups[2]}", f"/dev/vfio/{groups[2]}", "rw"),
+    ]
+    info = json.loads(result.envs["PCIDEVICE_INTEL_COM_DPDK_INFO"])
+    assert info[ICE_VFS[0]]["vfio"] == {"mount": "/dev/vfio/vfio",
+                                        "dev-mount": f"/dev/vfio/{groups[0]}"}
 
 
 def test_preferred_allocation_two_numa(tree: SysfsTree) -> None:

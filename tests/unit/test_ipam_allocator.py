@@ -46,13 +46,13 @@ def test_allocate_lowest_free_dual_stack_and_result_shape(ipam: Ipam) -> None:
     first = ipam.allocate(c, att(1))
     assert ips(first) == ["10.0.0.2/29", "fd00::1/125"]
     assert ips(ipam.allocate(c, att(2))) == ["10.0.0.3/29", "fd00::2/125"]
-    doc = first.to_cni("1.1.0")
+    doc = first.to_dict("1.1.0")
     assert doc["ips"] == [
         {"address": "10.0.0.2/29", "gateway": "10.0.0.1"},
         {"address": "fd00::1/125"},
     ]
     assert doc["routes"] == [{"dst": "0.0.0.0/0"}] and doc["dns"] == {"nameservers": ["10.0.0.53"]}
-    assert first.to_cni("0.4.0")["ips"][0]["version"] == "4"
+    assert first.to_dict("0.4.0")["ips"][0]["version"] == "4"
 
 
 def test_repeated_add_returns_the_same_addresses(ipam: Ipam) -> None:
