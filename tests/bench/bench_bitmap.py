@@ -14,13 +14,13 @@ Prints one JSON object per line.
 """
 
 import bisect
-import json
 import sys
 import time
 from array import array
 from collections.abc import Callable, Sequence
 
 from nodeagent.ipam.bitmap import Bitmap, PyBitmap
+from tests.bench.common import emit
 
 PREFIXES = {"/16": 1 << 16, "/8": 1 << 24}
 FULLNESS = (0.0, 0.5, 0.99)
@@ -100,10 +100,6 @@ def filled_bitmap(size: int, taken: int) -> Bitmap:
     while taken:
         taken -= len(bm.allocate_many(min(taken, 1 << 20)))
     return bm
-
-
-def emit(**row: object) -> None:
-    print(json.dumps(row), flush=True)
 
 
 def sig(x: float) -> float:

@@ -7,7 +7,6 @@ then 50 concurrent ADDs (and DELs) of different pods for each.
 
 from __future__ import annotations
 
-import json
 import secrets
 import statistics
 import tempfile
@@ -21,14 +20,11 @@ from pyroute2 import IPRoute, netns
 from cni.install import install
 from cni.server import CniServer
 from cni.shim import shim_path
+from tests.bench.common import emit
 from tests.host.cni_helpers import REFERENCE_BIN, run_plugin
 
 ROUNDS = 200
 CONCURRENT = 50
-
-
-def emit(**fields: object) -> None:
-    print(json.dumps(fields), flush=True)
 
 
 def p99(values: list[float]) -> float:

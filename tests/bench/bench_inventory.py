@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import statistics
@@ -20,13 +19,10 @@ from pyroute2 import IPRoute, netns
 from nodeagent.discovery import Scanner
 from nodeagent.sysfs import Sysfs
 from nodeagent.watch import LiveInventory
+from tests.bench.common import emit
 from tests.sysfs_tree import SysfsTree
 
 SCAN_TARGET_MS = 50.0
-
-
-def emit(**fields: object) -> None:
-    print(json.dumps(fields), flush=True)
 
 
 def p99(values: list[float]) -> float:

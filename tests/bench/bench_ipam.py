@@ -39,15 +39,12 @@ from nodeagent.ipam.config import IPAMConfig, parse_config
 from nodeagent.ipam.etcdclient import EtcdClient
 from nodeagent.ipam.etcdstore import prefix_end
 from tests import ipam_etcd
+from tests.bench.common import emit
 
 TOTAL = 10_000
 ALLOCATORS = 16
 PEER_BUDGET = 8.0  # seconds for the whereabouts-style peer
 HOST_LOCAL = Path("/usr/lib/cni/host-local")
-
-
-def emit(**row: Any) -> None:
-    print(json.dumps(row), flush=True)
 
 
 def sig(x: float) -> float:

@@ -16,21 +16,22 @@ through. When the lab cannot run it prints one line saying why it was skipped an
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-HWLAB = REPO / "hw-lab"
-ENV = "NODEAGENT_HWLAB_INVENTORY"
-EXIT_LAB_ERROR = 70
+sys.path.insert(0, str(REPO))  # also when hw-lab/run.py --script runs this file in the lab
+
+from tests.bench import common  # noqa: E402
+from tests.bench.common import HWLAB, emit  # noqa: E402
+from tests.bench.common import LAB_ENV as ENV  # noqa: E402
+
 ROUNDS = 5
 NETDEVSIM_VFS = 64
 UNIT = "ms (median per round, all VFs)"
@@ -38,38 +39,11 @@ UNIT = "ms (median per round, all VFs)"
 Batch = list[tuple[int, str, int, bool, bool]]  # (vf, mac, vlan, spoofchk, trust)
 
 
-def emit(**fields: object) -> None:
-    print(json.dumps(fields), flush=True)
-
-
 # -- on the host: through the lab ------------------------------------------------------------
 
 
 def run_in_lab() -> int:
-    with tempfile.TemporaryDirectory(prefix="nabvfset") as tmp:
-        output = Path(tmp) / "output.log"
-        cmd = [sys.executable, str(HWLAB / "run.py"), "--script", str(Path(__file__).resolve()),
-               "--output", str(output)]
-        # The lab's console goes to stderr; stdout is for the JSON lines.
-        proc = subprocess.run(cmd, cwd=REPO, stdout=sys.stderr, stderr=subprocess.PIPE,
-                              text=True, check=False)
-        sys.stderr.write(proc.stderr)
-        if proc.returncode == EXIT_LAB_ERROR:
-            reasons = [line.removeprefix("hw-lab: ERROR: ") for line in proc.stderr.splitlines()
-                       if line.startswith("hw-lab: ERROR: ")]
-            emit(bench="vfset", skipped=True,
-                 reason=reasons[-1] if reasons else "the SR-IOV lab could not run")
-            return 0
-        for line in output.read_text().splitlines() if output.exists() else []:
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(doc, dict) and "bench" in doc:
-                print(line, flush=True)
-        if proc.returncode != 0:
-            print(f"bench_vfset: the lab run failed (exit {proc.returncode})", file=sys.stderr)
-        return proc.returncode
+    return common.run_in_lab(__file__, "vfset")
 
 
 # -- in the lab --------------------------------------------------------------------------------
@@ -205,7 +179,6 @@ def netdevsim_pf(count: int) -> Iterator[tuple[str, int, int]]:
 
 def run_here() -> int:
     sys.path.insert(0, str(HWLAB))
-    sys.path.insert(0, str(REPO))
     for target in (igb_pf(), netdevsim_pf(NETDEVSIM_VFS)):
         with target as (label, index, count):
             from pyroute2 import IPRoute
