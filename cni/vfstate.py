@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from nodeagent.fileio import replace_file
+
 
 @dataclass
 class VfAttachment:
@@ -57,18 +59,8 @@ class VfState:
 
     def save(self, attachment: VfAttachment) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self._path(attachment.container_id, attachment.ifname)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(asdict(attachment), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_file(self._path(attachment.container_id, attachment.ifname),
+                     json.dumps(asdict(attachment)).encode(), mode=0o600)
 
     def load(self, container_id: str, ifname: str) -> VfAttachment | None:
         try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -17,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from nodeagent.fileio import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,10 @@ class StatusBoard:
     def flush(self) -> None:
         """Write the status file now (the daemon does at exit; tests do)."""
         if self._path is not None:
-            write_atomically(self._path, json.dumps(self.snapshot(), indent=1).encode())
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            # No fsync: the file lives in /run and is rewritten on every change.
+            replace_file(self._path, json.dumps(self.snapshot(), indent=1).encode(),
+                         durable=False)
 
     def _changed(self) -> None:
         snap = self.snapshot()
@@ -174,19 +178,6 @@ class StatusBoard:
                 self.flush()
             except OSError as exc:
                 log.warning("writing %s: %s", self._path, exc)
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file. No fsync:
-    the file lives in /run and is rewritten on every change."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def read(path: str | Path = DEFAULT_PATH) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Layout under the state dir (``/var/lib/nodeagent/ipam``, or host-local's ``dataD
 
     <network>/lock               flock(2) target; held for every read-modify-write
     <network>/reservations.json  all reservations of the network
-    <network>/.reservations.tmp  the next state while it is written (garbage after a crash)
+    <network>/.reservations.json.<pid>.<thread>.tmp
+                                 the next state while it is written (garbage after a crash)
 
 Every change rewrites the state file as write-temp + fsync + rename + fsync(dir), under the
 lock, so a process killed at any instant leaves the old state or the new one: never a
@@ -31,6 +32,7 @@ from contextlib import contextmanager
 from ipaddress import ip_address
 from pathlib import Path
 
+from nodeagent.fileio import replace_file
 from nodeagent.ipam.errors import IO_FAILURE, TRY_AGAIN_LATER, IpamError
 from nodeagent.ipam.pool import Pool, PoolView
 from nodeagent.ipam.store import (
@@ -47,7 +49,6 @@ from nodeagent.ipam.store import (
 
 DEFAULT_STATE_DIR = Path("/var/lib/nodeagent/ipam")
 STATE_FILE = "reservations.json"
-TMP_FILE = ".reservations.tmp"
 LOCK_FILE = "lock"
 FORMAT_VERSION = 1
 _HEAD = 48  # '{"nonce":"<32 hex>"' fits: equal heads mean an unchanged file
@@ -289,22 +290,9 @@ class FileStore(Store):
         head = json.dumps({"nonce": nonce, "version": FORMAT_VERSION, "network": self.network})
         body = ",\n".join(lines.values())
         data = f'{head[:-1]}, "reservations": [\n{body}\n]}}\n'.encode()
-        tmp, path = self.dir / TMP_FILE, self.dir / STATE_FILE
+        path = self.dir / STATE_FILE
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            replace_file(path, data)
         except OSError as exc:
             raise _io_error("cannot write", path, exc) from exc
         self._commit(state, data[:_HEAD])

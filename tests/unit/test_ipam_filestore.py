@@ -16,7 +16,7 @@ import pytest
 from nodeagent.ipam.allocator import Attachment, Ipam
 from nodeagent.ipam.config import IPAMConfig, parse_config
 from nodeagent.ipam.errors import IO_FAILURE, TRY_AGAIN_LATER, IpamError
-from nodeagent.ipam.filestore import LOCK_FILE, STATE_FILE, TMP_FILE, FileStore
+from nodeagent.ipam.filestore import LOCK_FILE, STATE_FILE, FileStore
 
 SPAWN = multiprocessing.get_context("spawn")  # no inherited threads or sockets
 
@@ -152,11 +152,12 @@ def test_corrupt_state_is_an_io_error_not_a_reset(tmp_path: Path) -> None:
     assert info.value.code == IO_FAILURE and STATE_FILE in info.value.msg
 
 
-def test_leftover_temp_file_is_ignored_and_overwritten(tmp_path: Path) -> None:
+def test_leftover_temp_file_is_ignored(tmp_path: Path) -> None:
+    """What a process killed while writing leaves behind (nodeagent.fileio's temp name)."""
     ipam = Ipam(tmp_path)
     c = parse_config({"name": "n", "ipam": {"range": "10.0.0.0/24", "network_name": "n"}})
     ipam.allocate(c, Attachment("a", "eth0"))
-    (tmp_path / "n" / TMP_FILE).write_text('{"half": ')
+    (tmp_path / "n" / f".{STATE_FILE}.4242.1.tmp").write_text('{"half": ')
     assert [str(ip.address) for ip in Ipam(tmp_path).allocate(c, Attachment("b", "eth0")).ips] == [
         "10.0.0.2/24"
     ]
