@@ -1,7 +1,7 @@
 """Registration with the kubelet, and noticing when the kubelet restarts.
 
 A restarting kubelet recreates ``kubelet.sock`` and removes every plugin socket in the
-directory. :class:`KubeletWatch` polls the socket's identity (device, inode, ctime) and the
+directory. :class:`KubeletWatch` polls the socket's stat signature (nodeagent.fileio) and the
 plugin sockets every ``interval`` seconds and calls back so pools rebind and re-register.
 """
 
@@ -15,10 +15,10 @@ from collections.abc import Callable
 import grpc
 
 from deviceplugin import api
+from nodeagent.fileio import Signature, signature
 
 log = logging.getLogger(__name__)
 
-Identity = tuple[int, int, int] | None
 
 
 def register(plugin_dir: str, endpoint: str, resource_name: str, *,
@@ -39,14 +39,6 @@ def register(plugin_dir: str, endpoint: str, resource_name: str, *,
         )
 
 
-def identity(path: str) -> Identity:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_ctime_ns)
-
-
 class KubeletWatch:
     """Calls ``on_tick(kubelet_changed)`` every ``interval`` from one thread until stopped."""
 
@@ -57,7 +49,7 @@ class KubeletWatch:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last: Identity = None
+        self._last: Signature | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="deviceplugin-kubelet-watch",
@@ -72,7 +64,7 @@ class KubeletWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            current = identity(self.socket)
+            current = signature(self.socket)
             changed = current is not None and current != self._last
             if current != self._last and current is not None:
                 log.info("kubelet socket %s (re)appeared", self.socket)

@@ -9,7 +9,6 @@ errors are the reconciler's to report).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,24 +16,14 @@ from pathlib import Path
 from deviceplugin import config as dp_config
 from deviceplugin.config import ConfigError, PluginConfig
 from deviceplugin.policypools import resource_names
+from nodeagent.fileio import Signature, signature
 from nodeagent.provision import policy as node_policy
 from nodeagent.provision.policy import Policy, PolicyError
 from nodeagent.status import StatusBoard
 
 log = logging.getLogger(__name__)
 
-Signature = tuple[int, int, int] | None
 OnChange = Callable[[PluginConfig, Policy | None], None]
-
-
-def signature(path: Path | None) -> Signature:
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class PluginSources:
@@ -49,7 +38,7 @@ class PluginSources:
         self.config = PluginConfig(())
         self.policy: Policy | None = None
         self.config_loaded = False  # a valid config.json has been read
-        self._signatures: dict[str, Signature] = {"config": None, "policy": None}
+        self._signatures: dict[str, Signature | None] = {"config": None, "policy": None}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

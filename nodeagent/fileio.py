@@ -38,3 +38,19 @@ def replace_file(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+Signature = tuple[int, int, int, int, int]
+
+
+def signature(path: str | os.PathLike[str] | None) -> Signature | None:
+    """What changes when a file is replaced or rewritten (device, inode, size, mtime, ctime), or
+    None when it is missing. Follows symlinks, so a ConfigMap update (which swaps the
+    ``..data`` link) shows as a change; a recreated socket shows as a new inode."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

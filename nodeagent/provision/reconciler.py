@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from cni.vfstate import VfState
 from nodeagent.discovery import Scanner, node_name
+from nodeagent.fileio import Signature, signature
 from nodeagent.model import Nic, Node
 from nodeagent.netlink import Netlink
 from nodeagent.provision import vfsettings
@@ -225,7 +226,7 @@ class ReconcileLoop:
         self.resync = resync
         self.policy: Policy | None = None
         self.passes = 0
-        self._signature: tuple[int, int, int] | None = None
+        self._signature: Signature | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._pass_done = threading.Condition()
@@ -285,16 +286,11 @@ class ReconcileLoop:
 
     def _reload(self) -> bool:
         """Re-read the policy when its file changed (ConfigMap updates swap a symlink)."""
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            signature = None
-        else:
-            signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if signature == self._signature:
+        current = signature(self.path)
+        if current == self._signature:
             return False
-        self._signature = signature
-        if signature is None:
+        self._signature = current
+        if current is None:
             log.warning("policy %s is missing; keeping the last one", self.path)
             return False
         try:
