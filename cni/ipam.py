@@ -19,7 +19,7 @@ from typing import Any
 from cni.context import Context
 from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError, config_error
 from cni.protocol import CniRequest
-from cni.result import IPConfig, Result, Route
+from cni.result import ROUTE_ATTRIBUTES, IPConfig, Result, Route
 from nodeagent.ipam.allocator import Attachment
 from nodeagent.ipam.config import parse_config
 
@@ -146,7 +146,14 @@ def _route(route: Any, where: str) -> Route:
         gw = ipaddress.ip_address(route["gw"]) if route.get("gw") else None
     except ValueError as exc:
         raise config_error(where, str(exc)) from None
-    return Route(dst=dst, gw=gw)
+    attributes = {}
+    for key in ROUTE_ATTRIBUTES:
+        value = route.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < 0):
+            raise config_error(f"{where}.{key}", "must be a non-negative integer")
+        attributes[key] = value
+    return Route(dst=dst, gw=gw, **attributes)
 
 
 def _dns(ipam: dict[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,9 @@ def configure(pod: Rtnl, netns: str, ifname: str, index: int, result: Result) ->
                                if ip.gateway and ip.gateway.version == route.dst.version), None)
         with kernel_errors(f"adding route to {route.dst}"):
             pod.route_add(family, str(route.dst.network_address), route.dst.prefixlen,
-                          gateway=str(gw) if gw else None, oif=index)
+                          gateway=str(gw) if gw else None, oif=index, mtu=route.mtu,
+                          advmss=route.advmss, priority=route.priority, table=route.table,
+                          scope=route.scope)
 
 
 def address(ctx: Context, request: CniRequest, pod: Rtnl, index: int) -> Result:

@@ -32,6 +32,12 @@ class IPConfig:
 class Route:
     dst: IPNetwork
     gw: IPAddress | None = None
+    # CNI 1.1: reported in 1.1 results, applied to the route in the pod
+    mtu: int | None = None
+    advmss: int | None = None
+    priority: int | None = None
+    table: int | None = None
+    scope: int | None = None
 
 
 @dataclass
@@ -49,9 +55,7 @@ class Result:
         if self.ips:
             doc["ips"] = [_ip(ip, legacy) for ip in self.ips]
         if self.routes:
-            doc["routes"] = [
-                {"dst": str(r.dst), **({"gw": str(r.gw)} if r.gw else {})} for r in self.routes
-            ]
+            doc["routes"] = [_route(r, version) for r in self.routes]
         doc["dns"] = dict(self.dns)
         return doc
 
@@ -73,10 +77,24 @@ class Result:
         ]
         routes = [
             Route(dst=ipaddress.ip_network(r["dst"], strict=False),
-                  gw=ipaddress.ip_address(r["gw"]) if r.get("gw") else None)
+                  gw=ipaddress.ip_address(r["gw"]) if r.get("gw") else None,
+                  **{k: r[k] for k in ROUTE_ATTRIBUTES if isinstance(r.get(k), int)})
             for r in doc.get("routes") or []
         ]
         return cls(interfaces, ips, routes, dict(doc.get("dns") or {}))
+
+
+#: The route attributes CNI 1.1 added.
+ROUTE_ATTRIBUTES = ("mtu", "advmss", "priority", "table", "scope")
+
+
+def _route(r: Route, version: str) -> dict[str, Any]:
+    doc: dict[str, Any] = {"dst": str(r.dst)}
+    if r.gw:
+        doc["gw"] = str(r.gw)
+    if version == "1.1.0":
+        doc.update((k, getattr(r, k)) for k in ROUTE_ATTRIBUTES if getattr(r, k) is not None)
+    return doc
 
 
 def _interface(i: Interface, version: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFF_UP = 0x1
-RT_TABLE_MAIN = 254
+RT_TABLE_UNSPEC, RT_TABLE_MAIN = 0, 254
 RTPROT_BOOT, RTPROT_STATIC = 3, 4
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 RTN_UNICAST = 1
@@ -194,20 +194,33 @@ class Rtnl:
         return self.dump(msg, RTM_GETROUTE)
 
     def route_add(self, family: int, dst: str | None, dst_len: int, *, gateway: str | None = None,
-                  oif: int | None = None) -> None:
+                  oif: int | None = None, table: int | None = None, scope: int | None = None,
+                  priority: int | None = None, mtu: int | None = None,
+                  advmss: int | None = None) -> None:
+        """A unicast route; ``table`` (default main), ``scope`` (default: universe with a
+        gateway, link without), ``priority`` (metric), ``mtu`` and ``advmss`` as ip-route's."""
         msg = rtmsg()
         msg["family"] = family
         msg["dst_len"] = dst_len
-        msg["table"] = RT_TABLE_MAIN
+        table = RT_TABLE_MAIN if table is None else table
+        msg["table"] = table if table < 256 else RT_TABLE_UNSPEC  # larger: RTA_TABLE only
         msg["proto"] = RTPROT_BOOT
-        msg["scope"] = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
+        if scope is None:
+            scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
+        msg["scope"] = scope
         msg["type"] = RTN_UNICAST
-        attrs: list[tuple[str, Any]] = []
+        attrs: list[tuple[str, Any]] = [("RTA_TABLE", table)]
         if dst_len:
             attrs.append(("RTA_DST", dst))
         if gateway:
             attrs.append(("RTA_GATEWAY", gateway))
         if oif:
             attrs.append(("RTA_OIF", oif))
+        if priority is not None:
+            attrs.append(("RTA_PRIORITY", priority))
+        metrics = [(name, value) for name, value in (("RTAX_MTU", mtu), ("RTAX_ADVMSS", advmss))
+                   if value is not None]
+        if metrics:
+            attrs.append(("RTA_METRICS", {"attrs": metrics}))
         msg["attrs"] = attrs
         self.request(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL)

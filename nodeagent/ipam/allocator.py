@@ -270,11 +270,11 @@ def _static_ips(config: IPAMConfig) -> list[IPConfig]:
 def _result(config: IPAMConfig, ips: list[IPConfig]) -> Result:
     """The CNI result: the addresses, plus the config's routes and DNS.
 
-    Routes carry ``dst`` and ``gw``; their CNI 1.1 attributes (``mtu``, ``advmss``,
-    ``priority``, ``table``, ``scope``) are validated but not passed on, as the attaching
-    plugins do not apply them yet.
+    Routes keep their CNI 1.1 attributes (``mtu``, ``advmss``, ``priority``, ``table``,
+    ``scope``): 1.1 results report them and the attaching plugins apply them.
     """
-    routes = [ResultRoute(r.dst, r.gw) for r in config.routes]
+    routes = [ResultRoute(r.dst, r.gw, r.mtu, r.advmss, r.priority, r.table, r.scope)
+              for r in config.routes]
     return Result(ips=ips, routes=routes, dns=_dns(config.dns))
 
 

@@ -166,6 +166,34 @@ def test_fixed_ips_are_configured_in_the_pod(agent, master, pod) -> None:
     assert sorted(pod_links(pod)["net1"]["addrs"]) == ["10.77.0.5/24", "10.79.0.9/24"]
 
 
+def test_cni_1_1_route_attributes_are_applied_and_reported(agent, master, pod) -> None:
+    route = {"dst": "10.200.0.0/16", "gw": "10.77.0.254", "mtu": 1400, "advmss": 1360,
+             "priority": 42, "table": 100}
+    c = conf(master)
+    c["ipam"]["addresses"] = [{"address": "10.77.0.5/24"}]  # no gateway: a link-scope route
+    c["ipam"]["routes"] = [route, {"dst": "10.201.0.0/16", "scope": 253}]
+    out = cni(agent, "ADD", c, pod)
+    assert out.status == 0, out.stdout
+    assert out.doc["routes"] == [route, {"dst": "10.201.0.0/16", "scope": 253}]
+    with IPRoute(netns=pod) as ipr:
+        (r,) = ipr.get_routes(family=2, table=100)
+        metrics = dict(r.get("RTA_METRICS")["attrs"])
+        assert (r.get("RTA_DST"), r["dst_len"], r.get("RTA_GATEWAY"), r.get("RTA_PRIORITY"),
+                metrics["RTAX_MTU"], metrics["RTAX_ADVMSS"]) == (
+            "10.200.0.0", 16, "10.77.0.254", 42, 1400, 1360)
+        direct = [x for x in ipr.get_routes(family=2)
+                  if (x.get("RTA_DST"), x["dst_len"]) == ("10.201.0.0", 16)]
+        assert [(x["scope"], x.get("RTA_GATEWAY")) for x in direct] == [(253, None)]
+    assert cni(agent, "DEL", c, pod).status == 0
+    older = conf(master, "1.0.0")
+    older["ipam"]["routes"] = [route]
+    out = cni(agent, "ADD", older, pod)
+    assert out.status == 0 and out.doc["routes"] == [{"dst": "10.200.0.0/16",
+                                                      "gw": "10.77.0.254"}], \
+        "a 1.0.0 result has no 1.1 route attributes"
+    assert cni(agent, "DEL", older, pod).status == 0
+
+
 def test_link_in_container(agent, pod) -> None:
     with IPRoute(netns=pod) as ipr:
         ipr.link("add", ifname="inner0", kind="veth", peer="inner1")
