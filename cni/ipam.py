@@ -19,9 +19,10 @@ from typing import Any
 from cni.context import Context
 from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError, config_error
 from cni.protocol import CniRequest
-from cni.result import ROUTE_ATTRIBUTES, IPConfig, Result, Route
+from cni.result import IPConfig, Result
 from nodeagent.ipam.allocator import Attachment
 from nodeagent.ipam.config import parse_config
+from nodeagent.ipam.fields import FieldParser
 
 PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 #: IPAM types served in-process by nodeagent.ipam (also the names the shim is installed as).
@@ -108,8 +109,7 @@ def static_result(request: CniRequest, ipam: dict[str, Any]) -> Result:
     result = Result(dns=_dns(ipam))
     for address, gateway in entries:
         result.ips.append(_ip_config(address, gateway))
-    for i, route in enumerate(_list(ipam, "routes", "ipam")):
-        result.routes.append(_route(route, f"ipam.routes[{i}]"))
+    result.routes.extend(FieldParser().routes(ipam.get("routes"), "ipam.routes"))
     return result
 
 
@@ -136,24 +136,6 @@ def _ip_config(address: str, gateway: str | None) -> IPConfig:
         if gw.version != interface.version:
             raise config_error("ipam gateway", f"{gateway} is not of the family of {address}")
     return IPConfig(address=interface, gateway=gw, interface=0)
-
-
-def _route(route: Any, where: str) -> Route:
-    if not isinstance(route, dict) or not isinstance(route.get("dst"), str):
-        raise config_error(where, "must be an object with a 'dst'")
-    try:
-        dst = ipaddress.ip_network(route["dst"], strict=False)
-        gw = ipaddress.ip_address(route["gw"]) if route.get("gw") else None
-    except ValueError as exc:
-        raise config_error(where, str(exc)) from None
-    attributes = {}
-    for key in ROUTE_ATTRIBUTES:
-        value = route.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < 0):
-            raise config_error(f"{where}.{key}", "must be a non-negative integer")
-        attributes[key] = value
-    return Route(dst=dst, gw=gw, **attributes)
 
 
 def _dns(ipam: dict[str, Any]) -> dict[str, Any]:

@@ -28,8 +28,10 @@ class IPConfig:
     interface: int | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Route:
+    """A result's route, as IPAM configurations declare it too (nodeagent.ipam uses it)."""
+
     dst: IPNetwork
     gw: IPAddress | None = None
     # CNI 1.1: reported in 1.1 results, applied to the route in the pod

@@ -16,7 +16,7 @@ from pathlib import Path
 from deviceplugin import config as dp_config
 from deviceplugin.config import ConfigError, PluginConfig
 from deviceplugin.policypools import resource_names
-from nodeagent.fileio import Signature, signature
+from nodeagent.fileio import WatchedFile
 from nodeagent.provision import policy as node_policy
 from nodeagent.provision.policy import Policy, PolicyError
 from nodeagent.status import StatusBoard
@@ -35,12 +35,23 @@ class PluginSources:
         self.policy_path = policy_path
         self.status = status
         self.interval = interval
-        self.config = PluginConfig(())
+        self._config = WatchedFile(config_path, dp_config.load, (ConfigError, OSError),
+                                   self._config_error)
+        # The policy's errors are the reconciler's to report: here only a log line.
+        self._policy = WatchedFile(policy_path, node_policy.load, (PolicyError,),
+                                   lambda exc: log.warning("policy pools unchanged: %s", exc))
         self.policy: Policy | None = None
-        self.config_loaded = False  # a valid config.json has been read
-        self._signatures: dict[str, Signature | None] = {"config": None, "policy": None}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def config(self) -> PluginConfig:
+        return self._config.value or PluginConfig(())
+
+    @property
+    def config_loaded(self) -> bool:
+        """A valid config.json has been read."""
+        return self._config.value is not None
 
     @property
     def wanted(self) -> bool:
@@ -49,49 +60,22 @@ class PluginSources:
 
     def check(self) -> bool:
         """Re-read changed files; True when the pools' sources changed."""
-        changed = self._check_config()
-        return self._check_policy() or changed
+        changed = self._config.check()
+        if changed:
+            log.info("device plugin config %s loaded: %d resources", self.config_path,
+                     len(self.config.resources))
+        if self._policy.check():
+            policy = self._policy.value
+            # an edit that does not touch the pools changes nothing here
+            changed |= _pool_fields(policy) != _pool_fields(self.policy)
+            self.policy = policy
+        return changed
 
-    def _check_config(self) -> bool:
-        current = signature(self.config_path)
-        if current == self._signatures["config"]:
-            return False
-        self._signatures["config"] = current
-        if current is None:
-            if self.config_loaded:
-                log.warning("device plugin config %s is missing; keeping its pools",
-                            self.config_path)
-            return False
-        assert self.config_path is not None
-        try:
-            config = dp_config.load(self.config_path)
-        except (ConfigError, OSError) as exc:
-            message = f"device plugin config not applied, keeping the pools in force: {exc}"
-            log.error("%s", message)
-            if self.status is not None:
-                self.status.error("deviceplugin", message, str(self.config_path))
-            return False
-        log.info("device plugin config %s loaded: %d resources", self.config_path,
-                 len(config.resources))
-        self.config, self.config_loaded = config, True
-        return True
-
-    def _check_policy(self) -> bool:
-        current = signature(self.policy_path)
-        if current == self._signatures["policy"]:
-            return False
-        self._signatures["policy"] = current
-        if current is None:
-            return False
-        assert self.policy_path is not None
-        try:
-            policy = node_policy.load(self.policy_path)
-        except PolicyError as exc:
-            log.warning("policy pools unchanged: %s", exc)
-            return False
-        unchanged = _pool_fields(policy) == _pool_fields(self.policy)
-        self.policy = policy
-        return not unchanged  # an edit that does not touch the pools changes nothing here
+    def _config_error(self, exc: Exception) -> None:
+        message = f"device plugin config not applied, keeping the pools in force: {exc}"
+        log.error("%s", message)
+        if self.status is not None:
+            self.status.error("deviceplugin", message, str(self.config_path))
 
     def start(self, on_change: OnChange) -> None:
         """Poll every ``interval`` on a thread; ``on_change(config, policy)`` after changes."""

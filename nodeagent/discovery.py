@@ -102,13 +102,6 @@ class Scanner:
 
     # -- scan context -----------------------------------------------------------------------
 
-    def _context(self) -> ScanContext:
-        ctx = ScanContext(sysfs_netdevs=set(self.sysfs.netdev_names()))
-        if self.netlink is not None:
-            ctx.links = self.netlink.links()
-            ctx.carrying = self.default_route_ifindexes(ctx.links)
-        return ctx
-
     def _nic_keys(self, ctx: ScanContext) -> list[str]:
         """PCI network functions and SR-IOV PFs (not their VFs), then virtual netdevs."""
         keys = []

@@ -1,10 +1,18 @@
-"""Replacing a file so that readers see the old content or the new, never a mix."""
+"""Files: replacing one so that readers see the old content or the new, never a mix; noticing
+when one changed."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def replace_file(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644,
@@ -54,3 +62,39 @@ def signature(path: str | os.PathLike[str] | None) -> Signature | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class WatchedFile(Generic[T]):
+    """A file loaded again whenever its signature changes (polled by the caller's loop).
+
+    A file that disappears or fails to load leaves the last good value in force; a failure
+    goes to ``on_error`` (the caller logs and records it as it sees fit).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, load: Callable[[Path], T],
+                 errors: tuple[type[Exception], ...],
+                 on_error: Callable[[Exception], None]) -> None:
+        self.path = None if path is None else Path(path)
+        self.value: T | None = None
+        self._load = load
+        self._errors = errors
+        self._on_error = on_error
+        self._signature: Signature | None = None
+
+    def check(self) -> bool:
+        """Load the file if it changed; True when a new value was loaded."""
+        current = signature(self.path)
+        if current == self._signature:
+            return False
+        self._signature = current
+        if current is None:
+            if self.value is not None:
+                log.warning("%s is missing; keeping what it said last", self.path)
+            return False
+        assert self.path is not None
+        try:
+            self.value = self._load(self.path)
+        except self._errors as exc:
+            self._on_error(exc)
+            return False
+        return True

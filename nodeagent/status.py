@@ -156,7 +156,6 @@ class StatusBoard:
                          durable=False)
 
     def _changed(self) -> None:
-        snap = self.snapshot()
         if self._path is not None:
             with self._lock:
                 if self._writer is None:
@@ -166,6 +165,9 @@ class StatusBoard:
             self._dirty.set()
         with self._lock:
             listeners = list(self._listeners)
+        if not listeners:  # CNI requests change the board: no copy nobody reads
+            return
+        snap = self.snapshot()
         for listener in listeners:
             listener(snap)
 

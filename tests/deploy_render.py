@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,3 +111,39 @@ def example_objects() -> list[tuple[Path, dict[str, Any]]]:
 def nad_config(nad: dict[str, Any]) -> dict[str, Any]:
     """The CNI configuration of a NetworkAttachmentDefinition (JSON in ``spec.config``)."""
     return json.loads(nad["spec"]["config"])
+
+
+# -- CRD schemas as JSON Schema (the chart's tests and the replay API server validate with them)
+
+
+def to_json_schema(schema: Any) -> Any:
+    """An OpenAPI v3 (CRD) schema as JSON Schema: ``nullable`` becomes a "null" type."""
+    if isinstance(schema, list):
+        return [to_json_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: to_json_schema(v) for k, v in schema.items()
+           if k != "nullable" and not k.startswith("x-kubernetes-")}
+    if isinstance(schema.get("properties"), dict):
+        out["properties"] = {k: to_json_schema(v) for k, v in schema["properties"].items()}
+    if schema.get("nullable"):
+        out["type"] = [schema["type"], "null"]
+        if "enum" in out:
+            out["enum"] = [*out["enum"], None]
+    return out
+
+
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+FORMATS = jsonschema.FormatChecker()
+FORMATS.checks("date-time")(lambda value: not isinstance(value, str) or bool(RFC3339.match(value)))
+
+
+def crd_validator(crd: dict[str, Any]) -> jsonschema.Draft7Validator:
+    schema = to_json_schema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    return jsonschema.Draft7Validator(schema, format_checker=FORMATS)
+
+
+def crd_named(name: str) -> dict[str, Any]:
+    """The chart's CRD ``<plural>.<group>``."""
+    (crd,) = [c for c in crds() if c["metadata"]["name"] == name]
+    return crd

@@ -17,7 +17,6 @@ import contextlib
 import copy
 import json
 import queue
-import re
 import socket
 import struct
 import threading
@@ -31,7 +30,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 FIXTURES = Path(__file__).resolve().parent / "k8s_fixtures"
-CRDS = Path(__file__).resolve().parent.parent / "deploy" / "helm" / "nodeagent" / "crds"
 STATUS_SUBRESOURCE = {("nodeagent.io", "nodenetworkstates")}
 CLUSTER_SCOPED = {"nodes", "nodenetworkstates", "namespaces"}
 
@@ -58,39 +56,11 @@ def status_body(key: str, *, resource: str = "", group: str = "", name: str = ""
     return doc
 
 
-def _to_json_schema(node: Any) -> Any:
-    """An OpenAPI v3 structural schema as JSON Schema: ``nullable`` becomes a null type."""
-    if isinstance(node, list):
-        return [_to_json_schema(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: _to_json_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
-    if out.pop("nullable", False) and "type" in out:
-        out["type"] = [out["type"], "null"]
-        if "enum" in out:
-            out["enum"] = [*out["enum"], None]
-    return out
-
-
 def crd_validator(group: str, plural: str) -> Any:
-    """A jsonschema validator for the CRD's openAPIV3Schema (None when the CRD file is
-    missing), with RFC 3339 date-time checked."""
-    import jsonschema
-    import yaml
+    """A jsonschema validator for the chart's CRD ``<plural>.<group>``."""
+    from tests import deploy_render
 
-    path = CRDS / f"{plural}.{group}.yaml"
-    if not path.exists():
-        return None
-    crd = yaml.safe_load(path.read_text())
-    schema = _to_json_schema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
-    checker = jsonschema.FormatChecker()
-
-    @checker.checks("date-time")
-    def _date_time(value: object) -> bool:
-        return not isinstance(value, str) or re.fullmatch(
-            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", value) is not None
-
-    return jsonschema.Draft7Validator(schema, format_checker=checker)
+    return deploy_render.crd_validator(deploy_render.crd_named(f"{plural}.{group}"))
 
 
 @dataclass

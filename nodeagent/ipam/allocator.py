@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from cni.result import IPConfig, Result
-from cni.result import Route as ResultRoute
 from nodeagent.ipam.config import (
     DNS,
     EtcdConfig,
@@ -273,8 +272,7 @@ def _result(config: IPAMConfig, ips: list[IPConfig]) -> Result:
     Routes keep their CNI 1.1 attributes (``mtu``, ``advmss``, ``priority``, ``table``,
     ``scope``): 1.1 results report them and the attaching plugins apply them.
     """
-    routes = [ResultRoute(r.dst, r.gw, r.mtu, r.advmss, r.priority, r.table, r.scope)
-              for r in config.routes]
+    routes = list(config.routes)
     return Result(ips=ips, routes=routes, dns=_dns(config.dns))
 
 

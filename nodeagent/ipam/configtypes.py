@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from cni.result import Route
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -101,17 +103,6 @@ class RequestedIP:
     prefixlen: int | None = None
     gateway: IPAddress | None = None
     source: str = "runtimeConfig.ips"
-
-
-@dataclass(frozen=True)
-class Route:
-    dst: IPNetwork
-    gw: IPAddress | None = None
-    mtu: int | None = None
-    advmss: int | None = None
-    priority: int | None = None
-    table: int | None = None
-    scope: int | None = None
 
 
 @dataclass(frozen=True)

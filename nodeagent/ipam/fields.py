@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+from cni.result import ROUTE_ATTRIBUTES
 from nodeagent.ipam.configtypes import (
     DEFAULT_ETCD_PORT,
     DEFAULT_ETCD_PREFIX,
@@ -335,7 +336,7 @@ class FieldParser:
             if not isinstance(entry, Mapping) or "dst" not in entry:
                 raise config_error(w, "must be an object with a dst")
             ints: dict[str, int | None] = {}
-            for key in ("mtu", "advmss", "priority", "table", "scope"):
+            for key in ROUTE_ATTRIBUTES:
                 v = entry.get(key)
                 if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
                     raise config_error(_join(w, key), "must be a non-negative integer")

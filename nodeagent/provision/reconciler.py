@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from cni.vfstate import VfState
 from nodeagent.discovery import Scanner, node_name
-from nodeagent.fileio import Signature, signature
+from nodeagent.fileio import WatchedFile
 from nodeagent.model import Nic, Node
 from nodeagent.netlink import Netlink
 from nodeagent.provision import vfsettings
@@ -226,7 +226,7 @@ class ReconcileLoop:
         self.resync = resync
         self.policy: Policy | None = None
         self.passes = 0
-        self._signature: Signature | None = None
+        self._file = WatchedFile(self.path, load, (PolicyError,), self._policy_error)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._pass_done = threading.Condition()
@@ -286,19 +286,13 @@ class ReconcileLoop:
 
     def _reload(self) -> bool:
         """Re-read the policy when its file changed (ConfigMap updates swap a symlink)."""
-        current = signature(self.path)
-        if current == self._signature:
+        if not self._file.check():
             return False
-        self._signature = current
-        if current is None:
-            log.warning("policy %s is missing; keeping the last one", self.path)
-            return False
-        try:
-            self.policy = load(self.path)
-        except PolicyError as exc:
-            log.error("policy not applied: %s", exc)
-            self.reconciler.status.error("provision", f"policy not applied: {exc}",
-                                         str(self.path))
-            return False
+        self.policy = self._file.value
+        assert self.policy is not None
         log.info("policy %s loaded: %d PF entries", self.path, len(self.policy.pfs))
         return True
+
+    def _policy_error(self, exc: Exception) -> None:
+        log.error("policy not applied: %s", exc)
+        self.reconciler.status.error("provision", f"policy not applied: {exc}", str(self.path))

@@ -27,7 +27,6 @@ from tests import ipam_etcd
 pytestmark = pytest.mark.skipif(
     not ipam_etcd.available(), reason="etcd not installed (Debian package etcd-server)"
 )
-pytest.importorskip("cryptography", reason="test certificates need the cryptography package")
 
 TIMEOUT = 10.0  # etcd_timeout of every config here
 FAST = TIMEOUT / 2  # a refusal comes well before the deadline

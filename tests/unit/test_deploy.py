@@ -26,11 +26,13 @@ from cni.protocol import CniRequest, parse_request
 from deviceplugin import config as dp_config
 from nodeagent.cli import build_parser
 from nodeagent.ipam.config import parse_config
+from nodeagent.provision.policy import parse as parse_policy
 from tests.deploy_render import (
     CHART,
     EXAMPLES,
     NAD_SCHEMA,
     ROOT,
+    crd_validator,
     crds,
     documents,
     example_objects,
@@ -344,12 +346,10 @@ def test_cluster_role_grants_exactly_the_contract() -> None:
 
 
 def test_config_map_carries_the_policy_and_pools_the_agent_parses() -> None:
-    provision = pytest.importorskip("nodeagent.provision.policy",
-                                    reason="needs the provisioning policy parser")
     objects = render({"policy": POLICY})
     data = find(objects, "ConfigMap")["data"]
     assert yaml.safe_load(data["policy.yaml"]) == POLICY
-    policy = provision.parse(data["policy.yaml"])
+    policy = parse_policy(data["policy.yaml"])
     assert [pf.num_vfs for pf in policy.pfs] == [8]
     pools = dp_config.parse(json.loads(data["config.json"]))
     assert {r.full_name for r in pools.resources} == {"intel.com/sriov_netdevice",
@@ -437,33 +437,6 @@ def test_crd_names_and_schema_follow_the_contract() -> None:
     assert pf["provisioning"]["properties"]["state"]["enum"] == [
         "in-sync", "applying", "blocked", "failed", "externally-managed"]
     assert status["recentErrors"]["maxItems"] == 20
-
-
-def to_json_schema(schema: Any) -> Any:
-    """An OpenAPI v3 (CRD) schema as JSON Schema: ``nullable`` becomes a "null" type."""
-    if isinstance(schema, list):
-        return [to_json_schema(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: to_json_schema(v) for k, v in schema.items()
-           if k != "nullable" and not k.startswith("x-kubernetes-")}
-    if isinstance(schema.get("properties"), dict):
-        out["properties"] = {k: to_json_schema(v) for k, v in schema["properties"].items()}
-    if schema.get("nullable"):
-        out["type"] = [schema["type"], "null"]
-        if "enum" in out:
-            out["enum"] = [*out["enum"], None]
-    return out
-
-
-RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
-FORMATS = jsonschema.FormatChecker()
-FORMATS.checks("date-time")(lambda value: not isinstance(value, str) or bool(RFC3339.match(value)))
-
-
-def crd_validator(crd: dict[str, Any]) -> jsonschema.Draft7Validator:
-    schema = to_json_schema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
-    return jsonschema.Draft7Validator(schema, format_checker=FORMATS)
 
 
 def nns_sample() -> dict[str, Any]:

@@ -18,7 +18,6 @@ from tests.waiting import wait_until
 NODE = "worker-1"
 CR = f"/apis/nodeagent.io/v1alpha1/nodenetworkstates/{NODE}"
 VALIDATOR = crd_validator("nodeagent.io", "nodenetworkstates")
-needs_crd = pytest.mark.skipif(VALIDATOR is None, reason="no NodeNetworkState CRD in deploy/")
 
 
 def inventory(numvfs: int = 2) -> Node:
@@ -38,7 +37,7 @@ def inventory(numvfs: int = 2) -> Node:
 
 @pytest.fixture
 def api() -> Iterator[ReplayApiServer]:
-    validators = {("nodeagent.io", "nodenetworkstates"): VALIDATOR} if VALIDATOR else {}
+    validators = {("nodeagent.io", "nodenetworkstates"): VALIDATOR}
     with ReplayApiServer(validators) as server:
         server.add_node(NODE)
         yield server
@@ -288,7 +287,6 @@ def test_unmanaged_pf_has_no_provisioning_and_vanished_managed_pf_stays() -> Non
     assert status["pfs"][1]["provisioning"]["state"] == BLOCKED
 
 
-@needs_crd
 def test_status_fits_the_crd_schema() -> None:
     board = StatusBoard()
     board.set_pf(PfStatus("0000:3b:00.0", "ens1f0", IN_SYNC, numvfs=2, desired_numvfs=2))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import yaml
 
 from nodeagent.k8s.client import Backoff, build_client
@@ -29,7 +28,6 @@ def granted() -> set[tuple[str, str, str]]:
             for resource in rule["resources"] for verb in rule["verbs"]}
 
 
-@pytest.mark.skipif(not CLUSTERROLE.exists(), reason="no ClusterRole in deploy/helm")
 def test_the_clusterrole_grants_exactly_the_calls_made() -> None:
     with ReplayApiServer() as api:
         api.add_node(NODE)
