@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from cni.errors import INVALID_CONFIG, CniError, config_error
 from cni.protocol import CniRequest
 from cni.vfstate import VfState
+from nodeagent import logs
 from nodeagent.ipam.allocator import Ipam
 from nodeagent.netlink import default_route_oifs
 from nodeagent.rtnl import Rtnl
@@ -62,6 +63,8 @@ def master_index(ctx: Context, rtnl: Rtnl, master: str | None, request: CniReque
     if master is None:  # as the reference plugins: the IPv4 default route's link
         oifs = default_route_oifs(rtnl, (socket.AF_INET,))
         if oifs:
+            link = rtnl.link(index=oifs[0])
+            logs.annotate(device=link.get("IFLA_IFNAME") if link is not None else "")
             return oifs[0]
         raise CniError(INVALID_CONFIG, "no master given and no default route to take it from")
     cached = rtnl is ctx.host

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cni import ipam, observe, stacked
+from cni import ipam, observe
 from cni.context import Context
 from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError
 from cni.kinds import ipvlan, macvlan, sriov, vlan
@@ -53,9 +53,7 @@ def handle(ctx: Context, env: Mapping[str, str], stdin: bytes, plugin: str = "",
         try:
             request = parse_request(env, stdin)
             version = request.version
-            stacked_link = isinstance(KINDS.get(str(request.config.get("type"))), stacked.Handler)
-            fields.update(observe.request_fields(ctx, request, type_label(request, plugin),
-                                                 stacked_link))
+            fields.update(observe.request_fields(request, type_label(request, plugin)))
             result = _run_ipam(ctx, request) if plugin in ipam.INLINE_TYPES else _run(ctx, request)
             response = Response(0, _render(result, version))
         except CniError as err:

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from cni.context import Context
 from cni.errors import CniError
 from cni.protocol import COMMANDS, CniRequest, parse_cni_args
 from cni.result import Result
-from nodeagent.netlink import default_route_oifs
 from nodeagent.status import StatusBoard
 
 if TYPE_CHECKING:
@@ -54,29 +51,21 @@ def pod_name(args: Mapping[str, str]) -> str:
     return "/".join(filter(None, (args.get("K8S_POD_NAMESPACE"), args.get("K8S_POD_NAME"))))
 
 
-def request_fields(ctx: Context, request: CniRequest, kind: str, stacked: bool) -> dict[str, Any]:
-    """``kind``: the request's type label; ``stacked``: a link on a master (macvlan, ...)."""
-    return {"network": request.network, "type": kind, "device": device(ctx, request, stacked)}
+def request_fields(request: CniRequest, kind: str) -> dict[str, Any]:
+    """``kind``: the request's type label."""
+    return {"network": request.network, "type": kind, "device": device(request)}
 
 
-def device(ctx: Context, request: CniRequest, stacked: bool) -> str:
-    """The VF's PCI address (sriov) or the master link (macvlan, ipvlan, vlan); for a stacked
-    link without a master, the default route's link, as the handler picks it."""
+def device(request: CniRequest) -> str:
+    """The VF's PCI address (sriov) or the master link (macvlan, ipvlan, vlan). A stacked link
+    without a master learns its device (the default route's link) as the handler picks it
+    (cni.context.master_index): no second route lookup here."""
     c = request.config
     device_id = request.runtime_config.get("deviceID") or c.get("deviceID")
     if isinstance(device_id, str) and device_id:
         return device_id
     master = c.get("master")
-    if isinstance(master, str) and master:
-        return master
-    if stacked and request.command in ("ADD", "DEL", "CHECK"):
-        try:
-            oifs = default_route_oifs(ctx.host, (socket.AF_INET,))
-            link = ctx.host.link(index=oifs[0]) if oifs else None
-        except OSError:
-            return ""
-        return str(link.get("IFLA_IFNAME") or "") if link is not None else ""
-    return ""
+    return master if isinstance(master, str) else ""
 
 
 def finished(request: CniRequest | None, fields: Mapping[str, Any], result: Any,

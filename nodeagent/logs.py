@@ -42,6 +42,13 @@ def bind(**fields: Any) -> Iterator[dict[str, Any]]:
         _context.reset(token)
 
 
+def annotate(**fields: Any) -> None:
+    """Add fields learnt on the way to the block :func:`bind` opened (no-op outside one)."""
+    bound = _context.get()
+    if bound is not None:
+        bound.update(fields)
+
+
 class ContextFilter(logging.Filter):
     """Copies the bound fields onto each record; explicit ``extra=`` fields win."""
 

@@ -19,7 +19,30 @@ from deviceplugin.server import socket_name
 PB2, PB2_GRPC = api.modules()
 
 
-class Kubelet:
+class _UnixServer:
+    """A gRPC server on ``self.path`` (a unix socket), serving what ``_add`` registers."""
+
+    path: Path
+    server: grpc.Server | None = None
+
+    def _add(self, server: grpc.Server) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self._add(self.server)
+        self.server.add_insecure_port(f"unix://{self.path}")
+        self.server.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop(0).wait()
+            self.server = None
+        self.path.unlink(missing_ok=True)
+
+
+class Kubelet(_UnixServer):
     """The kubelet's Registration service on ``kubelet.sock``; records each request."""
 
     def __init__(self, plugin_dir: Path) -> None:
@@ -31,18 +54,8 @@ class Kubelet:
         self.requests.put(request)
         return PB2.Empty()
 
-    def start(self) -> None:
-        self.path.unlink(missing_ok=True)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        PB2_GRPC.add_RegistrationServicer_to_server(self, self.server)
-        self.server.add_insecure_port(f"unix://{self.path}")
-        self.server.start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop(0).wait()
-            self.server = None
-        self.path.unlink(missing_ok=True)
+    def _add(self, server: grpc.Server) -> None:
+        PB2_GRPC.add_RegistrationServicer_to_server(self, server)
 
     def registered(self, count: int, timeout: float = 2.0) -> dict[str, Any]:
         got = {}
@@ -58,7 +71,7 @@ def plugin(plugin_dir: Path, resource: str) -> tuple[grpc.Channel, Any]:
     return channel, PB2_GRPC.DevicePluginStub(channel)
 
 
-class PodResourcesLister:
+class PodResourcesLister(_UnixServer):
     """The kubelet's PodResourcesLister v1 on a unix socket, answering from ``pods``:
     ``{(namespace, pod): {container: {resource: [device IDs]}}}``. Counts List calls."""
 
@@ -80,15 +93,5 @@ class PodResourcesLister:
                     container.devices.add(resource_name=resource, device_ids=ids)
         return response
 
-    def start(self) -> None:
-        self.path.unlink(missing_ok=True)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        self.pb2_grpc.add_PodResourcesListerServicer_to_server(self, self.server)
-        self.server.add_insecure_port(f"unix://{self.path}")
-        self.server.start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop(0).wait()
-            self.server = None
-        self.path.unlink(missing_ok=True)
+    def _add(self, server: grpc.Server) -> None:
+        self.pb2_grpc.add_PodResourcesListerServicer_to_server(self, server)

@@ -139,3 +139,17 @@ def test_log_format_is_accepted_before_and_after_the_daemon_subcommand(argv, fmt
     from nodeagent.cli import build_parser
 
     assert build_parser().parse_args(argv).log_format == fmt
+
+
+def test_fields_learnt_later_reach_the_block_and_nothing_outside(out) -> None:
+    log = logging.getLogger("t")
+    logs.annotate(device="nowhere")  # no block: nothing to add to
+    with logs.bind(verb="ADD") as fields:
+        log.info("before")
+        logs.annotate(device="eth0")
+        log.info("after")
+    log.info("outside")
+
+    before, after, outside = lines(out)
+    assert "device" not in before and after["device"] == "eth0" and fields["device"] == "eth0"
+    assert "device" not in outside
