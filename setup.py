@@ -19,7 +19,7 @@ SHIM_NAME = "nodeagent-cni-shim"
 SHIM_CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"]
 # gRPC APIs, <dir>/*.proto generated into <dir>/_stubs: the kubelet's (device plugin,
 # pod resources) and etcd's (the IPAM store)
-PROTO_DIRS = [Path("deviceplugin", "proto"), Path("nodeagent", "ipam", "proto")]
+PROTO_DIRS = [Path("deviceplugin", "proto"), Path("nodeagent", "ipam", "etcd", "proto")]
 
 
 class BuildExtWithShim(build_ext):

@@ -8,14 +8,14 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cni.errors import INVALID_CONFIG, CniError, config_error
 from cni.protocol import CniRequest
-from cni.vfstate import VfState
 from nodeagent import logs
+from nodeagent.cnitypes.errors import INVALID_CONFIG, CniError, config_error
 from nodeagent.ipam.allocator import Ipam
 from nodeagent.netlink import default_route_oifs
 from nodeagent.rtnl import Rtnl
 from nodeagent.sysfs import Sysfs
+from nodeagent.vfstate import VfState
 
 MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 

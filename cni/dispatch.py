@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cni import ipam, observe
 from cni.context import Context
-from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError
 from cni.kinds import ipvlan, macvlan, sriov, vlan
 from cni.protocol import SUPPORTED_VERSIONS, CniRequest, parse_request
-from cni.result import Result
 from cni.wire import Response
 from nodeagent import logs
+from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, CniError
+from nodeagent.cnitypes.result import Result
 from nodeagent.status import StatusBoard
 
 if TYPE_CHECKING:

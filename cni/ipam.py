@@ -17,9 +17,9 @@ import subprocess
 from typing import Any
 
 from cni.context import Context
-from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError, config_error
 from cni.protocol import CniRequest
-from cni.result import IPConfig, Result
+from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, CniError, config_error
+from nodeagent.cnitypes.result import IPConfig, Result
 from nodeagent.ipam.allocator import Attachment
 from nodeagent.ipam.config import parse_config
 from nodeagent.ipam.fields import FieldParser

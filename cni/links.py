@@ -13,10 +13,10 @@ from typing import Any
 
 from cni import ipam
 from cni.context import Context
-from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError
 from cni.protocol import CniRequest
-from cni.result import Result
 from nodeagent import netns as netns_mod
+from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, CniError
+from nodeagent.cnitypes.result import Result
 from nodeagent.rtnl import Rtnl
 
 log = logging.getLogger(__name__)

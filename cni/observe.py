@@ -12,9 +12,9 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from cni.errors import CniError
 from cni.protocol import COMMANDS, CniRequest, parse_cni_args
-from cni.result import Result
+from nodeagent.cnitypes.errors import CniError
+from nodeagent.cnitypes.result import Result
 from nodeagent.status import StatusBoard
 
 if TYPE_CHECKING:

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cni.errors import (
+from cni.wire import MAX_STDIN
+from nodeagent.cnitypes.errors import (
     DECODE_FAILURE,
     INCOMPATIBLE_VERSION,
     INVALID_CONFIG,
@@ -21,8 +22,7 @@ from cni.errors import (
     UNKNOWN_CONTAINER,
     CniError,
 )
-from cni.result import Result
-from cni.wire import MAX_STDIN
+from nodeagent.cnitypes.result import Result
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")

@@ -15,9 +15,9 @@ from typing import Any
 
 from cni import ipam, links
 from cni.context import Context, master_index, retry_if_master_moved
-from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError, config_error
 from cni.protocol import CniRequest
-from cni.result import Interface, Result
+from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, CniError, config_error
+from nodeagent.cnitypes.result import Interface, Result
 from nodeagent.rtnl import Rtnl
 
 

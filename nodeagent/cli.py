@@ -13,15 +13,14 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from cni.errors import CniError
 from cni.install import FALLBACK_NAME, PLUGIN_NAMES
 from cni.install import install as install_plugins
 from cni.server import DEFAULT_SOCKET
 from cni.shim import shim_path
-from cni.vfstate import VfState
 from deviceplugin import config as dp_config
 from deviceplugin.api import DEVICE_PLUGIN_PATH
 from nodeagent import __version__, logs
+from nodeagent.cnitypes.errors import CniError
 from nodeagent.daemon import Daemon, DaemonConfig
 from nodeagent.discovery import Scanner
 from nodeagent.httpserver import DEFAULT_ADDRESS as DEFAULT_METRICS_ADDRESS
@@ -39,6 +38,7 @@ from nodeagent.status import DEFAULT_PATH as DEFAULT_STATUS_PATH
 from nodeagent.status import read as read_status
 from nodeagent.statusview import pass_table, status_screen
 from nodeagent.sysfs import Sysfs
+from nodeagent.vfstate import VfState
 from nodeagent.watch import LiveInventory
 
 log = logging.getLogger("nodeagent")

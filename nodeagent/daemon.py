@@ -16,7 +16,6 @@ from cni.context import Context
 from cni.install import install as install_plugins
 from cni.server import CniServer
 from cni.shim import shim_path
-from cni.vfstate import VfState
 from deviceplugin.api import DEVICE_PLUGIN_PATH, POD_RESOURCES_SOCKET
 from deviceplugin.config import PluginConfig
 from deviceplugin.manager import DevicePluginManager
@@ -31,6 +30,7 @@ from nodeagent.provision.policy import Policy
 from nodeagent.provision.reconciler import ReconcileLoop, Reconciler
 from nodeagent.status import StatusBoard
 from nodeagent.sysfs import Sysfs
+from nodeagent.vfstate import VfState
 from nodeagent.watch import LiveInventory
 
 log = logging.getLogger("nodeagent")

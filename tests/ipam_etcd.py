@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from nodeagent.ipam.config import EtcdConfig, EtcdEndpoint
-from nodeagent.ipam.etcdclient import EtcdClient, EtcdError, EtcdUnavailable
+from nodeagent.ipam.etcd.client import EtcdClient, EtcdError, EtcdUnavailable
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"

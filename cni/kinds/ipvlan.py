@@ -5,8 +5,8 @@ route), ``mode`` (l2, l3, l3s), ``mtu``, ``linkInContainer``. An ipvlan shares i
 from __future__ import annotations
 
 from cni import stacked
-from cni.errors import config_error
 from cni.protocol import CniRequest
+from nodeagent.cnitypes.errors import config_error
 
 MODES = {"l2": 0, "l3": 1, "l3s": 2}
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from cni import stacked
 from cni.context import attachment_mac
-from cni.errors import config_error
 from cni.protocol import CniRequest
+from nodeagent.cnitypes.errors import config_error
 
 MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8}
 

@@ -21,16 +21,16 @@ from typing import Any
 
 from cni import ipam, links
 from cni.context import Context, attachment_mac
-from cni.errors import INVALID_CONFIG, IO_FAILURE, CniError, config_error
 from cni.protocol import CniRequest
-from cni.result import Interface, Result
-from cni.vfstate import VfAttachment
 from nodeagent import vfbatch
+from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, CniError, config_error
+from nodeagent.cnitypes.result import Interface, Result
 from nodeagent.model import VfConfig
 from nodeagent.netlink import RTEXT_FILTER_VF, vf_configs_from_msg
 from nodeagent.rtnl import Rtnl
 from nodeagent.sysfs import PCI_ADDRESS
 from nodeagent.vfbatch import VfBatchError, VfResult, VfSettings
+from nodeagent.vfstate import VfAttachment
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@
 from __future__ import annotations
 
 from cni import stacked
-from cni.errors import config_error
 from cni.protocol import CniRequest
+from nodeagent.cnitypes.errors import config_error
 
 
 def parse(request: CniRequest) -> stacked.StackedLink:

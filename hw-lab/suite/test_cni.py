@@ -24,10 +24,10 @@ from cni.context import Context  # noqa: E402
 from cni.install import install  # noqa: E402
 from cni.server import CniServer  # noqa: E402
 from cni.shim import shim_path  # noqa: E402
-from cni.vfstate import VfState  # noqa: E402
 from nodeagent import vfbatch  # noqa: E402
 from nodeagent.ipam.allocator import Ipam  # noqa: E402
 from nodeagent.netlink import Netlink  # noqa: E402
+from nodeagent.vfstate import VfState  # noqa: E402
 
 POD, PEER = "198.51.100.1/24", "198.51.100.2"
 KINDS = [("macvlan", {"mode": "bridge"}, {"macvlan_mode": "bridge"}),

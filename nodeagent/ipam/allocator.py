@@ -15,7 +15,7 @@ from ipaddress import ip_interface
 from pathlib import Path
 from typing import Any
 
-from cni.result import IPConfig, Result
+from nodeagent.cnitypes.result import IPConfig, Result
 from nodeagent.ipam.config import (
     DNS,
     EtcdConfig,
@@ -179,8 +179,8 @@ class Ipam:
 
     def _open(self, config: IPAMConfig) -> Store:
         if config.datastore == "etcd":
-            from nodeagent.ipam.etcdclient import EtcdClient  # grpc: only when used
-            from nodeagent.ipam.etcdstore import EtcdStore
+            from nodeagent.ipam.etcd.client import EtcdClient  # grpc: only when used
+            from nodeagent.ipam.etcd.store import EtcdStore
 
             assert config.etcd is not None
             client = self._clients.get(config.etcd)

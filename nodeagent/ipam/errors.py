@@ -1,4 +1,5 @@
-"""IPAM errors: CNI errors (cni.errors) raised by the IPAM library, plus two plugin codes.
+"""IPAM errors: CNI errors (nodeagent.cnitypes.errors) raised by the IPAM library, plus two
+plugin codes.
 
 The spec leaves codes 100 and up to plugins; IPAM uses two of them for outcomes a runtime or
 operator must tell apart from bad configuration.
@@ -6,7 +7,7 @@ operator must tell apart from bad configuration.
 
 from __future__ import annotations
 
-from cni.errors import (  # noqa: F401  (re-exported for the IPAM modules)
+from nodeagent.cnitypes.errors import (  # noqa: F401  (re-exported for the IPAM modules)
     DECODE_FAILURE,
     INCOMPATIBLE_VERSION,
     INVALID_CONFIG,

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from cni.result import ROUTE_ATTRIBUTES
+from nodeagent.cnitypes.result import ROUTE_ATTRIBUTES
 from nodeagent.ipam.configtypes import (
     DEFAULT_ETCD_PORT,
     DEFAULT_ETCD_PREFIX,

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 
-from cni.vfstate import VfState
 from nodeagent.model import Nic
 from nodeagent.provision.policy import VFIO
 from nodeagent.sysfs import Sysfs
+from nodeagent.vfstate import VfState
 
 
 def open_vfio_groups(proc: str = "/proc") -> set[int]:

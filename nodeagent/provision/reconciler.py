@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cni.vfstate import VfState
 from nodeagent.discovery import Scanner, node_name
 from nodeagent.fileio import WatchedFile
 from nodeagent.model import Nic, Node
@@ -44,6 +43,7 @@ from nodeagent.provision.policy import KERNEL, PfPolicy, Policy, PolicyError, lo
 from nodeagent.rtnl import IFF_UP, Rtnl
 from nodeagent.status import APPLYING, BLOCKED, FAILED, PfStatus, StatusBoard
 from nodeagent.sysfs import Sysfs
+from nodeagent.vfstate import VfState
 
 log = logging.getLogger(__name__)
 

@@ -33,11 +33,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nodeagent.ipam import etcdapi as api
 from nodeagent.ipam.allocator import Attachment, Ipam
 from nodeagent.ipam.config import IPAMConfig, parse_config
-from nodeagent.ipam.etcdclient import EtcdClient
-from nodeagent.ipam.etcdstore import prefix_end
+from nodeagent.ipam.etcd import api
+from nodeagent.ipam.etcd.client import EtcdClient
+from nodeagent.ipam.etcd.store import prefix_end
 from tests import ipam_etcd
 from tests.bench.common import emit
 

@@ -22,8 +22,8 @@ from cni.context import Context
 from cni.install import install
 from cni.server import CniServer
 from cni.shim import shim_path
-from cni.vfstate import VfState
 from nodeagent.ipam.allocator import Ipam
+from nodeagent.vfstate import VfState
 from tests.host.cni_helpers import REFERENCE_BIN, Outcome, run_plugin
 from tests.host.conftest import unique
 

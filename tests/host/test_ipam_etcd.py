@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from nodeagent.ipam import etcdapi as api
 from nodeagent.ipam.allocator import Attachment, Ipam
 from nodeagent.ipam.config import IPAMConfig, parse_config
 from nodeagent.ipam.errors import ADDRESS_IN_USE, POOL_EXHAUSTED, TRY_AGAIN_LATER, IpamError
-from nodeagent.ipam.etcdclient import EtcdClient, EtcdUnavailable
-from nodeagent.ipam.etcdstore import prefix_end
+from nodeagent.ipam.etcd import api
+from nodeagent.ipam.etcd.client import EtcdClient, EtcdUnavailable
+from nodeagent.ipam.etcd.store import prefix_end
 from nodeagent.ipam.ops import show
 from tests import ipam_etcd
 

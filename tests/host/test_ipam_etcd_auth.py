@@ -20,8 +20,8 @@ import pytest
 from nodeagent.ipam.allocator import Attachment, Ipam
 from nodeagent.ipam.config import IPAMConfig, parse_config
 from nodeagent.ipam.errors import TRY_AGAIN_LATER, IpamError
-from nodeagent.ipam.etcdclient import EtcdClient
-from nodeagent.ipam.etcdstore import prefix_end
+from nodeagent.ipam.etcd.client import EtcdClient
+from nodeagent.ipam.etcd.store import prefix_end
 from tests import ipam_etcd
 
 pytestmark = pytest.mark.skipif(

@@ -18,12 +18,12 @@ from cni.context import Context
 from cni.install import install
 from cni.server import CniServer
 from cni.shim import shim_path
-from cni.vfstate import VfState
 from nodeagent import logs
 from nodeagent.httpserver import HttpServer
 from nodeagent.ipam.allocator import Ipam
 from nodeagent.metrics import Metrics
 from nodeagent.status import StatusBoard
+from nodeagent.vfstate import VfState
 from tests.host import test_cni_macvlan as macvlan_tests
 from tests.host.cni_helpers import Outcome, run_plugin
 from tests.host.conftest import unique

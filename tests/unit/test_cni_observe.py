@@ -14,11 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cni.context import Context
 from cni.dispatch import handle
-from cni.vfstate import VfState
 from nodeagent import logs
 from nodeagent.ipam.allocator import Ipam
 from nodeagent.metrics import Metrics
 from nodeagent.status import StatusBoard
+from nodeagent.vfstate import VfState
 
 
 @pytest.fixture

@@ -20,11 +20,11 @@ import pytest
 import yaml
 
 from cni import ipam as cni_ipam
-from cni.errors import CniError
 from cni.kinds import ipvlan, macvlan, sriov, vlan
 from cni.protocol import CniRequest, parse_request
 from deviceplugin import config as dp_config
 from nodeagent.cli import build_parser
+from nodeagent.cnitypes.errors import CniError
 from nodeagent.ipam.config import parse_config
 from nodeagent.provision.policy import parse as parse_policy
 from tests.deploy_render import (

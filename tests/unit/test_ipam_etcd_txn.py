@@ -9,10 +9,10 @@ import time
 from ipaddress import ip_address
 from typing import Any
 
-from nodeagent.ipam import etcdapi as api
 from nodeagent.ipam.config import EtcdConfig, EtcdEndpoint, parse_config
-from nodeagent.ipam.etcdbatch import Batcher
-from nodeagent.ipam.etcdstore import WINDOW, EtcdStore, Keys, prefix_end
+from nodeagent.ipam.etcd import api
+from nodeagent.ipam.etcd.batch import Batcher
+from nodeagent.ipam.etcd.store import WINDOW, EtcdStore, Keys, prefix_end
 from nodeagent.ipam.pool import Pool
 from nodeagent.ipam.store import Claim, Owner
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from cni.vfstate import VfAttachment, VfState
 from nodeagent import cli
 from nodeagent.discovery import Scanner
 from nodeagent.provision.binding import Binder, kernel_vf_driver
@@ -24,6 +23,7 @@ from nodeagent.provision.policy import parse
 from nodeagent.provision.reconciler import ReconcileLoop, Reconciler
 from nodeagent.status import BLOCKED, FAILED, IN_SYNC, StatusBoard
 from nodeagent.sysfs import Sysfs
+from nodeagent.vfstate import VfAttachment, VfState
 from tests.sysfs_tree import SysfsTree
 
 PF, PF2 = "0000:41:00.0", "0000:81:00.0"

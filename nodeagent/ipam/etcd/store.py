@@ -15,7 +15,7 @@ Then(put addr, put owner) Else(range owner, keys-only range of the WINDOW keys a
 Two allocators can never both create the address key; the owner compare makes a repeated ADD
 return the same address; a failed compare brings back the taken keys near the candidate, so
 the next try is informed. No lock, no lease, no read before the write: one round trip per
-allocation; concurrent claims of one agent even share one (etcdbatch: group commit).
+allocation; concurrent claims of one agent even share one (nodeagent.ipam.etcd.batch: group commit).
 Address and owner keys are written by the same transactions, so they share a
 ``mod_revision``; a release deletes the address only if it still carries that revision.
 
@@ -37,11 +37,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodeagent.ipam import etcdapi as pb
 from nodeagent.ipam.config import IPAddress
 from nodeagent.ipam.errors import TRY_AGAIN_LATER, IpamError, unavailable
-from nodeagent.ipam.etcdbatch import Batcher
-from nodeagent.ipam.etcdclient import EtcdAuthError, EtcdClient, EtcdError, EtcdUnavailable
+from nodeagent.ipam.etcd import api as pb
+from nodeagent.ipam.etcd.batch import Batcher
+from nodeagent.ipam.etcd.client import EtcdAuthError, EtcdClient, EtcdError, EtcdUnavailable
 from nodeagent.ipam.pool import Pool, PoolView
 from nodeagent.ipam.store import (
     Claim,

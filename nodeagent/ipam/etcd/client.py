@@ -1,5 +1,5 @@
 """A small etcd v3 client over grpcio: Range, Put, DeleteRange, Txn, Authenticate through the
-generated stubs (:mod:`nodeagent.ipam.etcdapi`); bounded time, endpoint failover.
+generated stubs (:mod:`nodeagent.ipam.etcd.api`); bounded time, endpoint failover.
 
 Every call has a deadline (``EtcdConfig.timeout``, 2 s by default) and fails with
 :class:`EtcdUnavailable` instead of waiting for a server that is down: a channel whose server
@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from nodeagent.ipam.config import EtcdConfig
-from nodeagent.ipam.etcdapi import rpc, services
+from nodeagent.ipam.etcd.api import rpc, services
 
 _OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nodeagent.ipam import etcdapi as pb
+from nodeagent.ipam.etcd import api as pb
 
 MAX_BATCH = 32  # nested transactions per etcd transaction (etcd allows 128 ops per level)
 

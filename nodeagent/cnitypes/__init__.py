@@ -1,0 +1,1 @@
+"""CNI spec types (errors, results) shared by the plugin (``cni``) and the library (IPAM)."""
