@@ -13,11 +13,14 @@ import ipaddress
 import json
 import os
 import re
-import subprocess
+from collections.abc import Mapping
 from typing import Any
 
+from cni import delegates
 from cni.context import Context
+from cni.install import FALLBACK_NAME, PLUGIN_NAMES
 from cni.protocol import CniRequest
+from cni.shim import SHIM_NAME
 from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, CniError, config_error
 from nodeagent.cnitypes.result import IPConfig, Result
 from nodeagent.ipam.allocator import Attachment
@@ -27,7 +30,13 @@ from nodeagent.ipam.fields import FieldParser
 PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 #: IPAM types served in-process by nodeagent.ipam (also the names the shim is installed as).
 INLINE_TYPES = frozenset({"nodeagent-ipam", "whereabouts"})
+#: Names that run the agent itself: delegating to one would be the agent calling itself.
+SERVED_NAMES = frozenset(PLUGIN_NAMES) | {FALLBACK_NAME, SHIM_NAME}
+#: A delegated plugin is killed (with everything it started) after this long.
 DELEGATE_TIMEOUT = 120.0
+#: Counts nested delegations across execs (the shim forwards it to the agent).
+DEPTH_VARIABLE = "NODEAGENT_DELEGATE_DEPTH"
+MAX_DELEGATE_DEPTH = 2
 
 
 def ipam_config(request: CniRequest) -> dict[str, Any] | None:
@@ -160,15 +169,19 @@ def find_plugin(request: CniRequest, name: str) -> str:
 
 
 def delegate(request: CniRequest, name: str, command: str) -> dict[str, Any] | None:
-    """Run an IPAM plugin as the runtime would; its CNI error becomes ours."""
+    """Run an IPAM plugin as the runtime would; its CNI error becomes ours.
+
+    Never a name the agent serves (that would be the agent calling itself), never deeper than
+    MAX_DELEGATE_DEPTH nested delegations, never longer than DELEGATE_TIMEOUT, and never
+    outliving the agent: the plugin and everything it starts die with the calling thread.
+    """
+    _refuse_loops(request, name)
     plugin = find_plugin(request, name)
-    env = {**request.env, "CNI_COMMAND": command, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    try:
-        proc = subprocess.run([plugin], input=request.stdin, env=env, capture_output=True,
-                              timeout=DELEGATE_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CniError(IO_FAILURE, f"IPAM plugin {name} failed to run", str(exc)) from None
-    out = proc.stdout.strip()
+    env = {**request.env, "CNI_COMMAND": command, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           DEPTH_VARIABLE: str(delegate_depth(request.env) + 1)}
+    stdout, stderr, returncode = delegates.run([plugin], request.stdin, env, DELEGATE_TIMEOUT,
+                                               what=f"IPAM plugin {name}")
+    out = stdout.strip()
     doc = None
     if out:
         try:
@@ -176,10 +189,51 @@ def delegate(request: CniRequest, name: str, command: str) -> dict[str, Any] | N
         except ValueError:
             raise CniError(IO_FAILURE, f"IPAM plugin {name} printed something that is not JSON",
                            out[:200].decode("utf-8", "replace")) from None
-    if proc.returncode != 0:
+    if returncode != 0:
         if isinstance(doc, dict) and "code" in doc:
-            raise CniError(int(doc["code"]), f"IPAM plugin {name}: {doc.get('msg', '')}",
-                           str(doc.get("details", "")))
-        raise CniError(IO_FAILURE, f"IPAM plugin {name} exited with {proc.returncode}",
-                       proc.stderr.decode("utf-8", "replace")[-500:])
+            raise _delegate_error(name, doc)
+        raise CniError(IO_FAILURE, f"IPAM plugin {name} exited with {returncode}",
+                       stderr.decode("utf-8", "replace")[-500:])
+    if doc is not None and not isinstance(doc, dict):
+        raise CniError(IO_FAILURE, f"IPAM plugin {name} printed JSON that is not an object",
+                       out[:200].decode("utf-8", "replace"))
     return doc
+
+
+def delegate_depth(env: Mapping[str, str]) -> int:
+    """How many delegations deep this request is (0: from the runtime)."""
+    value = env.get(DEPTH_VARIABLE)
+    if value is None:
+        return 0
+    # Anything but a small count is treated as too deep: a chain must not reset it.
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 4 \
+        else MAX_DELEGATE_DEPTH
+
+
+def _refuse_loops(request: CniRequest, name: str) -> None:
+    """A plugin naming itself or another name the agent serves as its IPAM would have the agent
+    execute itself, each level holding a worker while it waits for the next: refused."""
+    if name == request.config.get("type"):
+        raise config_error("ipam.type", f"{name!r} names the plugin itself")
+    if name in SERVED_NAMES:
+        inline = ", ".join(sorted(INLINE_TYPES))
+        raise config_error("ipam.type", f"{name!r} is a plugin the agent serves, not an IPAM"
+                           f" plugin (IPAM types served in-process: {inline})")
+    depth = delegate_depth(request.env)
+    if depth >= MAX_DELEGATE_DEPTH:
+        raise CniError(INVALID_CONFIG, f"IPAM plugin {name} not run: the delegation chain is"
+                       f" {depth} deep (at most {MAX_DELEGATE_DEPTH})",
+                       f"{DEPTH_VARIABLE}={request.env.get(DEPTH_VARIABLE, '')!r}; does an IPAM"
+                       " plugin call the agent back?")
+
+
+def _delegate_error(name: str, doc: dict[str, Any]) -> CniError:
+    """The plugin's CNI error, its fields checked: a code that is not a positive integer is
+    reported as such, never trusted."""
+    code, msg, details = doc.get("code"), doc.get("msg", ""), doc.get("details", "")
+    text = msg if isinstance(msg, str) else json.dumps(msg)[:200]
+    detail = details if isinstance(details, str) else json.dumps(details)[:500]
+    if type(code) is not int or not 0 < code < 1 << 31:
+        return CniError(IO_FAILURE, f"IPAM plugin {name} failed with an invalid error code"
+                        f" {json.dumps(code)[:50]}: {text[:500]}", detail[:500])
+    return CniError(code, f"IPAM plugin {name}: {text[:500]}", detail[:500])
