@@ -278,8 +278,9 @@ class CniServer:
             self._drop(fd, selector)
             return
         if not chunk:
-            log.warning("pid %d closed its CNI connection after %d bytes of a request",
-                        pending.pid, len(pending.buffer))
+            log.log(logging.WARNING if pending.buffer else logging.DEBUG,
+                    "pid %d closed its CNI connection after %d bytes of a request",
+                    pending.pid, len(pending.buffer))
             self._drop(fd, selector)
             return
         pending.buffer += chunk

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -178,8 +179,32 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         daemon.start()
         done.wait()
     finally:
-        daemon.stop()
+        _stop_within(daemon, STOP_DEADLINE)
     return 0
+
+
+#: SIGTERM ends the daemon within this many seconds, whatever is in flight.
+STOP_DEADLINE = 1.8
+
+
+def _stop_within(daemon: Daemon, seconds: float) -> None:
+    """Stop the daemon's parts; if that takes longer than ``seconds`` (a part stuck in the
+    kernel or on the network), exit anyway: the next agent must get the node."""
+    watchdog = threading.Timer(seconds, _exit_now, args=(seconds,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        daemon.stop()
+    finally:
+        watchdog.cancel()
+
+
+def _exit_now(seconds: float) -> None:
+    log.error("not stopped within %g s; exiting with work in flight", seconds)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(1)
 
 
 def _provision_args(sub: argparse._SubParsersAction) -> None:

@@ -108,6 +108,11 @@ class Daemon:
         self.status.flush()  # `nodeagent status` works before the first change
 
     def stop(self) -> None:
+        """Stop every part, the CNI socket first: its delegates are killed at once and the
+        socket is released, so the next agent serves pods while the rest winds down."""
+        if self.cni.stop in self._stoppers:
+            self._stoppers.remove(self.cni.stop)
+            self._stoppers.append(self.cni.stop)
         for stop in reversed(self._stoppers):
             try:
                 stop()
