@@ -18,6 +18,9 @@ from collections.abc import Mapping, Sequence
 
 from nodeagent.cnitypes.errors import IO_FAILURE, TRY_AGAIN_LATER, CniError
 
+#: Counts nested delegations across execs: the shim forwards it to the agent, and the parsed
+#: request keeps it (cni/ipam.py bounds it).
+DEPTH_VARIABLE = "NODEAGENT_DELEGATE_DEPTH"
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 _prctl = _libc.prctl

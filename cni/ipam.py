@@ -18,6 +18,7 @@ from typing import Any
 
 from cni import delegates
 from cni.context import Context
+from cni.delegates import DEPTH_VARIABLE
 from cni.install import FALLBACK_NAME, PLUGIN_NAMES
 from cni.protocol import CniRequest
 from cni.shim import SHIM_NAME
@@ -34,9 +35,9 @@ INLINE_TYPES = frozenset({"nodeagent-ipam", "whereabouts"})
 SERVED_NAMES = frozenset(PLUGIN_NAMES) | {FALLBACK_NAME, SHIM_NAME}
 #: A delegated plugin is killed (with everything it started) after this long.
 DELEGATE_TIMEOUT = 120.0
-#: Counts nested delegations across execs (the shim forwards it to the agent).
-DEPTH_VARIABLE = "NODEAGENT_DELEGATE_DEPTH"
-MAX_DELEGATE_DEPTH = 2
+#: A request that itself comes from a delegation (the agent's delegate called the agent back)
+#: delegates no further: each level would hold a worker waiting on the next.
+MAX_DELEGATE_DEPTH = 1
 
 
 def ipam_config(request: CniRequest) -> dict[str, Any] | None:

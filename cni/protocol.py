@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cni.delegates import DEPTH_VARIABLE
 from cni.wire import MAX_STDIN
 from nodeagent.cnitypes.errors import (
     DECODE_FAILURE,
@@ -99,7 +100,7 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
         ifname=env.get("CNI_IFNAME", ""),
         args=parse_cni_args(env.get("CNI_ARGS", "")),
         path=tuple(p for p in env.get("CNI_PATH", "").split(":") if p),
-        env={k: v for k, v in env.items() if k.startswith("CNI_")},
+        env={k: v for k, v in env.items() if k.startswith("CNI_") or k == DEPTH_VARIABLE},
         stdin=stdin,
     )
     if command in ("ADD", "DEL", "CHECK"):

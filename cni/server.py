@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from cni import delegates
 from cni.context import Context
+from cni.delegates import DEPTH_VARIABLE
 from cni.dispatch import handle
 from cni.wire import Request, WireError, encode_response, parse_request
 from nodeagent.status import StatusBoard
@@ -41,6 +42,9 @@ DEFAULT_SOCKET = "/run/nodeagent/agent.sock"
 REQUEST_TIMEOUT = 10.0
 #: A client must take its answer within this time.
 SEND_TIMEOUT = 10.0
+#: Workers for requests that come from the agent's own delegates: they must never wait behind
+#: the requests that wait on them.
+NESTED_WORKERS = 4
 #: Connections open at once (sending a request, queued, or being served).
 MAX_CONNECTIONS = 2048
 #: Bytes of unfinished requests buffered across all connections.
@@ -85,8 +89,8 @@ class CniServer:
         self._inode: tuple[int, int] | None = None
         self._reader: threading.Thread | None = None
         self._workers: list[threading.Thread] = []
-        self._queue: queue.SimpleQueue[tuple[socket.socket, int, Request] | None] = \
-            queue.SimpleQueue()
+        self._queue: _Queue = queue.SimpleQueue()
+        self._nested: _Queue = queue.SimpleQueue()
         self._pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
         self._buffered = 0
         self._served = 0  # connections handed to the workers and not yet closed
@@ -116,8 +120,13 @@ class CniServer:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping.clear()
         delegates.restart()
-        self._workers = [threading.Thread(target=self._work, name=f"cni-{i}", daemon=True)
-                         for i in range(self.workers)]
+        self._workers = [
+            threading.Thread(target=self._work, args=(self._queue,), name=f"cni-{i}", daemon=True)
+            for i in range(self.workers)]
+        self._workers += [
+            threading.Thread(target=self._work, args=(self._nested,), name=f"cni-nested-{i}",
+                             daemon=True)
+            for i in range(NESTED_WORKERS)]
         for worker in self._workers:
             worker.start()
         self._reader = threading.Thread(target=self._read_loop, name="cni-reader", daemon=True)
@@ -146,6 +155,7 @@ class CniServer:
             self._reader.join(timeout=max(0.0, deadline - time.monotonic()))
         for _ in self._workers:
             self._queue.put(None)
+            self._nested.put(None)
         for worker in self._workers:
             worker.join(timeout=max(0.0, deadline - time.monotonic()))
         busy = sum(w.is_alive() for w in self._workers)
@@ -301,7 +311,11 @@ class CniServer:
         self._forget(fd, selector)
         with self._served_lock:
             self._served += 1
-        self._queue.put((pending.sock, pending.pid, parsed[0]))
+        request = parsed[0]
+        # Asked by one of our delegates: served apart, so the request waiting on it cannot
+        # starve it (it delegates no further; cni/ipam.py).
+        lane = self._nested if DEPTH_VARIABLE in request.env else self._queue
+        lane.put((pending.sock, pending.pid, request))
 
     def _expire(self, selector: selectors.BaseSelector) -> None:
         now = time.monotonic()
@@ -325,9 +339,9 @@ class CniServer:
 
     # -- the workers -----------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, lane: _Queue) -> None:
         while True:
-            item = self._queue.get()
+            item = lane.get()
             if item is None:
                 return
             conn, pid, request = item
@@ -351,6 +365,9 @@ class CniServer:
             conn.sendall(encode_response(response))
         except OSError as exc:
             log.warning("the shim (pid %d) left before its answer: %s", pid, exc)
+
+
+_Queue = queue.SimpleQueue[tuple[socket.socket, int, Request] | None]
 
 
 class _Live(Exception):
