@@ -25,6 +25,8 @@ from deviceplugin.sources import PluginSources
 from nodeagent.discovery import node_name
 from nodeagent.httpserver import HttpServer
 from nodeagent.ipam.allocator import Ipam
+from nodeagent.ipam.filestore import DEFAULT_STATE_DIR as DEFAULT_IPAM_STATE_DIR
+from nodeagent.ipam.filestore import secure_state_dir
 from nodeagent.metrics import Metrics
 from nodeagent.provision.policy import Policy
 from nodeagent.provision.reconciler import ReconcileLoop, Reconciler
@@ -91,6 +93,9 @@ class Daemon:
         if self.cfg.cni_bin_dir is not None:
             for path in install_plugins(self.cfg.cni_bin_dir, shim_path()):
                 log.info("installed %s", path)
+        # State an older agent left readable (or lockable) by other users becomes root's.
+        self.vfstate.secure()
+        secure_state_dir(self.cfg.ipam_state_dir or DEFAULT_IPAM_STATE_DIR)
         node = self.inventory.start()
         self._stoppers.append(self.inventory.stop)
         self._scanned.set()

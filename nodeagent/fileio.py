@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,37 @@ def replace_file(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def make_private_dir(path: str | os.PathLike[str]) -> None:
+    """``path`` and its missing parents, created 0700 whatever the umask (state only root may
+    read). Existing directories are left as they are (see :func:`restrict`)."""
+    path = Path(path)
+    missing = []
+    for p in (path, *path.parents):
+        if p.is_dir():
+            break
+        missing.append(p)
+    for p in reversed(missing):
+        try:
+            os.mkdir(p, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(p, 0o700)
+
+
+def restrict(path: str | os.PathLike[str], mode: int) -> None:
+    """Drop every permission bit of ``path`` outside ``mode`` (no symlink is followed); as
+    root, also give it back to root. Costs one lstat when nothing needs changing."""
+    st = os.lstat(path)
+    current = stat.S_IMODE(st.st_mode)
+    foreign = os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0)
+    if stat.S_ISLNK(st.st_mode) or not (current & ~mode or foreign):
+        return
+    if foreign:
+        os.lchown(path, 0, 0)
+    os.chmod(path, current & mode)
+    log.info("restricted %s to root (was mode %o, uid %d)", path, current, st.st_uid)
 
 
 Signature = tuple[int, int, int, int, int]
