@@ -3,7 +3,7 @@
 Each plugin runs in its own process group with ``PR_SET_PDEATHSIG`` = SIGKILL: if the agent (or
 the fallback process) dies, the kernel kills the plugin, and a plugin that overruns its deadline
 is killed with everything it started. :func:`stop_all` (agent shutdown) kills the running ones
-and refuses new ones, so SIGTERM never waits on a delegate chain.
+and refuses new ones while the server stops, so SIGTERM never waits on a delegate chain.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def stop_all() -> None:
 
 
 def restart() -> None:
-    """Allow delegates again (a server started again in the same process: tests)."""
+    """Allow delegates again, once the server stopped (a delegate started after that dies with
+    the exiting process anyway: PR_SET_PDEATHSIG)."""
     global _stopped
     with _lock:
         _stopped = False

@@ -119,7 +119,6 @@ class CniServer:
         self._sock = sock
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping.clear()
-        delegates.restart()
         self._workers = [
             threading.Thread(target=self._work, args=(self._queue,), name=f"cni-{i}", daemon=True)
             for i in range(self.workers)]
@@ -161,6 +160,7 @@ class CniServer:
         busy = sum(w.is_alive() for w in self._workers)
         if busy:
             log.warning("stopped with %d CNI requests still in flight", busy)
+        delegates.restart()  # this process may serve again (tests); at exit they die with it
         self._unlink_own_socket()
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:

@@ -22,6 +22,7 @@ from deviceplugin.manager import DevicePluginManager
 from deviceplugin.podresources import PodResourcesWatch
 from deviceplugin.pools import Pool
 from deviceplugin.sources import PluginSources
+from nodeagent import netns as netns_mod
 from nodeagent.discovery import node_name
 from nodeagent.httpserver import HttpServer
 from nodeagent.ipam.allocator import Ipam
@@ -88,11 +89,14 @@ class Daemon:
         if self.http is not None:  # first: probes answer (not ready) while the scan runs
             self.http.add_readiness("inventory", self._scanned.is_set)
             self.http.add_readiness("cni-socket", self.cni.listening)
+            # a thread stranded in a pod's namespace was discarded: someone must look
+            self.http.add_readiness("netns", netns_mod.healthy)
             self.http.start()
             self._stoppers.append(self.http.stop)
         if self.cfg.cni_bin_dir is not None:
             for path in install_plugins(self.cfg.cni_bin_dir, shim_path()):
                 log.info("installed %s", path)
+        netns_mod.on_stranded(lambda message: self.status.error("netns", message))
         # State an older agent left readable (or lockable) by other users becomes root's.
         self.vfstate.secure()
         secure_state_dir(self.cfg.ipam_state_dir or DEFAULT_IPAM_STATE_DIR)
