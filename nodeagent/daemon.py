@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,10 +124,13 @@ class Daemon:
             self._stoppers.remove(self.cni.stop)
             self._stoppers.append(self.cni.stop)
         for stop in reversed(self._stoppers):
+            started = time.monotonic()
             try:
                 stop()
             except Exception:  # stop everything else even if one part fails to
                 log.exception("stopping %s", stop)
+            log.debug("stopped %s in %.0f ms", getattr(stop, "__qualname__", stop),
+                      (time.monotonic() - started) * 1000)
         self._stoppers.clear()
         self.status.flush()
 
