@@ -106,7 +106,7 @@ def parse_request(data: bytes | bytearray) -> tuple[Request, int] | None:
             raise WireError(f"request exceeds {MAX_REQUEST} bytes")
         stdin = cursor.exact(length)
     except _Incomplete:
-        if len(data) >= 4 and bytes(data[:4]) != REQUEST_MAGIC:
+        if not REQUEST_MAGIC.startswith(bytes(data[:4])):
             raise WireError("not a nodeagent CNI request") from None
         return None
     return Request(argv0, env, stdin), cursor.at
