@@ -4,6 +4,10 @@ Each plugin runs in its own process group with ``PR_SET_PDEATHSIG`` = SIGKILL: i
 the fallback process) dies, the kernel kills the plugin, and a plugin that overruns its deadline
 is killed with everything it started. :func:`stop_all` (agent shutdown) kills the running ones
 and refuses new ones while the server stops, so SIGTERM never waits on a delegate chain.
+
+The kernel sends the death signal when the *thread* that started the plugin ends, so run
+plugins from long-lived threads (the server's workers, the fallback's main thread), never from
+a thread that is about to exit (such as a namespace thread, nodeagent.netns).
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ at all. The lock dies with its holder (the kernel drops a dead process's flock).
 The state is root's alone: directories 0700, files 0600, set when created and made so again
 when a store first touches an existing directory (:func:`secure_state_dir` does a whole state
 dir at agent start). Reservations name pods, and ``flock`` needs only an open descriptor, so a
-user who could open the lock file could stall every ADD on the network.
+user who could open the lock file could stall every ADD on the network. (A descriptor opened
+before the modes were tightened keeps its power until its process exits: a lock timeout names
+the holding pid, from /proc/locks.)
 
 The file starts with a fresh random nonce; a process keeps the last state it parsed and
 re-parses only when the first bytes differ, so an uncontended allocation costs one small
