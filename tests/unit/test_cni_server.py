@@ -9,6 +9,7 @@ import resource
 import shutil
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,3 +164,21 @@ def test_a_socket_left_by_a_dead_server_is_taken_over(short_dir: Path) -> None:
     leftover.close()  # the file stays, nobody listens: as after a SIGKILL
     with serving(short_dir) as server:
         assert ask(server.path).exit_status == 0
+
+
+def test_a_new_server_waits_for_a_stopping_one_and_takes_over(short_dir: Path) -> None:
+    """A rolling update: the new agent starts while the old one is still stopping."""
+    with serving(short_dir) as old:
+        successor = CniServer(old.path, allowed_uid=_uid(),
+                              context=Context(vfs=VfState(short_dir / "state"),
+                                              ipam=Ipam(short_dir / "ipam")))
+        started = threading.Event()
+        thread = threading.Thread(target=lambda: (successor.start(), started.set()))
+        thread.start()
+        assert not started.wait(0.3), "started while another agent was serving"
+    try:
+        assert started.wait(5), "the successor did not take the socket over"
+        assert ask(successor.path).exit_status == 0
+    finally:
+        thread.join(5)
+        successor.stop()
