@@ -338,10 +338,15 @@ def _one_shot(settings: Settings, api: Any) -> Any:
     cache: list[Any] = []
 
     def objects() -> whereabouts.Objects:
+        from nodeagent.k8s.client import ApiError
+
         if not cache:
             client = api if api is not None else kube_client(settings)
-            cache.append(whereabouts.fetch(client) if client is not None
-                         else whereabouts.Objects())
+            try:
+                cache.append(whereabouts.fetch(client) if client is not None
+                             else whereabouts.Objects(version=1))
+            except ApiError as exc:
+                raise whereabouts.Unreadable(str(exc)) from exc
         return cache[0]
 
     return objects

@@ -126,6 +126,8 @@ class Ipam:
         self.settings_source = settings_source
         #: (network, ip, container, ifname) of whereabouts holdings already imported here.
         self._imported: set[tuple[str, str, str, str]] = set()
+        #: whereabouts objects' version last imported from, per network and ranges.
+        self._wb_seen: dict[tuple[Any, ...], int] = {}
         self._lock = threading.Lock()
         self._stores: dict[tuple[Any, ...], Store] = {}
         #: The latest config of each CNI network, per store, for usage reports.
@@ -274,15 +276,19 @@ class Ipam:
 
         try:
             objects = self.whereabouts()
-        except Exception as exc:  # API away, not listed yet: never guess
+        except wb.Unreadable as exc:  # API away, not listed yet: never guess
             raise IpamError(
                 TRY_AGAIN_LATER,
                 "whereabouts' IPPools could not be read, so no address is handed out yet"
                 " (ipam.whereabouts.honourIPPools in the agent's settings turns this off"
                 " once the migration is done)", str(exc)) from exc
+        seen_key = (config.network, config.range_sets)
+        if objects.version and self._wb_seen.get(seen_key) == objects.version:
+            return  # nothing changed since this range was last served
         new = [h for h in objects.holdings(config)
                if (config.network, str(h.ip), *h.key) not in self._imported]
         if not new:
+            self._wb_seen[seen_key] = objects.version
             return
         summary = wb.import_holdings(self, config, new)
         for h, why in summary.conflicts:
@@ -291,6 +297,7 @@ class Ipam:
             log.info("imported %d whereabouts reservations of network %s",
                      len(summary.imported), config.network)
         self._imported.update((config.network, str(h.ip), *h.key) for h in new)
+        self._wb_seen[seen_key] = objects.version
 
     # -- planning ------------------------------------------------------------------------
 

@@ -147,12 +147,17 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+class Unreadable(Exception):
+    """whereabouts' objects could not be read (API away, not listed yet, refused)."""
+
+
 @dataclass(frozen=True)
 class Objects:
-    """whereabouts' objects at one moment."""
+    """whereabouts' objects at one moment; ``version`` changes whenever they do."""
 
     pools: tuple[dict[str, Any], ...] = ()
     reservations: tuple[dict[str, Any], ...] = ()
+    version: int = 0
 
     def holdings(self, config: IPAMConfig) -> list[Holding]:
         """What whereabouts holds inside ``config``'s ranges: every ``IPPool`` of the same
@@ -183,7 +188,7 @@ def fetch(api: Any, page_size: int = 500) -> Objects:
     """Every ``IPPool`` and ``OverlappingRangeIPReservation`` (all namespaces). Raises the
     client's ApiError; a cluster without whereabouts' CRDs (404) has none."""
     return Objects(tuple(_list(api, IPPOOLS, page_size)[0]),
-                   tuple(_list(api, RESERVATIONS, page_size)[0]))
+                   tuple(_list(api, RESERVATIONS, page_size)[0]), version=1)
 
 
 def _list(api: Any, path: str, page_size: int) -> tuple[list[dict[str, Any]], str]:
@@ -216,6 +221,7 @@ class _Watched:
         self.items: dict[tuple[str, str], dict[str, Any]] = {}
         self.synced = threading.Event()
         self.stream: Any = None
+        self.version = 0
 
     @staticmethod
     def key(obj: dict[str, Any]) -> tuple[str, str]:
@@ -226,6 +232,7 @@ class _Watched:
         items, rv = _list(self.api, self.path, 500)
         with lock:
             self.items = {self.key(o): o for o in items}
+            self.version += 1
         self.synced.set()
         return rv
 
@@ -258,6 +265,7 @@ class _Watched:
                         self.items.pop(self.key(obj), None)
                     else:
                         self.items[self.key(obj)] = obj
+                    self.version += 1
         finally:
             self.stream = None
             stream.close()
@@ -274,6 +282,7 @@ class WhereaboutsWatch:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._cache = Objects()
         self.error = ""
 
     def start(self) -> WhereaboutsWatch:
@@ -297,12 +306,15 @@ class WhereaboutsWatch:
         return all(k.synced.wait(max(0.0, deadline - time.monotonic())) for k in self._kinds)
 
     def objects(self, timeout: float = 2.0) -> Objects:
-        """The current objects; raises LookupError when they have not been read yet."""
+        """The current objects; raises :class:`Unreadable` until they have been listed."""
         if not self.wait_synced(timeout):
-            raise LookupError(self.error or "not listed yet")
+            raise Unreadable(self.error or "not listed yet")
         with self._lock:
-            pools, reservations = (tuple(k.items.values()) for k in self._kinds)
-        return Objects(pools, reservations)
+            version = sum(k.version for k in self._kinds)
+            if self._cache.version != version:
+                pools, reservations = (tuple(k.items.values()) for k in self._kinds)
+                self._cache = Objects(pools, reservations, version)
+            return self._cache
 
     def _run(self, kind: _Watched) -> None:
         from nodeagent.k8s.client import ApiError, Backoff
