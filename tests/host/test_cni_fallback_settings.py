@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cni.install import install
 from cni.shim import shim_path
@@ -23,6 +24,7 @@ from nodeagent.ipam.config import parse_config
 from nodeagent.settings import ClusterStore, Settings
 from tests import ipam_etcd
 from tests.host.cni_helpers import Outcome, run_plugin
+from tests.k8s_replay import ReplayApiServer
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -41,7 +43,24 @@ def netconf(ipam_type: str, **ipam: object) -> dict:
             "ipam": {"type": ipam_type, **ipam}}
 
 
-def start_agent(tmp_path: Path, etcd: ipam_etcd.EtcdServer) -> tuple[subprocess.Popen, Path]:
+@pytest.fixture
+def api() -> Iterator[ReplayApiServer]:
+    with ReplayApiServer() as server:
+        yield server
+
+
+def kubeconfig(tmp_path: Path, api: ReplayApiServer) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": api.url}}],
+        "users": [{"name": "agent", "user": {"token": "t0ken"}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "agent"}}]}))
+    return path
+
+
+def start_agent(tmp_path: Path, etcd: ipam_etcd.EtcdServer,
+                api: ReplayApiServer) -> tuple[subprocess.Popen, Path]:
     sock = tmp_path / "run" / "agent.sock"
     cmd = [sys.executable, "-m", "nodeagent", "daemon", "--socket", str(sock),
            "--status-file", str(tmp_path / "status.json"), "--metrics-address", "",
@@ -49,7 +68,8 @@ def start_agent(tmp_path: Path, etcd: ipam_etcd.EtcdServer) -> tuple[subprocess.
            "--device-plugin-config", str(tmp_path / "none.json"), "--no-publish-node-state",
            "--settings", str(tmp_path / "absent.yaml"),
            "--state-dir", str(tmp_path / "vf"), "--ipam-state-dir", str(tmp_path / "ipam"),
-           "--ipam-etcd-endpoints", etcd.url, "--log-format", "text"]
+           "--ipam-etcd-endpoints", etcd.url, "--kubeconfig", str(kubeconfig(tmp_path, api)),
+           "--log-format", "text"]
     env = {k: v for k, v in os.environ.items()
            if k not in ("NODEAGENT_SETTINGS", "NODEAGENT_STATE_DIR")}
     (tmp_path / "absent.yaml").write_text("{}\n")
@@ -61,21 +81,26 @@ def start_agent(tmp_path: Path, etcd: ipam_etcd.EtcdServer) -> tuple[subprocess.
 
 
 def test_del_through_the_fallback_releases_what_the_agent_reserved(
-        tmp_path: Path, etcd: ipam_etcd.EtcdServer, test_netns: str) -> None:
+        tmp_path: Path, etcd: ipam_etcd.EtcdServer, test_netns: str,
+        api: ReplayApiServer) -> None:
     bindir = tmp_path / "bin"
     install(bindir, shim_path())
-    proc, sock = start_agent(tmp_path, etcd)
+    # whereabouts still holds .1 of the cluster range: neither the agent nor the fallback
+    # hands it out.
+    pool = {"1": {"id": "c-wb-1", "podref": "default/old", "ifname": "net1"}}
+    api.add_ippool("kube-system", "fb-test-10.67.0.0-24", "10.67.0.0/24", pool)
+    proc, sock = start_agent(tmp_path, etcd, api)
     env = {"NODEAGENT_SOCKET": str(sock)}
     node_local = netconf("nodeagent-ipam", ranges=[[{"subnet": "10.66.0.0/24"}]])
     cluster = netconf("whereabouts", range="10.67.0.0/24", network_name="fb-test")
 
-    def call(name: str, command: str, conf: dict) -> Outcome:
-        return run_plugin(bindir / name, command, conf, container_id="c-fb", env=env,
+    def call(name: str, command: str, conf: dict, cid: str = "c-fb") -> Outcome:
+        return run_plugin(bindir / name, command, conf, container_id=cid, env=env,
                           netns=f"/run/netns/{test_netns}")
 
     try:
         for name, conf, ip in (("nodeagent-ipam", node_local, "10.66.0.2/24"),
-                               ("whereabouts", cluster, "10.67.0.1/24")):
+                               ("whereabouts", cluster, "10.67.0.2/24")):
             added = call(name, "ADD", conf)
             assert added.status == 0, added.stdout + added.stderr
             assert added.doc["ips"][0]["address"] == ip
@@ -87,7 +112,13 @@ def test_del_through_the_fallback_releases_what_the_agent_reserved(
     records = tmp_path / "ipam" / "fbnet" / "reservations.json"
     assert "c-fb" in records.read_text(), "the agent used its own state directory"
 
-    # The agent is down: the shim runs the fallback, which must find the same stores.
+    # The agent is down: the shim runs the fallback, which must find the same stores and
+    # the same API (whereabouts took .3 meanwhile).
+    api.add_ippool("kube-system", "fb-test-10.67.0.0-24", "10.67.0.0/24",
+                   {**pool, "3": {"id": "c-wb-3", "podref": "default/old3", "ifname": "net1"}})
+    late = call("whereabouts", "ADD", cluster, cid="c-fb2")
+    assert late.status == 0 and late.doc["ips"][0]["address"] == "10.67.0.4/24", late.stdout
+    assert call("whereabouts", "DEL", cluster, cid="c-fb2").status == 0
     for name, conf in (("nodeagent-ipam", node_local), ("whereabouts", cluster)):
         deleted = call(name, "DEL", conf)
         assert deleted.status == 0, deleted.stdout + deleted.stderr
@@ -96,8 +127,8 @@ def test_del_through_the_fallback_releases_what_the_agent_reserved(
     ipam = agent_settings.ipam_for(Settings(ipam_state_dir=tmp_path / "x", cluster_store=store),
                                    whereabouts=None)
     try:
-        assert ops.show(parse_config(cluster), ipam).reservations == (), \
-            "released in the agent's cluster store"
+        left = {str(r.ip) for r in ops.show(parse_config(cluster), ipam).reservations}
+        assert left == {"10.67.0.1", "10.67.0.3"}, "ours released; whereabouts' imported stay"
     finally:
         ipam.close()
 

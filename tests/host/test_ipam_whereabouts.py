@@ -219,6 +219,10 @@ def test_import_from_whereabouts_is_idempotent_with_dry_run_and_summary(
 
     assert cli.main(argv) == 0
     assert "imported 0, already present 3, conflicts 0" in capsys.readouterr().out
+    # `ipam show` with the same settings sees them in the cluster store, with their pods.
+    assert cli.main(["ipam", "show", "--config", f["config"], "--settings", f["settings"]]) == 0
+    shown = capsys.readouterr().out
+    assert "(cluster)" in shown and "default/client-0" in shown and "default/c3" in shown
 
     # An address the store already gave to someone else is reported, never overwritten.
     node = agent_settings.ipam_for(settings, whereabouts=None)
