@@ -7,6 +7,7 @@ Configs with only static addresses touch no store at all, as the static plugin d
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import threading
@@ -238,7 +239,16 @@ class Ipam:
             client = self._clients.get(etcd)
             if client is None:
                 client = self._clients[etcd] = EtcdClient(etcd)
-            return EtcdStore(client, config.network, prefix=etcd.prefix)
+            extra: dict[str, Any] = {}
+            if config.datastore == "cluster" and self.cluster is not None \
+                    and self.cluster.cluster:
+                # The cluster's key segment, once the etcd store takes one (its own change).
+                if "cluster" in inspect.signature(EtcdStore).parameters:
+                    extra["cluster"] = self.cluster.cluster
+                else:
+                    log.warning("ipam.clusterName %r is not applied: this etcd store has no"
+                                " cluster key segment", self.cluster.cluster)
+            return EtcdStore(client, config.network, prefix=etcd.prefix, **extra)
         return FileStore(
             config.data_dir or self.state_dir, config.network, lock_timeout=self.lock_timeout
         )
