@@ -366,6 +366,16 @@ class ImportSummary:
         return "\n".join(lines)
 
 
+def holder(h: Holding, network: str) -> Owner:
+    """The store's owner of a holding: its container and interface, or, where whereabouts
+    recorded none usable (an OverlappingRangeIPReservation without ``containerid``), a name
+    of the address's own, so the address is still held (GC releases it with its pod)."""
+    cid = h.container_id if _CONTAINER_ID.fullmatch(h.container_id) else \
+        f"whereabouts-{normalize(str(h.ip))}"
+    ifname = h.ifname if _IFNAME.fullmatch(h.ifname) else ""
+    return Owner(cid, ifname, h.pod, network)
+
+
 def import_holdings(ipam: Any, config: IPAMConfig, holdings: Iterable[Holding], *,
                     dry_run: bool = False) -> ImportSummary:
     """Reserve each holding in ``config``'s store for its attachment (container ID, ifname,
@@ -378,13 +388,8 @@ def import_holdings(ipam: Any, config: IPAMConfig, holdings: Iterable[Holding], 
         rset = next((s for s in config.range_sets if s.find(h.ip) is not None), None)
         if rset is None:
             continue
-        if not _CONTAINER_ID.fullmatch(h.container_id) or \
-                (h.ifname and not _IFNAME.fullmatch(h.ifname)):
-            summary.conflicts.append((h, f"unusable container id {h.container_id!r} or"
-                                         f" ifname {h.ifname!r}"))
-            continue
         claim = ipam.claim_for(config, rset, h.ip)
-        owner = Owner(h.container_id, h.ifname, h.pod, config.name)
+        owner = holder(h, config.name)
         there = next((r for r in current if r.ip == h.ip and claim.covers(r)), None)
         if there is not None:
             if there.owner.key == owner.key:

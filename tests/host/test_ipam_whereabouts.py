@@ -235,3 +235,23 @@ def test_import_from_whereabouts_is_idempotent_with_dry_run_and_summary(
     out = capsys.readouterr().out
     assert "conflicts 1" in out and "CONFLICT 10.0.0.4" in out and "c-ours" in out
     assert reservations()["10.0.0.4"] == "c-ours"
+
+
+def test_a_reservation_without_a_container_id_still_holds_its_address(
+        settings: Settings, api: ReplayApiServer) -> None:
+    # containerid is omitempty in whereabouts' type; ifname may be missing in older ones.
+    api.add_overlapping_reservation("kube-system", "10.0.0.1", {"podref": "default/bare"})
+    api.add_ippool("kube-system", "10.0.0.0-24", "10.0.0.0/24",
+                   {"2": {"id": "c-old", "podref": "default/old"}})
+    client = build_client(host=api.url)
+    ipam = agent_settings.ipam_for(settings, api=client)
+    config = parse_config(netconf())
+    try:
+        assert first_ip(ipam.allocate(config, Attachment("c-new", "net1"))) == "10.0.0.3"
+        held = {str(r.ip): (r.owner.container_id, r.owner.ifname, r.owner.pod)
+                for r in ops.show(config, ipam).reservations}
+        assert held["10.0.0.1"] == ("whereabouts-10.0.0.1", "", "default/bare")
+        assert held["10.0.0.2"] == ("c-old", "", "default/old")
+    finally:
+        ipam.close()
+        client.close()
