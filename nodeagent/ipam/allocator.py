@@ -289,9 +289,11 @@ class Ipam:
         except wb.Unreadable as exc:  # API away, not listed yet: never guess
             raise IpamError(
                 TRY_AGAIN_LATER,
-                "whereabouts' IPPools could not be read, so no address is handed out yet"
-                " (ipam.whereabouts.honourIPPools in the agent's settings turns this off"
-                " once the migration is done)", str(exc)) from exc
+                f"whereabouts' IPPools could not be read ({exc}), so no address of network"
+                f" {config.name!r} is handed out yet: the agent needs list and watch on"
+                " ippools and overlappingrangeipreservations (whereabouts.cni.cncf.io);"
+                " ipam.whereabouts.honourIPPools: false in its settings stops reading them"
+                " once the migration is done", str(exc)) from exc
         seen_key = (config.network, config.range_sets)
         if objects.version and self._wb_seen.get(seen_key) == objects.version:
             return  # nothing changed since this range was last served
