@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cni.context import Context
@@ -24,14 +24,14 @@ from deviceplugin.podresources import PodResourcesWatch
 from deviceplugin.pools import Pool
 from deviceplugin.sources import PluginSources
 from nodeagent import netns as netns_mod
+from nodeagent import settings as agent_settings
 from nodeagent.discovery import node_name
 from nodeagent.httpserver import HttpServer
-from nodeagent.ipam.allocator import Ipam
-from nodeagent.ipam.filestore import DEFAULT_STATE_DIR as DEFAULT_IPAM_STATE_DIR
 from nodeagent.ipam.filestore import secure_state_dir
 from nodeagent.metrics import Metrics
 from nodeagent.provision.policy import Policy
 from nodeagent.provision.reconciler import ReconcileLoop, Reconciler
+from nodeagent.settings import Settings
 from nodeagent.status import StatusBoard
 from nodeagent.sysfs import Sysfs
 from nodeagent.vfstate import VfState
@@ -58,6 +58,8 @@ class DaemonConfig:
     publish_node_state: bool = False
     kubeconfig: str | None = None
     cni_bin_dir: Path | None = None
+    #: State dirs and cluster store (file + flags); None: defaults, with ipam_state_dir.
+    settings: Settings | None = None
 
 
 class Daemon:
@@ -67,11 +69,23 @@ class Daemon:
         self.sysfs = Sysfs(cfg.sysfs_root)
         self.status = StatusBoard(cfg.status_file)
         self.metrics = Metrics(self.status)
-        self.vfstate = VfState.default()
-        ipam = Ipam(cfg.ipam_state_dir) if cfg.ipam_state_dir else Ipam()
+        settings = cfg.settings or agent_settings.load_optional(None)
+        if cfg.ipam_state_dir:
+            settings = replace(settings, ipam_state_dir=Path(cfg.ipam_state_dir))
+        self.settings = settings
+        self.vfstate = VfState(settings.state_dir)
+        self.whereabouts = None
+        if settings.cluster_store is not None and settings.honour_whereabouts:
+            from nodeagent.ipam.whereabouts import WhereaboutsWatch
+
+            api = agent_settings.kube_client(settings)
+            self.whereabouts = WhereaboutsWatch(api) if api is not None else None
+        ipam = agent_settings.ipam_for(
+            settings, **({"whereabouts": self.whereabouts.objects} if self.whereabouts else {}))
         self.metrics.track_ipam(ipam)
         self.inventory = LiveInventory(self.sysfs, udev=cfg.sysfs_root == "/sys")
-        self.cni = CniServer(cfg.socket, workers=cfg.workers, context=Context(ipam=ipam),
+        self.cni = CniServer(cfg.socket, workers=cfg.workers,
+                             context=Context(ipam=ipam, vfs=self.vfstate),
                              metrics=self.metrics, status=self.status)
         self.reconcile = ReconcileLoop(
             Reconciler(self.sysfs, self.status, hostname=self.node_name, vfstate=self.vfstate,
@@ -100,7 +114,13 @@ class Daemon:
         netns_mod.on_stranded(lambda message: self.status.error("netns", message))
         # State an older agent left readable (or lockable) by other users becomes root's.
         self.vfstate.secure()
-        secure_state_dir(self.cfg.ipam_state_dir or DEFAULT_IPAM_STATE_DIR)
+        secure_state_dir(self.settings.ipam_state_dir)
+        if self.whereabouts is not None:  # before the socket: ADDs wait for the first list
+            self.whereabouts.start()
+            self._stoppers.append(self.whereabouts.stop)
+        # Before the socket serves: a fallback running while we are down uses the same.
+        path = agent_settings.write_effective(self.settings, self.cfg.socket)
+        log.info("settings from %s (left in %s for the fallback)", self.settings.source, path)
         node = self.inventory.start()
         self._stoppers.append(self.inventory.stop)
         self._scanned.set()

@@ -84,18 +84,26 @@ class FieldParser:
             raise config_error(_join(where, key), f"{value!r} must be an absolute path")
         return path
 
-    def datastore(self, ipam: Mapping[str, Any]) -> Literal["file", "etcd"]:
+    def datastore(self, ipam: Mapping[str, Any]) -> Literal["file", "etcd", "cluster"]:
+        """``file`` (node-local), ``etcd`` (the config's own ``etcd_host``) or ``cluster`` (the
+        agent's cluster store). whereabouts keeps its addresses cluster-wide by default, so a
+        ``whereabouts`` config, whereabouts' ``kubernetes`` datastore or a ``kubernetes``
+        block is never served from node-local files unless it says ``"datastore": "file"``."""
         value = opt_str(ipam, "datastore", "ipam")
         if value == "etcd":
             return "etcd"
-        if value in ("file", "local") or (not value and "kubernetes" not in ipam):
+        if value in ("file", "local"):
             return "file"
-        # whereabouts' default datastore is Kubernetes (its `kubernetes` block): serving such a
-        # config from node-local files would hand the same address out on every node.
+        if value == "kubernetes" or (
+            not value and ("kubernetes" in ipam or ipam.get("type") == "whereabouts")
+        ):
+            return "cluster"
+        if not value:
+            return "file"  # nodeagent-ipam and host-local-style configs: node-local
         raise IpamError(
             UNSUPPORTED_FIELD,
-            f"unsupported ipam.datastore {value or 'kubernetes'!r}: set \"datastore\": \"etcd\""
-            ' with etcd_host for cluster-wide addresses, or "datastore": "file" for node-local',
+            f"unsupported ipam.datastore {value!r}: use \"kubernetes\" (or omit it) for the"
+            ' agent\'s cluster store, "etcd" with etcd_host, or "file" for node-local',
         )
 
     # -- addresses ----------------------------------------------------------------------

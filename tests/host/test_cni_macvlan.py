@@ -387,7 +387,8 @@ def test_vlan_id_out_of_range_is_refused(agent, master, pod, vlan_id) -> None:
 def whereabouts(master: str, data_dir: Path, version: str = "1.0.0") -> dict:
     c = conf(master, version)
     c["ipam"] = {"type": "whereabouts", "range": "10.91.0.0/29", "gateway": "10.91.0.1",
-                 "exclude": ["10.91.0.2/32"], "dataDir": str(data_dir)}
+                 "exclude": ["10.91.0.2/32"], "dataDir": str(data_dir),
+                 "datastore": "file"}
     return c
 
 
