@@ -146,6 +146,10 @@ class CniServer:
         seconds; workers still busy after that are abandoned (daemon threads)."""
         deadline = time.monotonic() + timeout
         self._stopping.set()
+        # While we still listen, a successor waits, so the path is ours: unlink it now. Once
+        # the listener closes, a successor binds a new socket that may get our freed inode
+        # number, and comparing inodes could no longer tell the two apart.
+        self._unlink_own_socket()
         delegates.stop_all()
         if self._wake_w >= 0:
             with contextlib.suppress(OSError):
@@ -161,7 +165,6 @@ class CniServer:
         if busy:
             log.warning("stopped with %d CNI requests still in flight", busy)
         delegates.restart()  # this process may serve again (tests); at exit they die with it
-        self._unlink_own_socket()
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 with contextlib.suppress(OSError):
