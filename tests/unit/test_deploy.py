@@ -552,7 +552,7 @@ def accepted(nad: dict[str, Any], ips: list[str] | None = None) -> tuple[str, li
     if ipam["type"] == "static":
         result = cni_ipam.static_result(request, ipam)
         return "static", [str(ip.address) for ip in result.ips]
-    config = parse_config(request.config, request.env.get("CNI_ARGS", ""))
+    config = parse_config(request.config, request.args)
     assert config.range_sets, f"{nad['metadata']['name']}: a pool without ranges"
     return ipam["type"], [str(r.ip) for r in config.requested]
 
