@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from deviceplugin import api
-from deviceplugin.allocate import AllocationError, VfioGroupPaths, allocate
+from deviceplugin.allocate import AllocationError, VfioGroupPaths, allocate, request_ids
 from deviceplugin.pools import Pool
 from deviceplugin.preferred import preferred
 
@@ -130,11 +130,27 @@ class _Servicer:
         yield from self.owner.watch(context)
 
     def GetPreferredAllocation(self, request: Any, context: grpc.ServicerContext) -> Any:
-        devices = self.owner.pool.by_id()
+        pool = self.owner.pool
+        devices = pool.by_id()
+        name = pool.resource.full_name
         response = self.pb2.PreferredAllocationResponse()
-        for req in request.container_requests:
-            ids = preferred(devices, req.available_deviceIDs, req.must_include_deviceIDs,
-                            req.allocation_size, self.owner.policy)
+        for i, req in enumerate(request.container_requests):
+            where = f"container_requests[{i}]"
+            try:
+                available = request_ids(req.available_deviceIDs, f"{where}.available_deviceIDs",
+                                        devices, name)
+                must = request_ids(req.must_include_deviceIDs,
+                                   f"{where}.must_include_deviceIDs", devices, name)
+                if not set(must) <= set(available):
+                    raise AllocationError(f"{where}.must_include_deviceIDs: not all in"
+                                          " available_deviceIDs")
+                if req.allocation_size < len(must):
+                    raise AllocationError(
+                        f"{where}.allocation_size: {req.allocation_size} is fewer than the"
+                        f" {len(must)} devices it must include")
+            except AllocationError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            ids = preferred(devices, available, must, req.allocation_size, self.owner.policy)
             response.container_responses.add(deviceIDs=ids)
         return response
 
@@ -143,12 +159,12 @@ class _Servicer:
         devices = pool.by_id()
         vhost = any(s.need_vhost_net for s in pool.resource.selectors)
         response = self.pb2.AllocateResponse()
-        for req in request.container_requests:
+        for i, req in enumerate(request.container_requests):
             try:
                 result = allocate(pool.resource.full_name, devices, req.devices_ids,
                                   need_vhost_net=vhost, group_paths=self.owner.group_paths)
             except AllocationError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"container_requests[{i}]: {exc}")
             container = response.container_responses.add()
             container.envs.update(result.envs)
             for container_path, host_path, permissions in result.device_specs:
