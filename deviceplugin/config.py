@@ -13,7 +13,13 @@ from typing import Any
 
 from nodeagent.documents import DocumentError, parse_json
 from nodeagent.fields import Fields, join
-from nodeagent.provision.policy import DEFAULT_RESOURCE_PREFIX, RESOURCE_NAME, RESOURCE_PREFIX
+from nodeagent.provision.policy import (
+    DEFAULT_RESOURCE_PREFIX,
+    DRIVER_NAME,
+    RESOURCE_NAME,
+    RESOURCE_PREFIX,
+)
+from nodeagent.sysfs import PCI_ADDRESS
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +156,25 @@ def _selector(raw: Any, where: str) -> Selector:
     return Selector(
         vendors=tuple(_F.pci_id(v, w) for v, w in each("vendors")),
         devices=tuple(_F.pci_id(v, w) for v, w in each("devices")),
-        drivers=lists["drivers"],
-        pci_addresses=tuple(a.lower() for a in lists["pciAddresses"]),
+        drivers=tuple(_F.text(v, w, pattern=DRIVER_NAME) for v, w in each("drivers")),
+        pci_addresses=tuple(_pci_address(v.lower(), w) for v, w in each("pciAddresses")),
         pf_names=tuple(vf_range(v, w) for v, w in each("pfNames")),
-        root_devices=tuple(vf_range(v.lower(), w) for v, w in each("rootDevices")),
+        root_devices=tuple(_root_device(v.lower(), w) for v, w in each("rootDevices")),
         need_vhost_net=flags["needVhostNet"],
         unsupported=tuple(k for k in UNSUPPORTED if k in given),
     )
+
+
+def _pci_address(value: str, where: str) -> str:
+    if not PCI_ADDRESS.fullmatch(value):
+        _F.fail(where, f"{value!r} is not a PCI address such as 0000:41:00.0")
+    return value
+
+
+def _root_device(value: str, where: str) -> VfRange:
+    vfs = vf_range(value, where)
+    _pci_address(vfs.pf, where)
+    return vfs
 
 
 def vf_range(value: str, where: str = "pfNames") -> VfRange:

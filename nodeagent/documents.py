@@ -34,12 +34,18 @@ def parse_json(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH)
 def parse_yaml(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
     """Decode a YAML (or JSON) document with the safe loader, under the same limits."""
     text = _text(data, max_bytes)
+    loader = _SafeLoader(text)
+    loader.max_depth = max_depth
     try:
-        doc = yaml.load(text, Loader=_SafeLoader)
+        doc = loader.get_single_data()
     except RecursionError:
         raise DocumentError(f"nested deeper than {max_depth} levels") from None
     except yaml.YAMLError as exc:
+        if isinstance(exc, _TooDeep):
+            raise DocumentError(f"nested deeper than {max_depth} levels") from None
         raise DocumentError(f"not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
     check_depth(doc, max_depth)
     return doc
 
@@ -74,10 +80,25 @@ def _text(data: bytes | str, max_bytes: int) -> str:
 
 # YAML aliases let a small document expand into a huge one ("billion laughs"); configuration
 # files here have no use for them.
+# The nesting limit is also checked while composing (not only after): PyYAML composes
+# recursively, and running into the interpreter's recursion limit takes seconds.
+class _TooDeep(yaml.composer.ComposerError):
+    pass
+
+
 class _SafeLoader(yaml.SafeLoader):
+    max_depth = MAX_DEPTH
+    _depth = 0
+
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed",
                                               event.start_mark)
-        return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > self.max_depth:
+                raise _TooDeep(None, None, "nested too deep", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1

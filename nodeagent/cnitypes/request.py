@@ -146,7 +146,7 @@ def parse_result(doc: Any, where: str = "prevResult", fields: Fields = _config) 
         obj = f.obj(raw, w)
         address = f.interface(f.raw(obj, "address"), join(w, "address"))
         gateway = f.raw(obj, "gateway")
-        gw = f.ip(gateway, join(w, "gateway")) if gateway else None
+        gw = None if gateway is None or gateway == "" else f.ip(gateway, join(w, "gateway"))
         if gw is not None and gw.version != address.version:
             f.fail(join(w, "gateway"), f"{gw} is not of the family of {address}")
         index = f.integer(obj, "interface", w, 0, len(interfaces) - 1 if interfaces else 1 << 31)
@@ -158,7 +158,7 @@ def parse_result(doc: Any, where: str = "prevResult", fields: Fields = _config) 
         gw = f.raw(obj, "gw")
         routes.append(Route(
             dst=f.cidr(f.raw(obj, "dst"), join(w, "dst")),
-            gw=f.ip(gw, join(w, "gw")) if gw else None,
+            gw=None if gw is None or gw == "" else f.ip(gw, join(w, "gw")),
             **{k: f.integer(obj, k, w, 0, (1 << 32) - 1) for k in ROUTE_ATTRIBUTES}))
     dns = f.opt_obj(doc, "dns", where) or {}
     w = join(where, "dns")
