@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from deviceplugin import api
-from deviceplugin.allocate import AllocationError, VfioGroupPaths, allocate, request_ids
+from deviceplugin.allocate import MAX_REQUEST_IDS, AllocationError, VfioGroupPaths, allocate
 from deviceplugin.pools import Pool
 from deviceplugin.preferred import preferred
 
@@ -130,27 +130,22 @@ class _Servicer:
         yield from self.owner.watch(context)
 
     def GetPreferredAllocation(self, request: Any, context: grpc.ServicerContext) -> Any:
-        pool = self.owner.pool
-        devices = pool.by_id()
-        name = pool.resource.full_name
+        """Lenient about IDs (a device may leave the pool between ListAndWatch and this call:
+        unknown available IDs are skipped, must-include ones kept), strict about sizes."""
+        devices = self.owner.pool.by_id()
         response = self.pb2.PreferredAllocationResponse()
         for i, req in enumerate(request.container_requests):
             where = f"container_requests[{i}]"
-            try:
-                available = request_ids(req.available_deviceIDs, f"{where}.available_deviceIDs",
-                                        devices, name)
-                must = request_ids(req.must_include_deviceIDs,
-                                   f"{where}.must_include_deviceIDs", devices, name)
-                if not set(must) <= set(available):
-                    raise AllocationError(f"{where}.must_include_deviceIDs: not all in"
-                                          " available_deviceIDs")
-                if req.allocation_size < len(must):
-                    raise AllocationError(
-                        f"{where}.allocation_size: {req.allocation_size} is fewer than the"
-                        f" {len(must)} devices it must include")
-            except AllocationError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            ids = preferred(devices, available, must, req.allocation_size, self.owner.policy)
+            problem = None
+            for name in ("available_deviceIDs", "must_include_deviceIDs"):
+                if len(getattr(req, name)) > MAX_REQUEST_IDS:
+                    problem = f"{where}.{name}: more than {MAX_REQUEST_IDS} device IDs"
+            if req.allocation_size < 0:
+                problem = f"{where}.allocation_size: {req.allocation_size} is negative"
+            if problem:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            ids = preferred(devices, req.available_deviceIDs, req.must_include_deviceIDs,
+                            req.allocation_size, self.owner.policy)
             response.container_responses.add(deviceIDs=ids)
         return response
 
