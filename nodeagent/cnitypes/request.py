@@ -26,6 +26,12 @@ IFNAMSIZ = 16
 K8S_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,252}")
 
 
+#: The largest value of each CNI 1.1 route attribute the kernel can take (rtmsg's scope is a
+#: byte, the RTAX metrics and table/priority 32-bit).
+ROUTE_ATTRIBUTE_MAX = {"mtu": (1 << 32) - 1, "advmss": (1 << 32) - 1,
+                       "priority": (1 << 32) - 1, "table": (1 << 32) - 1, "scope": 255}
+
+
 def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split("."))
 
@@ -159,7 +165,7 @@ def parse_result(doc: Any, where: str = "prevResult", fields: Fields = _config) 
         routes.append(Route(
             dst=f.cidr(f.raw(obj, "dst"), join(w, "dst")),
             gw=None if gw is None or gw == "" else f.ip(gw, join(w, "gw")),
-            **{k: f.integer(obj, k, w, 0, (1 << 32) - 1) for k in ROUTE_ATTRIBUTES}))
+            **{k: f.integer(obj, k, w, 0, ROUTE_ATTRIBUTE_MAX[k]) for k in ROUTE_ATTRIBUTES}))
     dns = f.opt_obj(doc, "dns", where) or {}
     w = join(where, "dns")
     typed: dict[str, Any] = {}

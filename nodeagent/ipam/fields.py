@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+from nodeagent.cnitypes.request import ROUTE_ATTRIBUTE_MAX
 from nodeagent.cnitypes.result import ROUTE_ATTRIBUTES
 from nodeagent.fields import Fields, join
 from nodeagent.ipam.configtypes import (
@@ -313,12 +314,8 @@ def routes(value: Any, where: str) -> tuple[Route, ...]:
         w = f"{where}[{i}]"
         if not isinstance(entry, Mapping) or "dst" not in entry:
             raise config_error(w, "must be an object with a dst")
-        ints: dict[str, int | None] = {}
-        for key in ROUTE_ATTRIBUTES:
-            v = entry.get(key)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-                raise config_error(join(w, key), "must be a non-negative integer")
-            ints[key] = v
+        ints = {key: F.integer(entry, key, w, 0, ROUTE_ATTRIBUTE_MAX[key])
+                for key in ROUTE_ATTRIBUTES}
         out.append(
             Route(F.cidr(entry["dst"], join(w, "dst")), opt_ip(entry, "gw", w), **ints)
         )

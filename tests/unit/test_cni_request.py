@@ -218,3 +218,17 @@ def test_runtime_config_must_be_an_object(ctx) -> None:
 
 def test_cni_version_must_be_a_supported_string(ctx) -> None:
     assert answer(ctx, env("ADD"), conf(cniVersion=["1.0.0"]))["code"] == 1
+
+
+@pytest.mark.parametrize(("route", "field"), [
+    ({"dst": "0.0.0.0/0", "scope": 256}, "ipam.routes[0].scope"),
+    ({"dst": "0.0.0.0/0", "table": 1 << 32}, "ipam.routes[0].table"),
+    ({"dst": "0.0.0.0/0", "mtu": True}, "ipam.routes[0].mtu"),
+    ({"dst": "fe80::/64", "gw": "fe80::1%eth0"}, "ipam.routes[0].gw"),
+])
+def test_route_attributes_fit_the_kernel(route: dict, field: str) -> None:
+    ipam_conf = {"type": "static", "addresses": [{"address": "10.0.0.5/24"}], "routes": [route]}
+    request = parse_request(env("ADD"), conf(ipam=ipam_conf))
+    with pytest.raises(CniError) as info:
+        cni_ipam.static_result(request, ipam_conf)
+    assert info.value.code == 7 and field in info.value.msg
