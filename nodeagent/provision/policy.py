@@ -190,14 +190,6 @@ def _obj(raw: Any, where: str, allowed: set[str]) -> dict[str, Any]:
     return obj
 
 
-def _int(raw: dict[str, Any], key: str, where: str, low: int, high: int) -> int | None:
-    return _F.integer(raw, key, where, low, high)
-
-
-def _bool(raw: dict[str, Any], key: str, where: str) -> bool | None:
-    return _F.boolean(raw, key, where)
-
-
 def _hex_id(raw: dict[str, Any], key: str, where: str) -> str | None:
     value = raw.get(key)
     return None if value is None else _F.pci_id(value, join(where, key))
@@ -238,13 +230,11 @@ def _settings(raw: Any, where: str, base: VfSettings) -> VfSettings:
         except PolicyError:
             raise PolicyError(f"{where}.mac: must be \"keep\", \"derived\" or a unicast base"
                               f" MAC, got {raw.get('mac')!r}") from None
-    proto = raw.get("vlanProto", base.vlan_proto)
-    if proto is not None and proto not in VLAN_PROTOS:
-        raise PolicyError(f"{where}.vlanProto: must be one of {', '.join(VLAN_PROTOS)}")
-    vlan = _int(raw, "vlan", where, 0, 4094)
-    qos = _int(raw, "qos", where, 0, 7)
-    spoofchk = _bool(raw, "spoofchk", where)
-    trust = _bool(raw, "trust", where)
+    proto = _F.choice(raw, "vlanProto", where, {p: p for p in VLAN_PROTOS}, base.vlan_proto)
+    vlan = _F.integer(raw, "vlan", where, 0, 4094)
+    qos = _F.integer(raw, "qos", where, 0, 7)
+    spoofchk = _F.boolean(raw, "spoofchk", where)
+    trust = _F.boolean(raw, "trust", where)
     return replace(
         base, driver=driver, mac=mac, vlan_proto=proto,
         vlan=base.vlan if vlan is None else vlan, qos=base.qos if qos is None else qos,
@@ -306,8 +296,8 @@ def _pf(raw: Any, where: str, position: int) -> PfPolicy:
     name = _F.string(raw, "name", where, f"pfs[{position}]", max_len=253)
     return PfPolicy(
         name=name, selector=_selector(raw["nicSelector"], f"{where}.nicSelector"),
-        num_vfs=num_vfs, mtu=_int(raw, "mtu", where, 68, 65535),
-        externally_managed=bool(_bool(raw, "externallyManaged", where)),
-        allow_default_route=bool(_bool(raw, "allowDefaultRoute", where)),
+        num_vfs=num_vfs, mtu=_F.integer(raw, "mtu", where, 68, 65535),
+        externally_managed=bool(_F.boolean(raw, "externallyManaged", where)),
+        allow_default_route=bool(_F.boolean(raw, "allowDefaultRoute", where)),
         defaults=defaults, groups=tuple(groups), resource_name=resource_name,
     )
