@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nodeagent.cnitypes.request import ROUTE_ATTRIBUTE_MAX
-from nodeagent.cnitypes.result import ROUTE_ATTRIBUTES
+from nodeagent.cnitypes.result import ROUTE_ATTRIBUTES, Route
 from nodeagent.fields import Fields, join
 from nodeagent.ipam.configtypes import (
     DEFAULT_ETCD_PORT,
@@ -28,7 +28,6 @@ from nodeagent.ipam.configtypes import (
     IPRange,
     RangeSet,
     RequestedIP,
-    Route,
     StaticAddress,
 )
 from nodeagent.ipam.errors import UNSUPPORTED_FIELD, IpamError, config_error, env_error
