@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,8 @@ COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 #: The first version in which a verb exists.
 SINCE = {"CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
 ATTACHMENT_VERBS = ("ADD", "DEL", "CHECK")
+#: The spec's network name (libcni's ValidateNetworkName), matched whole.
+NETWORK_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]{0,252}")
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,8 @@ def _parse_config(stdin: bytes, command: str) -> dict[str, Any]:
 
 def _check_config(config: dict[str, Any], command: str) -> None:
     """The fields every verb reads: ``name`` and ``type`` (non-empty strings; ``name`` may be
-    absent for STATUS and GC), ``runtimeConfig`` (an object)."""
+    absent for STATUS and GC, and is a network name as the spec and libcni define it),
+    ``runtimeConfig`` (an object)."""
     for key in ("name", "type"):
         value = config.get(key)
         if value is None and key == "name" and command in ("STATUS", "GC"):
@@ -162,6 +166,10 @@ def _check_config(config: dict[str, Any], command: str) -> None:
         if not isinstance(value, str) or not value:
             raise CniError(INVALID_CONFIG, f"invalid network configuration: {key!r} must be"
                            " a non-empty string")
+    name = config.get("name")
+    if name is not None and not NETWORK_NAME.fullmatch(name):
+        raise config_error("name", f"{name[:64]!r} must start with a letter or digit, then"
+                           " letters, digits, '_', '.' or '-'")
     runtime = config.get("runtimeConfig")
     if runtime is not None and not isinstance(runtime, dict):
         raise config_error("runtimeConfig", "must be an object")

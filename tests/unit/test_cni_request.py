@@ -232,3 +232,9 @@ def test_route_attributes_fit_the_kernel(route: dict, field: str) -> None:
     with pytest.raises(CniError) as info:
         cni_ipam.static_result(request, ipam_conf)
     assert info.value.code == 7 and field in info.value.msg
+
+
+@pytest.mark.parametrize("name", ["blue\n", "-blue", "a b", "x" * 254])
+def test_network_name_follows_the_spec(ctx, name: str) -> None:
+    doc = answer(ctx, env("ADD"), conf(name=name))
+    assert doc["code"] == 7 and "name" in doc["msg"]
