@@ -35,6 +35,9 @@ from nodeagent.ipam.errors import UNSUPPORTED_FIELD, IpamError, config_error, en
 #: DNS-label-ish names: safe as a directory name and as an etcd key segment.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
 
+#: Ranges in one configuration: real ones have a few; the overlap check compares every pair.
+MAX_RANGES = 256
+
 #: Typed fields of an IPAM configuration: code 7 naming the JSON path.
 F = Fields(config_error)
 
@@ -106,6 +109,10 @@ def opt_ip(obj: Mapping[str, Any], key: str, where: str) -> IPAddress | None:
 
 
 def range_sets(ipam: Mapping[str, Any]) -> tuple[RangeSet, ...]:
+    given = (len(_list(ipam, "ipRanges", "ipam")) + bool(ipam.get("range"))
+             + bool(ipam.get("subnet")) + sum(len(r) if isinstance(r, list) else 1 for r in _list(ipam, "ranges", "ipam")))
+    if given > MAX_RANGES:  # counted before any is parsed
+        raise config_error("ipam", f"has more than {MAX_RANGES} ranges")
     sets: list[RangeSet] = []
     if ipam.get("range"):
         sets.append(RangeSet((whereabouts_range(ipam, "ipam", ipam),)))

@@ -238,3 +238,11 @@ def test_route_attributes_fit_the_kernel(route: dict, field: str) -> None:
 def test_network_name_follows_the_spec(ctx, name: str) -> None:
     doc = answer(ctx, env("ADD"), conf(name=name))
     assert doc["code"] == 7 and "name" in doc["msg"]
+
+
+def test_ipam_range_count_is_bounded() -> None:
+    ipam_conf = {"type": "nodeagent-ipam",
+                 "ipRanges": [{"range": f"10.{i // 256}.{i % 256}.0/24"} for i in range(300)]}
+    with pytest.raises(CniError) as info:
+        parse_config(conf(ipam=ipam_conf))
+    assert info.value.code == 7 and "more than 256 ranges" in info.value.msg
