@@ -110,7 +110,8 @@ def opt_ip(obj: Mapping[str, Any], key: str, where: str) -> IPAddress | None:
 
 def range_sets(ipam: Mapping[str, Any]) -> tuple[RangeSet, ...]:
     given = (len(_list(ipam, "ipRanges", "ipam")) + bool(ipam.get("range"))
-             + bool(ipam.get("subnet")) + sum(len(r) if isinstance(r, list) else 1 for r in _list(ipam, "ranges", "ipam")))
+             + bool(ipam.get("subnet"))
+             + sum(len(r) if isinstance(r, list) else 1 for r in _list(ipam, "ranges", "ipam")))
     if given > MAX_RANGES:  # counted before any is parsed
         raise config_error("ipam", f"has more than {MAX_RANGES} ranges")
     sets: list[RangeSet] = []
