@@ -29,7 +29,8 @@ from nodeagent.discovery import Scanner
 from nodeagent.httpserver import DEFAULT_ADDRESS as DEFAULT_METRICS_ADDRESS
 from nodeagent.ipam import ops as ipam_ops
 from nodeagent.ipam.allocator import Ipam
-from nodeagent.ipam.config import IPAMConfig, parse_config
+from nodeagent.ipam.config import parse_config
+from nodeagent.ipam.configtypes import IPAMConfig
 from nodeagent.ipam.filestore import DEFAULT_STATE_DIR
 from nodeagent.ipam.whereabouts import fetch as fetch_whereabouts
 from nodeagent.model import Node

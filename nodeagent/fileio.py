@@ -100,7 +100,10 @@ class WatchedFile(Generic[T]):
     """A file loaded again whenever its signature changes (polled by the caller's loop).
 
     A file that disappears or fails to load leaves the last good value in force; a failure
-    goes to ``on_error`` (the caller logs and records it as it sees fit).
+    goes to ``on_error`` (the caller logs and records it as it sees fit). ``errors`` are the
+    loader's expected refusals; any other exception it raises (a bug, or a decoder limit it
+    did not translate) is logged with its traceback and reported the same way, so that no
+    file content can end the caller's loop.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None, load: Callable[[Path], T],
@@ -127,6 +130,16 @@ class WatchedFile(Generic[T]):
         try:
             self.value = self._load(self.path)
         except self._errors as exc:
-            self._on_error(exc)
+            self._report(exc)
+            return False
+        except Exception as exc:  # whatever the content, the last good value stays
+            log.exception("loading %s failed unexpectedly", self.path)
+            self._report(exc)
             return False
         return True
+
+    def _report(self, exc: Exception) -> None:
+        try:
+            self._on_error(exc)
+        except Exception:  # a failing reporter must not undo "keep the last good value"
+            log.exception("reporting the failure to load %s failed", self.path)

@@ -9,32 +9,17 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from ipaddress import ip_interface
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nodeagent.cnitypes.request import Attachment
 from nodeagent.cnitypes.result import IPConfig, Result
-from nodeagent.ipam.config import (
-    DNS,
-    EtcdConfig,
-    IPAddress,
-    IPAMConfig,
-    IPRange,
-    RangeSet,
-    locate,
-    parse_cni_args,
-)
-from nodeagent.ipam.errors import (
-    INVALID_CONFIG,
-    TRY_AGAIN_LATER,
-    UNKNOWN_CONTAINER,
-    IpamError,
-    env_error,
-)
+from nodeagent.ipam.config import locate
+from nodeagent.ipam.configtypes import DNS, EtcdConfig, IPAddress, IPAMConfig, IPRange, RangeSet
+from nodeagent.ipam.errors import INVALID_CONFIG, TRY_AGAIN_LATER, UNKNOWN_CONTAINER, IpamError
 from nodeagent.ipam.filestore import DEFAULT_STATE_DIR, FileStore
 from nodeagent.ipam.pool import Pool
 from nodeagent.ipam.store import Claim, Owner, Reservation, Store
@@ -45,47 +30,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,1023}$")
-_IFNAME_BAD = re.compile(r"[/:\s]")
-_K8S_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,252}$")
 _MAX_POOLS = 256
 
 
-@dataclass(frozen=True)
-class Attachment:
-    """One network attachment: CNI_CONTAINERID + CNI_IFNAME, and the pod it belongs to."""
-
-    container_id: str
-    ifname: str
-    pod_namespace: str = ""
-    pod_name: str = ""
-
-    def __post_init__(self) -> None:
-        if not _CONTAINER_ID.match(self.container_id):
-            raise env_error("CNI_CONTAINERID", f"{self.container_id!r}")
-        name = self.ifname
-        if not 0 < len(name) < 16 or _IFNAME_BAD.search(name) or name in (".", ".."):
-            raise env_error("CNI_IFNAME", f"{name!r}")
-        for what, value in (
-            ("K8S_POD_NAMESPACE", self.pod_namespace),
-            ("K8S_POD_NAME", self.pod_name),
-        ):
-            if value and not _K8S_NAME.match(value):
-                raise env_error("CNI_ARGS", f"{what}={value!r}")
-
-    @property
-    def pod(self) -> str:
-        """``namespace/name``, or "" when the runtime did not say."""
-        return f"{self.pod_namespace}/{self.pod_name}" if self.pod_name else ""
-
-    @classmethod
-    def from_cni(cls, container_id: str, ifname: str, cni_args: str = "") -> Attachment:
-        args = parse_cni_args(cni_args)
-        namespace, name = args.get("K8S_POD_NAMESPACE", ""), args.get("K8S_POD_NAME", "")
-        return cls(container_id, ifname, namespace, name)
-
-    def owner(self, network: str) -> Owner:
-        return Owner(self.container_id, self.ifname, self.pod, network)
+def owner(attachment: Attachment, network: str) -> Owner:
+    """Who holds a reservation: the attachment, in ``network``."""
+    return Owner(attachment.container_id, attachment.ifname, attachment.pod, network)
 
 
 AttachmentRef = Attachment | tuple[str, str] | Mapping[str, Any]
@@ -148,7 +98,7 @@ class Ipam:
         ips: list[IPConfig] = []
         if claims:
             self._honour_whereabouts(config)
-            reservations = self.store(config).claim(claims, attachment.owner(config.name))
+            reservations = self.store(config).claim(claims, owner(attachment, config.name))
             ips += [self._ip_result(config, r.ip, fixed) for r in reservations]
         return _result(config, ips + _static_ips(config))
 
@@ -404,18 +354,3 @@ def default_ipam() -> Ipam:
             _default = Ipam()
         return _default
 
-
-def allocate(config: IPAMConfig, attachment: Attachment) -> Result:
-    return default_ipam().allocate(config, attachment)
-
-
-def release(config: IPAMConfig, attachment: Attachment) -> list[Reservation]:
-    return default_ipam().release(config, attachment)
-
-
-def check(config: IPAMConfig, attachment: Attachment) -> Result:
-    return default_ipam().check(config, attachment)
-
-
-def gc(config: IPAMConfig, valid: Iterable[AttachmentRef]) -> list[Reservation]:
-    return default_ipam().gc(config, valid)

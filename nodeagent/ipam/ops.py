@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from nodeagent.ipam.allocator import AttachmentRef, Ipam, attachment_key, default_ipam
-from nodeagent.ipam.config import IPAMConfig, IPRange
+from nodeagent.ipam.configtypes import IPAMConfig, IPRange
 from nodeagent.ipam.pool import PoolView
 from nodeagent.ipam.store import Claim, Reservation
 from nodeagent.ipam.whereabouts import ImportSummary, Objects, import_holdings

@@ -270,6 +270,11 @@ BAD = [
     ("netns that does not exist", {}, {"pod": "/run/netns/nat-no-such-ns"}, 3),
     ("address without a prefix", {"ipam": {"type": "static",
                                            "addresses": [{"address": "10.1.1.1"}]}}, {}, 7),
+    ("deeply nested", b"[" * 100_000, {}, 6),
+    ("invalid UTF-8", b'{"name": "\xff"}', {}, 6),
+    ("runtimeConfig.ips not addresses", {"ipam": {"type": "static"},
+                                         "runtimeConfig": {"ips": [5]}}, {}, 7),
+    ("prevResult not a result", {"prevResult": {"ips": [{}]}}, {}, 7),
 ]
 
 

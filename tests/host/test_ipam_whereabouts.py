@@ -16,8 +16,8 @@ import yaml
 
 from nodeagent import cli
 from nodeagent import settings as agent_settings
+from nodeagent.cnitypes.request import Attachment
 from nodeagent.ipam import ops
-from nodeagent.ipam.allocator import Attachment
 from nodeagent.ipam.config import parse_config
 from nodeagent.ipam.errors import ADDRESS_IN_USE, INVALID_CONFIG, TRY_AGAIN_LATER, IpamError
 from nodeagent.ipam.whereabouts import WhereaboutsWatch

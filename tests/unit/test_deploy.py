@@ -559,7 +559,7 @@ def accepted(nad: dict[str, Any], ips: list[str] | None = None) -> tuple[str, li
     if ipam["type"] == "static":
         result = cni_ipam.static_result(request, ipam)
         return "static", [str(ip.address) for ip in result.ips]
-    config = parse_config(request.config, request.env.get("CNI_ARGS", ""))
+    config = parse_config(request.config, request.args)
     assert config.range_sets, f"{nad['metadata']['name']}: a pool without ranges"
     return ipam["type"], [str(r.ip) for r in config.requested]
 
@@ -898,7 +898,7 @@ def test_the_generated_certificates_serve_a_real_etcd_and_the_agent_allocates(
     import dataclasses
 
     from nodeagent import settings as agent_settings
-    from nodeagent.ipam.allocator import Attachment
+    from nodeagent.cnitypes.request import Attachment
     from nodeagent.ipam.configtypes import EtcdEndpoint
     from tests import ipam_etcd
 

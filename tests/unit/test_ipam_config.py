@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from nodeagent.ipam.config import (
+from nodeagent.cnitypes.request import parse_cni_args
+from nodeagent.ipam.config import parse_config
+from nodeagent.ipam.configtypes import (
     DEFAULT_ETCD_PREFIX,
     UNNAMED_NETWORK,
     EtcdEndpoint,
     IPAMConfig,
-    parse_cni_args,
-    parse_config,
 )
 from nodeagent.ipam.errors import (
     DECODE_FAILURE,
@@ -23,6 +23,7 @@ from nodeagent.ipam.errors import (
     INVALID_CONFIG,
     INVALID_ENVIRONMENT,
     UNSUPPORTED_FIELD,
+    CniError,
     IpamError,
 )
 
@@ -32,7 +33,7 @@ def conf(ipam: dict[str, Any], **top: Any) -> dict[str, Any]:
 
 
 def parse(ipam: dict[str, Any], cni_args: str = "", **top: Any) -> IPAMConfig:
-    return parse_config(conf(ipam, **top), cni_args)
+    return parse_config(conf(ipam, **top), parse_cni_args(cni_args))
 
 
 def error(ipam: dict[str, Any], cni_args: str = "", **top: Any) -> IpamError:
@@ -388,9 +389,11 @@ def test_bytes_and_str_input() -> None:
 
 
 def test_cni_args() -> None:
-    assert parse_cni_args("A=1; B=x=y;;") == {"A": "1", "B": "x=y"}
-    for bad in ("A", "=1"):
-        with pytest.raises(IpamError) as info:
+    # libcni's reading (pkg/types LoadArgs): nothing trimmed, one "=" per pair
+    assert parse_cni_args("A=1; B=x") == {"A": "1", " B": "x"}
+    assert parse_cni_args("") == {}
+    for bad in ("A", "=1", "B=x=y", "A=1;", "A=1;;B=2"):
+        with pytest.raises(CniError) as info:
             parse_cni_args(bad)
         assert info.value.code == INVALID_ENVIRONMENT
     e = error({"range": "10.0.0.0/24"}, "IP=10.0.0.300")

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.ipam.allocator import Attachment, Ipam
-from nodeagent.ipam.config import IPAMConfig, parse_config
+from nodeagent.cnitypes.request import Attachment
+from nodeagent.ipam.allocator import Ipam
+from nodeagent.ipam.config import parse_config
+from nodeagent.ipam.configtypes import IPAMConfig
 from nodeagent.ipam.errors import IO_FAILURE, TRY_AGAIN_LATER, IpamError
 from nodeagent.ipam.filestore import LOCK_FILE, STATE_FILE, FileStore
 from tests.waiting import wait_until

@@ -8,7 +8,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodeagent import __version__
-from nodeagent.ipam.allocator import Attachment, Ipam
+from nodeagent.cnitypes.request import Attachment
+from nodeagent.ipam.allocator import Ipam
 from nodeagent.ipam.config import parse_config
 from nodeagent.metrics import Metrics
 from nodeagent.status import PfStatus, StatusBoard

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.ipam.allocator import Attachment, Ipam
+from nodeagent.cnitypes.request import Attachment
+from nodeagent.ipam.allocator import Ipam
 from nodeagent.ipam.config import parse_config
 from nodeagent.ipam.filestore import LOCK_FILE, STATE_FILE, FileStore, secure_state_dir
 from nodeagent.vfstate import VfAttachment, VfState
