@@ -43,9 +43,9 @@ from typing import Any
 from nodeagent.documents import DocumentError, parse_json, parse_yaml
 from nodeagent.fields import Fields, join
 from nodeagent.fileio import replace_file
+from nodeagent.ipam import fields as ipam_fields
 from nodeagent.ipam.configtypes import DEFAULT_ETCD_PREFIX, DEFAULT_ETCD_TIMEOUT, EtcdConfig
 from nodeagent.ipam.errors import IpamError
-from nodeagent.ipam.fields import FieldParser
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _cluster_store(f: Fields, etcd: dict[str, Any], cluster: str) -> ClusterStor
                 f.fail(join(join(where, "endpoints"), i), f"{item!r}: scheme must be http(s)")
             tls, item = tls or scheme == "https", rest.rstrip("/")
         try:
-            endpoints.append(FieldParser._endpoint(item))
+            endpoints.append(ipam_fields.endpoint(item))
         except IpamError:
             f.fail(join(join(where, "endpoints"), i), f"{item!r} is not host:port")
     files = {key: _abs(f, etcd, key, where, Path()) for key in ("caFile", "certFile", "keyFile")}

@@ -383,7 +383,7 @@ def etcd(ipam: Mapping[str, Any]) -> EtcdConfig | None:
                 raise config_error("ipam.etcd_host", f"{item!r}: scheme must be http(s)")
             tls = tls or scheme == "https"
             item = rest.rstrip("/")
-        endpoints.append(_endpoint(item))
+        endpoints.append(endpoint(item))
     files = {
         key: path(ipam, key, "ipam")
         for key in ("etcd_key_file", "etcd_cert_file", "etcd_ca_cert_file")
@@ -417,7 +417,7 @@ def etcd(ipam: Mapping[str, Any]) -> EtcdConfig | None:
     )
 
 
-def _endpoint(item: str) -> EtcdEndpoint:
+def endpoint(item: str) -> EtcdEndpoint:
     if item.startswith("["):  # [v6]:port
         host, _, port = item[1:].partition("]")
         port = port.removeprefix(":")
