@@ -8,6 +8,7 @@ draws its inputs from ``random.Random(f"{SEED}:{target}:{i}")``: the same inputs
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,15 @@ def _regressions() -> list[tuple[str, Path]]:
         for source in (target, *targets.ALSO_REPLAYS.get(target, ())):
             found += [(target, path) for path in cases.corpus_files(source)]
     return found
+
+
+#: Targets that create network namespaces.
+NEEDS_ROOT = {"cni", "shim"}
+
+
+def _require(target: str) -> None:
+    if target in NEEDS_ROOT and os.geteuid() != 0:
+        pytest.skip("needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN): creates network namespaces")
 
 
 class Workers:
@@ -53,6 +63,7 @@ def workers() -> Iterator[Workers]:
 @pytest.mark.parametrize(("target", "path"), _regressions(),
                          ids=[f"{t}:{p.parent.name}/{p.stem}" for t, p in _regressions()])
 def test_regression_case(target: str, path: Path, workers: Workers) -> None:
+    _require(target)
     once, case = cases.load(path)
     _, broke = workers[target].run(case=case)
     assert broke is None, (f"{path.relative_to(cases.CORPUS)} (once broke: {once})\n"
@@ -61,6 +72,7 @@ def test_regression_case(target: str, path: Path, workers: Workers) -> None:
 
 @pytest.mark.parametrize("target", list(targets.TARGETS))
 def test_seeded_pass(target: str, workers: Workers) -> None:
+    _require(target)
     count = targets.load(target).seeded
     failures: dict[str, tuple[object, str]] = {}
     for i in range(count):

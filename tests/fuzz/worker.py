@@ -1,5 +1,6 @@
 """One target in its own process: ``python -m tests.fuzz.worker TARGET`` serves cases (for
-``make test``, tests/fuzz/isolate.py); ``... TARGET --fuzz SECONDS`` fuzzes it (``make fuzz``).
+``make test``, tests/fuzz/isolate.py); ``... TARGET --fuzz DEADLINE WORKDIR`` fuzzes it until
+DEADLINE (seconds since the epoch; ``make fuzz``, tests/fuzz/fuzz.py).
 
 A separate process keeps a runaway input (memory, recursion, a thread left in a namespace, a
 hang) from taking the test session down; its address space is capped per target, so an input
@@ -77,8 +78,18 @@ class Finder:
     def __init__(self, name: str, current: Path) -> None:
         self.name = name
         self.current = current
-        self.known = {cases.load(p)[0].split(" [found")[0] for p in cases.corpus_files(name)}
+        self.known: set[str] = set()
         self.found = 0
+
+    def learn(self, target: Any) -> None:
+        """The kinds of failure the corpus already holds: what its cases break today."""
+        from tests.fuzz import targets
+
+        for source in (self.name, *targets.ALSO_REPLAYS.get(self.name, ())):
+            for path in cases.corpus_files(source):
+                broke = run_one(target, cases.load(path)[1])
+                if broke is not None:
+                    self.known.add(broke.kind)
 
     def __call__(self, target: Any, data: bytes) -> None:
         case = target.generate(Draw(data))
@@ -94,8 +105,24 @@ class Finder:
               f"  {broke.detail[:800]}", file=sys.stderr, flush=True)
 
 
-def fuzz(name: str, seconds: float, work: Path) -> int:
-    """Coverage-guided with atheris when it is installed, else random bytes, for ``seconds``."""
+def _import_all() -> None:
+    import importlib
+    import pkgutil
+
+    for package in INSTRUMENTED:
+        module = importlib.import_module(package)
+        for info in pkgutil.walk_packages(module.__path__, f"{package}."):
+            if info.name.endswith("__main__"):
+                continue
+            try:
+                importlib.import_module(info.name)
+            except Exception as exc:  # an optional dependency: fuzzed without it
+                print(f"not instrumented: {info.name}: {exc}", file=sys.stderr)
+
+
+def fuzz(name: str, deadline: float, work: Path) -> int:
+    """Coverage-guided with atheris when it is installed, else random bytes, until
+    ``deadline`` (the start-up, which instruments every module, counts)."""
     work.mkdir(parents=True, exist_ok=True)
     finder = Finder(name, work / "current.json")
     try:
@@ -104,6 +131,7 @@ def fuzz(name: str, seconds: float, work: Path) -> int:
         atheris = None
     if atheris is not None:
         with atheris.instrument_imports(include=INSTRUMENTED):
+            _import_all()  # targets import lazily: instrument every module now
             from tests.fuzz import targets
 
             target = targets.load(name)
@@ -113,6 +141,8 @@ def fuzz(name: str, seconds: float, work: Path) -> int:
         target = targets.load(name)
     target.setup()
     _cap_memory(target)
+    finder.learn(target)
+    seconds = deadline - time.time()
     try:
         if atheris is None:
             print(f"{name}: atheris is not installed: random inputs for {seconds:.0f} s",
@@ -123,6 +153,9 @@ def fuzz(name: str, seconds: float, work: Path) -> int:
             return 0
         corpus = work / "corpus"
         corpus.mkdir(exist_ok=True)
+        if not any(corpus.iterdir()):  # start from the seeded pass's inputs, not from nothing
+            for i in range(16):
+                (corpus / f"seed-{i}").write_bytes(random.Random(f"{name}:{i}").randbytes(4096))
         atheris.Setup([sys.argv[0], f"-max_total_time={max(1, int(seconds))}",
                        f"-timeout={int(target.timeout) * 2}", "-rss_limit_mb=0",
                        "-print_final_stats=1", "-max_len=4096", str(corpus)],

@@ -133,7 +133,7 @@ def _error_doc(stdout: bytes) -> Any:
 
 
 class _Base:
-    seeded = 60
+    seeded = 150
     memory_mb: int | None = 1024
     timeout = 60.0
 
@@ -257,7 +257,7 @@ class ThroughShim(_Base):
     """The installed shim binary (cni.install) to a CniServer on a temp socket."""
 
     name = "shim"
-    seeded = 25
+    seeded = 50
 
     def setup(self) -> None:
         from cni.install import install
