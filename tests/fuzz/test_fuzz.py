@@ -74,13 +74,14 @@ def test_regression_case(target: str, path: Path, workers: Workers) -> None:
 def test_seeded_pass(target: str, workers: Workers) -> None:
     _require(target)
     count = targets.load(target).seeded
-    failures: dict[str, tuple[object, str]] = {}
+    failures: dict[str, tuple[int, str]] = {}
     for i in range(count):
         seed = random.Random(f"{SEED}:{target}:{i}").randbytes(INPUT_BYTES)
-        case, broke = workers[target].run(seed=seed)
+        _, broke = workers[target].run(seed=seed)
         if broke is not None:
-            failures.setdefault(broke.split("\n", 1)[0], (case, broke))
-    report = "\n\n".join(f"[{kind}]\n{broke}" for kind, (_, broke) in failures.items())
+            failures.setdefault(broke.split("\n", 1)[0], (i, broke))
+    report = "\n\n".join(f"[#{i}] {broke}" for i, broke in failures.values())
+    indexes = " ".join(str(i) for i, _ in failures.values())
     assert not failures, (f"{len(failures)} kind(s) of failure in {count} seeded inputs of"
-                          f" {target!r} (keep each as a regression case: docs/fuzzing.md):\n"
-                          f"{report}")
+                          f" {target!r}; keep them as regression cases with\n"
+                          f"  python -m tests.fuzz.keep {target} {indexes}\n\n{report}")

@@ -196,6 +196,10 @@ class _Base:
             kind = escaped_kind(logged) if logged is not None else doc["msg"][:60]
             raise Broke(f"{where}: code 5 internal error: {kind}",
                         said + (f"\nlogged: {escaped(logged)}" if logged else ""))
+        if self.logged.exc is not None:  # whatever the code: a catch-all caught a bug
+            raise Broke(f"{where}: an unexpected exception became code {code}:"
+                        f" {escaped_kind(self.logged.exc)}",
+                        f"{said}\nlogged: {escaped(self.logged.exc)}")
         return None
 
     def _check_nothing_left(self, call: dict[str, Any], state: Path,

@@ -4,6 +4,7 @@ is not done within a deadline hangs. Property: it returns a Request or raises Wi
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -54,6 +55,13 @@ class FrameReader:
     timeout = 30.0
 
     def generate(self, draw: Draw) -> dict[str, Any]:
+        if draw.bool(3):  # a stdin field really over the limit (1 MiB + 2), or just at it
+            from cni.wire import MAX_FIELD, Request, encode_request
+
+            size = draw.choice((MAX_FIELD, MAX_FIELD + 1))
+            head = encode_request(Request("macvlan", {"CNI_COMMAND": "ADD"}, b""))[:-4]
+            return {"frame": [{"b64": _b64(head + struct.pack(">I", size))},
+                              {"repeat": ["{", size]}], "chunk": 0}
         frame = _frame(draw)
         return {"frame": as_payload(frame) if draw.bool(20) else {"b64": _b64(frame)},
                 "chunk": draw.choice((0, 1, 3, 4096))}
@@ -77,20 +85,26 @@ class FrameReader:
             except BaseException as exc:
                 outcome["error"] = exc
 
-        thread = threading.Thread(target=read, daemon=True)
-        thread.start()
-        try:
+        def write() -> None:
             chunk = case.get("chunk") or len(data) or 1
-            for i in range(0, len(data), chunk):
-                writer.sendall(data[i:i + chunk])
-        except OSError:
-            pass  # the reader gave up early: fine
-        writer.shutdown(socket.SHUT_WR)
-        thread.join(DEADLINE)
-        hung = thread.is_alive()
-        writer.close()
-        reader.close()
-        thread.join(1.0)
+            try:
+                for i in range(0, len(data), chunk):
+                    writer.sendall(data[i:i + chunk])
+                writer.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the reader gave up early and closed: fine
+
+        threads = [threading.Thread(target=f, daemon=True) for f in (read, write)]
+        for thread in threads:
+            thread.start()
+        threads[0].join(DEADLINE)
+        hung = threads[0].is_alive()
+        for sock in (reader, writer):  # wakes a blocked reader, and a writer nobody reads
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in threads:
+            thread.join(1.0)
         if hung:
             raise Broke("read_request hung after the writer closed",
                         f"input: {show(case)}")
