@@ -47,8 +47,9 @@ def _env(draw: Draw) -> dict[str, str]:
             "IgnoreUnknown=1", "K8S_POD_NAMESPACE=default", "K8S_POD_NAME=pod-1",
             "K8S_POD_INFRA_CONTAINER_ID=fz1", "IP=10.10.0.15/24", "IP=10.10.0.15",
             "IP=fe80::1%eth0/64", "IP=10.99.0.1/24,fd00::9/64", "GATEWAY=10.10.0.1",
-            "MAC=02:00:00:00:00:09", "MAC=ff:ff:ff:ff:ff:ff", "K8S_POD_NAME=Bad_Name",
-            "x", "=1", f"{draw.text(5)}={draw.text(8)}"))
+            "GATEWAY=fe80::ffff", "MAC=02:00:00:00:00:09", "MAC=ff:ff:ff:ff:ff:ff",
+            "K8S_POD_NAME=Bad_Name")) if draw.bool(90) else draw.choice((
+                "x", "=1", f"{draw.text(5)}={draw.text(8)}"))
             for _ in range(draw.int(1, 4))]
         env["CNI_ARGS"] = ";".join(pairs)
     if draw.bool(5):
@@ -58,9 +59,9 @@ def _env(draw: Draw) -> dict[str, str]:
 
 def stdin_spec(draw: Draw, configs: tuple[dict[str, Any], ...]) -> Any:
     kind = draw.int(0, 19)
-    if kind < 15:
-        doc = jsongen.mutate(draw, draw.choice(configs), draw.int(0, 4))
-        if draw.bool(10):
+    if kind < 16:
+        doc = jsongen.mutate(draw, draw.choice(configs), draw.choice((0, 1, 1, 1, 2, 2, 3, 4)))
+        if draw.bool(10) and isinstance(doc, dict):
             doc = {**doc, "cniVersion": draw.choice(("0.3.1", "0.4.0", "1.0.0", "2.0.0"))}
         return {"json": doc}
     if kind < 17:
