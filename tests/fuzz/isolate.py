@@ -80,6 +80,8 @@ class Worker:
             verdict = self._read(self.timeout, "on this input")
         except WorkerGone as gone:
             return case, str(gone)
+        if verdict.get("restart"):  # the worker exits: the next input gets a fresh one
+            self.stop()
         return case, verdict["broke"]
 
     def stop(self, kill: bool = False) -> None:

@@ -65,8 +65,14 @@ def serve(name: str) -> int:
             else:
                 case = request["case"]
             broke = run_one(target, case)
+            # After a MemoryError the heap may stay exhausted: a fresh worker takes over, so
+            # the next input is not blamed for it.
+            spent = broke is not None and "MemoryError" in broke.kind
             out.write(json.dumps({"broke": str(broke) if broke else None,
-                                  "kind": broke.kind if broke else None}) + "\n")
+                                  "kind": broke.kind if broke else None,
+                                  "restart": spent}) + "\n")
+            if spent:
+                break
     finally:
         target.close()
     return 0
@@ -80,6 +86,16 @@ class Finder:
         self.current = current
         self.known: set[str] = set()
         self.found = 0
+
+    def _confirmed(self, target: Any, case: Any) -> bool:
+        """Whether ``case`` fails in a fresh worker too."""
+        from tests.fuzz.isolate import Worker
+
+        worker = Worker(self.name, target.timeout)
+        try:
+            return worker.run(case=case)[1] is not None
+        finally:
+            worker.stop()
 
     def learn(self, target: Any) -> None:
         """The kinds of failure the corpus already holds: what its cases break today."""
@@ -98,6 +114,8 @@ class Finder:
         broke = run_one(target, case)
         if broke is None or broke.kind in self.known:
             return
+        if "MemoryError" in broke.kind and not self._confirmed(target, case):
+            return  # the heap was exhausted by an earlier input, not by this one
         self.known.add(broke.kind)
         self.found += 1
         stamp = time.strftime("%Y-%m-%d")

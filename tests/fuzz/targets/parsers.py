@@ -43,7 +43,7 @@ def _document(draw: Draw, docs: tuple[Any, ...], text_form: str) -> bytes:
 
 class _Parser:
     seeded = 150
-    memory_mb: int | None = 768
+    memory_mb: int | None = 256
     timeout = 30.0
     #: The error type the loader is documented to raise; set by subclasses.
     error: type[BaseException] = Exception
