@@ -17,7 +17,14 @@ APT_PACKAGES := iproute2 libudev1 gcc libc6-dev containernetworking-plugins valg
 # `make hwlab INVENTORY=hw-lab/inventories/<name>.yaml` runs the same suite on this node's PFs.
 INVENTORY ?=
 
-.PHONY: demo test unit host lint bench deps venv clean hwlab hwlab-setup
+.PHONY: demo test unit host lint bench deps venv clean hwlab hwlab-setup fuzz fuzz-replay
+
+# `make fuzz` fuzzes every target of tests/fuzz (coverage-guided, atheris) for FUZZ_SECONDS in
+# total, or only FUZZ_TARGETS (cni shim wire dpconfig policy ipamconfig grpc); what it finds is
+# kept in tests/fuzz/corpus (docs/fuzzing.md). `make test` replays that corpus and runs a short
+# seeded pass of every target (tests/fuzz/test_fuzz.py, part of `pytest tests`).
+FUZZ_SECONDS ?= 240
+FUZZ_TARGETS ?=
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -56,8 +63,14 @@ hwlab: venv
 endif
 
 test: lint
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests  # with tests/fuzz: the regression corpus and a seeded pass
 	@$(MAKE) --no-print-directory hwlab
+
+fuzz: venv
+	$(PY) -m tests.fuzz.fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-replay: venv
+	$(PY) -m pytest tests/fuzz
 
 bench: venv
 	@for bench in tests/bench/bench_*.py; do \
