@@ -7,14 +7,14 @@ reported with the spec's error code and the offending variable or field.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cni.delegates import DEPTH_VARIABLE
 from cni.wire import MAX_STDIN
+from nodeagent import netns
 from nodeagent.cnitypes.errors import (
     DECODE_FAILURE,
     INCOMPATIBLE_VERSION,
@@ -123,6 +123,10 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
     )
     if command in ("ADD", "CHECK"):
         _check_netns(request)
+    elif command == "DEL" and request.netns and not _netns_usable(request.netns):
+        # Gone, or left behind as a plain file (unmounted, not yet removed): DEL cleans up
+        # everything but the pod side, as after a deleted namespace.
+        request = replace(request, netns="")
     return request
 
 
@@ -176,8 +180,24 @@ def _check_config(config: dict[str, Any], command: str) -> None:
         raise config_error("runtimeConfig", "must be an object")
 
 
+def _netns_usable(path: str) -> bool:
+    try:
+        return netns.is_netns(path)
+    except OSError:
+        return False
+
+
 def _check_netns(request: CniRequest) -> None:
+    """CNI_NETNS names a network namespace: code 3 when it is gone, 4 when it is not one."""
     if not request.netns:
         raise CniError(INVALID_ENVIRONMENT, "CNI_NETNS is required for " + request.command)
-    if not os.path.exists(request.netns):
-        raise CniError(UNKNOWN_CONTAINER, f"network namespace {request.netns} does not exist")
+    try:
+        if not netns.is_netns(request.netns):
+            raise CniError(INVALID_ENVIRONMENT,
+                           f"CNI_NETNS {request.netns} is not a network namespace")
+    except FileNotFoundError:
+        raise CniError(UNKNOWN_CONTAINER,
+                       f"network namespace {request.netns} does not exist") from None
+    except OSError as exc:
+        raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS {request.netns} cannot be opened",
+                       str(exc)) from None

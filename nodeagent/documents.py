@@ -38,9 +38,10 @@ def parse_yaml(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH)
     import yaml  # only YAML readers pay for it: the CNI request path reads JSON only
 
     text = _text(data, max_bytes)
-    loader = _loader_class()(text)
-    loader.max_depth = max_depth
+    loader = None
     try:
+        loader = _loader_class()(text)  # its reader already refuses unprintable characters
+        loader.max_depth = max_depth
         doc = loader.get_single_data()
     except RecursionError:
         raise DocumentError(f"nested deeper than {max_depth} levels") from None
@@ -49,7 +50,8 @@ def parse_yaml(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH)
             raise DocumentError(f"nested deeper than {max_depth} levels") from None
         raise DocumentError(f"not valid YAML: {exc}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     check_depth(doc, max_depth)
     return doc
 

@@ -14,9 +14,12 @@ namespace only long enough to open its sockets and then works from its own names
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import logging
 import os
 import queue
+import stat
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,6 +27,7 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file (Linux 4.11): the namespace's CLONE_* type
 NETNS_RUN_DIR = "/run/netns"
 #: Idle namespace threads kept for the next calls; more are started when needed.
 MAX_IDLE = 8
@@ -40,6 +44,23 @@ _listeners: list[Callable[[str], None]] = []
 def netns_path(netns: str) -> str:
     """A namespace given by name (``ip netns`` style, under /run/netns) or by path."""
     return netns if "/" in netns else os.path.join(NETNS_RUN_DIR, netns)
+
+
+def is_netns(path: str) -> bool:
+    """Whether ``path`` is a network namespace (a bind mount or /proc/<pid>/ns/net), not just
+    any file: setns on anything else fails with EINVAL deep inside a request.
+    Raises FileNotFoundError when there is nothing at ``path``."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # nsfs files are regular; never open a FIFO
+        return False                                # or a device on a runtime's word
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError as exc:
+        if exc.errno in (errno.ENOTTY, errno.EINVAL):
+            return False  # not a namespace file at all
+        raise
+    finally:
+        os.close(fd)
 
 
 def _setns(fd: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,29 @@ def test_ipam_range_count_is_bounded() -> None:
     with pytest.raises(CniError) as info:
         parse_config(conf(ipam=ipam_conf))
     assert info.value.code == 7 and "more than 256 ranges" in info.value.msg
+
+
+@pytest.mark.parametrize(("make", "code"), [
+    (lambda p: p.write_text(""), 4),           # a regular file: setns would fail with EINVAL
+    (lambda p: os.mkfifo(p), 4),                # a FIFO: opening it must never block a worker
+    (lambda p: p.mkdir(), 4),
+    (lambda p: None, 3),                        # nothing there: the container is gone
+])
+def test_cni_netns_must_be_a_network_namespace(tmp_path: Path, make: Any, code: int) -> None:
+    path = tmp_path / "ns"
+    make(path)
+    with pytest.raises(CniError) as err:
+        parse_request(env("ADD", CNI_NETNS=str(path)), conf())
+    assert err.value.code == code
+    assert str(path) in err.value.msg
+    assert parse_request(env("ADD"), conf()).netns == "/proc/self/ns/net"  # a real one passes
+
+
+def test_del_with_a_netns_left_as_a_plain_file_cleans_up_as_if_it_were_gone(
+        tmp_path: Path) -> None:
+    """An unmounted namespace file not yet removed must not block a pod's deletion."""
+    leftover = tmp_path / "ns"
+    leftover.write_text("")
+    assert parse_request(env("DEL", CNI_NETNS=str(leftover)), conf()).netns == ""
+    assert parse_request(env("DEL", CNI_NETNS=str(tmp_path / "gone")), conf()).netns == ""
+    assert parse_request(env("DEL"), conf()).netns == "/proc/self/ns/net"

@@ -136,9 +136,9 @@ class IpamConfig(_Parser):
     name = "ipamconfig"
 
     def __init__(self) -> None:
-        from nodeagent.ipam.errors import IpamError
+        from nodeagent.cnitypes.errors import CniError
 
-        self.error = IpamError
+        self.error = CniError  # IpamError from the config, CniError (code 4) from CNI_ARGS
 
     def generate(self, draw: Draw) -> dict[str, Any]:
         args = ";".join(draw.choice((
@@ -155,6 +155,7 @@ class IpamConfig(_Parser):
                 "cni_args": args}
 
     def call(self, case: dict[str, Any]) -> Any:
+        from nodeagent.cnitypes.request import parse_cni_args
         from nodeagent.ipam.config import parse_config
 
         if "doc" in case:
@@ -163,4 +164,4 @@ class IpamConfig(_Parser):
             netconf = payload(case["bytes"])
         else:
             netconf = payload(case["text"]).decode("utf-8", "replace")
-        return parse_config(netconf, case.get("cni_args", ""))
+        return parse_config(netconf, parse_cni_args(case.get("cni_args", "")))
