@@ -4,9 +4,9 @@
 and a temporary data dir, can be stopped and started again on the same ports and data (an etcd
 restart), and removes everything on ``close``. ``EtcdCluster`` runs several of them as the
 members of one cluster (a member can be killed and restarted; it rejoins from its data).
-Nothing here listens beyond loopback. With a :class:`Pki` (``make_pki``: a CA, a server certificate for 127.0.0.1, a client certificate, and
-an unrelated CA) it serves clients over TLS, and with ``client_cert_auth`` only to clients
-presenting a certificate of that CA.
+Nothing here listens beyond loopback. With a :class:`Pki` (``make_pki``: a CA, a server
+certificate for 127.0.0.1, a client certificate, and an unrelated CA) it serves clients over
+TLS, and with ``client_cert_auth`` only to clients presenting a certificate of that CA.
 """
 
 from __future__ import annotations
