@@ -39,6 +39,7 @@ of performance only, never of uniqueness:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -667,13 +668,12 @@ class EtcdStore(Store):
         if v.no_free_block:
             return None
         blocks = v.blocks()
-        order: Sequence[int] = blocks
+        start = 0
         if time.monotonic() < v.lease_contended_until:
             start = zlib.crc32(self.node.encode()) % len(blocks)
-            order = [*blocks[start:], *blocks[:start]]
         dirty = {v.block_of(s) for s in v.view.taken}
         for clean in (True, False):
-            for block in order:
+            for block in itertools.chain(blocks[start:], blocks[:start]):
                 if block in v.leased or (clean and block in dirty) or not v.has_free(block):
                     continue
                 return block
