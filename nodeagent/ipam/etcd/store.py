@@ -23,8 +23,9 @@ Address and owner keys are written by the same transactions, so they share a
 ``mod_revision``; a release deletes the address only if it still carries that revision.
 
 Each store keeps a bitmap view of every pool (loaded with a keys-only range, reloaded every
-``resync_interval`` and whenever it looks full). Where it looks for a candidate is a matter
-of performance only, never of uniqueness:
+``resync_interval`` - with blocks: only the leases and the node's own blocks, the whole pool
+every FULL_SYNC_FACTOR intervals - and whenever it looks full; intervals jittered). Where it
+looks for a candidate is a matter of performance only, never of uniqueness:
 
 * Blocks (as Calico's IPAM): the pool is cut into aligned blocks of BLOCK addresses; a node
   leases a block with a create-if-absent transaction on its block key and proposes the lowest
@@ -77,6 +78,8 @@ MAX_ATTEMPTS = 64
 BLOCK = 64  # addresses per block (Calico's /26); the same constant on every agent
 LEASE_ATTEMPTS = 8  # block lease transactions per allocation before falling back
 LEARN_BLOCKS = 16  # block keys a failed lease returns (the lost one and those after it)
+FULL_SYNC_FACTOR = 10  # with blocks, the whole pool is reloaded every 10 resync intervals
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 DEFAULT_CLUSTER = "default"  # its keys have no cluster segment: the layout before clusters
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -155,6 +158,8 @@ class _View:
     block_size: int = 0  # 0: no blocks
     lock: threading.Lock = field(default_factory=threading.Lock)
     contended_until: float = 0.0
+    next_full: float = 0.0  # monotonic time of the next reload of the whole view
+    next_light: float = 0.0  # ... of the next reload of the leases and this node's blocks
     lease_contended_until: float = 0.0
     leased: dict[int, str] = field(default_factory=dict)  # block -> node, as last seen
     mine: list[int] = field(default_factory=list)  # blocks this node holds, in lease order
@@ -403,7 +408,7 @@ class EtcdStore(Store):
         resp = self._txn(pb.txn(success=ops))
         for v in list(self._views.values()):
             with v.lock:
-                v.view.synced_at = 0.0  # reload leases on next use
+                v.next_full = 0.0  # reload leases on next use
         return sum(op.response_txn.succeeded for op in resp.responses)
 
     def close(self) -> None:
@@ -607,8 +612,10 @@ class EtcdStore(Store):
     def _pick(self, v: _View) -> int | None:
         with v.lock:
             now = time.monotonic()
-            if now - v.view.synced_at > self.resync_interval:
+            if now >= v.next_full:
                 self._sync(v)
+            elif now >= v.next_light:
+                self._sync_blocks(v)
             if v.block_size:
                 slot = self._from_blocks(v)
                 if slot is not None:
@@ -637,7 +644,30 @@ class EtcdStore(Store):
             v.leased, v.mine, v.no_free_block = {}, [], False
             v.learn_leases(leases, self.node)
             v.mine.sort()
-        v.view.load((s for kv in kvs if (s := v.slot_of(kv.key)) is not None), time.monotonic())
+        now = time.monotonic()
+        v.view.load((s for kv in kvs if (s := v.slot_of(kv.key)) is not None), now)
+        # Jittered, so agents that started together do not reload together ever after.
+        factor = FULL_SYNC_FACTOR if v.block_size else 1
+        v.next_full = now + self.resync_interval * factor * self._rand.uniform(0.5, 1.5)
+        v.next_light = now + self.resync_interval * self._rand.uniform(0.5, 1.5)
+
+    def _sync_blocks(self, v: _View) -> None:
+        """The periodic reload with blocks (caller holds ``v.lock``): the pool's leases and the
+        address keys of this node's own blocks, in one read-only transaction, instead of every
+        address of the pool on every node every ``resync_interval``."""
+        mine = v.mine[: MAX_TXN_OPS - 1]
+        blocks = v.blocks()
+        ops = [pb.op_range(v.block_key(blocks[0]), v.block_key(blocks[-1]) + b"\x00")]
+        spans = [v.block_slots(b) for b in mine]
+        ops += [pb.op_range(v.key(r[0]), v.key(r[-1]) + b"\x00", keys_only=True) for r in spans]
+        resp = self._txn(pb.txn(success=ops))
+        leases, *windows = (op.response_range for op in resp.responses)
+        v.leased, v.mine, v.no_free_block = {}, [], False
+        v.learn_leases(leases.kvs, self.node)
+        v.mine.sort()
+        for r, window in zip(spans, windows, strict=True):
+            v.view.replace_window(r[0], r[-1], v.slots_in(window))
+        v.next_light = time.monotonic() + self.resync_interval * self._rand.uniform(0.5, 1.5)
 
     # -- blocks (caller holds v.lock) ------------------------------------------------------
 
