@@ -34,6 +34,10 @@ class WireClient:
         for op in request.success:
             if op.WhichOneof("request") == "request_txn":
                 resp.responses.add().response_txn.succeeded = True
+            elif op.WhichOneof("request") == "request_range":
+                r = op.request_range
+                found = self.range_all(r.key, r.range_end) if r.range_end else self.range(r.key).kvs
+                resp.responses.add().response_range.kvs.extend(found)
         return resp
 
     def range_all(self, key: bytes, end: bytes, *, keys_only: bool = False) -> list[Any]:
@@ -315,3 +319,26 @@ def test_clusters_are_key_namespaces_and_default_keeps_the_old_layout() -> None:
             assert "cluster name" in str(exc)
         else:
             raise AssertionError(f"{bad!r} accepted")
+
+
+def test_the_periodic_reload_with_blocks_reads_the_leases_and_the_own_blocks_only() -> None:
+    store, claim = store_and_claim(block_size=64)
+    client: WireClient = store.client  # type: ignore[assignment]
+    store.claim([claim], Owner("c1", "eth0"))
+    lease, claimed = sent_txn(client, 0), sent_txn(client, 1)
+    client.stored = [  # what etcd holds now
+        api.KeyValue(key=op.request_put.key, value=op.request_put.value, mod_revision=REVISION)
+        for op in (*lease.success, claimed.success[0])
+    ]
+    v = store._view("", claim.pools[0])
+    v.next_light = 0.0  # the reload is due
+    client.sent.clear()
+    (r,) = store.claim([claim], Owner("c2", "eth0"))
+    reload, claim2 = (sent_txn(client, i) for i in range(len(client.sent)))  # no new lease
+    assert not reload.compare  # a read-only transaction: two ranges, not the whole pool
+    leases, own = (op.request_range for op in reload.success)
+    assert (leases.key, leases.range_end) == (b"/p/net/blk4/0a000000", b"/p/net/blk4/0a00ffc0\0")
+    assert own.keys_only and own.key == b"/p/net/ip4/0a000000"
+    assert own.range_end == b"/p/net/ip4/0a00003f\0"
+    assert str(r.ip) == "10.0.0.2" and claim2.compare[0].key == b"/p/net/ip4/0a000002"
+    assert v.next_light > time.monotonic() and v.mine == [0x0A000000 // 64]
