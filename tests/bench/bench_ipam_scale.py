@@ -149,6 +149,14 @@ def run_job(job: Job) -> Outcome:
         ipam.store(config)  # connect before the clock starts
 
     def node(ipam: NodeIpam, rand: random.Random) -> None:
+        try:
+            attach_all(ipam, rand)
+        except Exception as exc:  # a bug, not an etcd outage: count it, do not hide it
+            with lock:
+                out.errors.append((time.time(), time.time(), f"{type(exc).__name__}: {exc}"))
+                out.failed.append(f"{ipam.node}: gave up: {exc!r}")
+
+    def attach_all(ipam: NodeIpam, rand: random.Random) -> None:
         arrivals = sorted(rand.uniform(0, job.window) for _ in range(job.pods))
         for i, offset in enumerate(arrivals):
             delay = job.start_at + offset - time.time()
@@ -292,6 +300,7 @@ def ladder(pool: Any, cluster: ipam_etcd.EtcdCluster) -> None:
                 rate=sig(len(o.acks) / elapsed),
                 p99_ms=sig(p99(o.latencies + o.first) * 1000),
                 errors=len(o.errors),
+                failed=len(o.failed),
                 arrival="all pods of all nodes at once, back to back per node",
                 **checks,
             )

@@ -342,3 +342,17 @@ def test_the_periodic_reload_with_blocks_reads_the_leases_and_the_own_blocks_onl
     assert own.range_end == b"/p/net/ip4/0a00003f\0"
     assert str(r.ip) == "10.0.0.2" and claim2.compare[0].key == b"/p/net/ip4/0a000002"
     assert v.next_light > time.monotonic() and v.mine == [0x0A000000 // 64]
+
+
+def test_without_blocks_the_periodic_reload_is_the_whole_pool() -> None:
+    store, claim = store_and_claim(block_size=0)
+    client: WireClient = store.client  # type: ignore[assignment]
+    store.claim([claim], Owner("c1", "eth0"))
+    v = store._view("", claim.pools[0])
+    v.next_light, v.next_full = 0.0, time.monotonic() + 60  # the light reload is for blocks
+    client.sent.clear()
+    assert str(store.claim([claim], Owner("c2", "eth0"))[0].ip) == "10.0.0.2"
+    assert len(client.sent) == 1  # the claim, nothing read
+    v.next_full = 0.0  # due: the whole pool, as before blocks
+    client.stored = [api.KeyValue(key=b"/p/net/ip4/0a00000%d" % i) for i in (1, 2, 3)]
+    assert str(store.claim([claim], Owner("c3", "eth0"))[0].ip) == "10.0.0.4"

@@ -614,7 +614,7 @@ class EtcdStore(Store):
             now = time.monotonic()
             if now >= v.next_full:
                 self._sync(v)
-            elif now >= v.next_light:
+            elif v.block_size and now >= v.next_light:
                 self._sync_blocks(v)
             if v.block_size:
                 slot = self._from_blocks(v)
