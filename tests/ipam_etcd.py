@@ -336,9 +336,9 @@ class EtcdCluster:
             except (subprocess.SubprocessError, OSError):
                 continue
             for status in json.loads(out):
-                leader = status["Status"]["leader"]
-                me = status["Status"]["header"]["member_id"]
-                if leader == me:
+                # no leader: the field is absent (proto3 JSON leaves out a zero)
+                leader = status["Status"].get("leader", 0)
+                if leader and leader == status["Status"]["header"]["member_id"]:
                     return self.members.index(m)
         return None
 

@@ -349,11 +349,13 @@ def member_kill(pool: Any, cluster: ipam_etcd.EtcdCluster) -> None:
         victim = leader if leader is not None else 0
         result["killed"] = time.time()
         cluster.kill(victim)
-        while cluster.leader() is None:  # the leaderless window: writes cannot commit
-            time.sleep(0.05)
-        result["elected"] = time.time()
-        time.sleep(max(0.0, result["killed"] + DOWN_FOR - time.time()))
-        cluster.restart(victim)
+        try:
+            while cluster.leader() is None:  # the leaderless window: writes cannot commit
+                time.sleep(0.05)
+            result["elected"] = time.time()
+            time.sleep(max(0.0, result["killed"] + DOWN_FOR - time.time()))
+        finally:
+            cluster.restart(victim)
         result["restarted"] = time.time()
         result["victim_was_leader"] = leader is not None
 
