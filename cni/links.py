@@ -75,7 +75,7 @@ def announce_on_up(netns: str, ifname: str) -> None:
     Sending them ourselves needs an AF_PACKET socket, whose release waits for an RCU grace
     period (~14 ms measured here): more than a whole ADD. Best effort: a failure is logged.
     """
-    with netns_mod.entered(netns):
+    def enable() -> None:  # /proc/sys/net shows the namespace of the thread that opens it
         for path in (f"/proc/sys/net/ipv4/conf/{ifname}/arp_notify",
                      f"/proc/sys/net/ipv6/conf/{ifname}/ndisc_notify"):
             try:
@@ -84,6 +84,8 @@ def announce_on_up(netns: str, ifname: str) -> None:
             except OSError as exc:
                 if exc.errno != errno.ENOENT:  # no IPv6 in this kernel: nothing to announce
                     log.warning("cannot enable %s: %s", path, exc)
+
+    netns_mod.run(netns, enable)
 
 
 def check_addresses(pod: Rtnl, index: int, result: Result, ifname: str) -> None:

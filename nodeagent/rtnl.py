@@ -52,9 +52,8 @@ class Rtnl:
     """One rtnetlink socket in one network namespace (the caller's, or ``netns``)."""
 
     def __init__(self, netns: str | None = None) -> None:
-        with netns_mod.entered(netns):
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                       socket.NETLINK_ROUTE)
+        self._sock = netns_mod.run(netns, lambda: socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._sock.bind((0, 0))
         self._marshal = MarshalRtnl()
