@@ -30,8 +30,8 @@ looks for a candidate is a matter of performance only, never of uniqueness:
 * Blocks (as Calico's IPAM): the pool is cut into aligned blocks of BLOCK addresses; a node
   leases a block with a create-if-absent transaction on its block key and proposes the lowest
   free address of its own blocks, so nodes rarely propose the same address. A full node leases
-  the lowest free block (after losing a lease race: one at random of the next SPREAD_BLOCKS
-  free ones). The address claim is the same transaction as without blocks.
+  the lowest free block (after losing a lease race: the first free one from a place of its
+  own, a hash of its node name). The address claim is the same transaction as without blocks.
 * Fallback, when the node's blocks are full and no block is free: the lowest free address of
   the whole range, other nodes' blocks included; for a while after a conflict it picks at
   random among the SPREAD lowest free ones, so allocators spread out.
@@ -692,20 +692,18 @@ class EtcdStore(Store):
         return None
 
     def _free_block(self, v: _View) -> int | None:
-        """A block nobody holds with free addresses, one without any taken address first: the
-        lowest, or after a lost lease race the first from a place of this node's own (a hash
-        of its name), so nodes that start at once stop meeting on the same blocks."""
+        """A block nobody holds with free addresses: the lowest (so a lone agent hands out the
+        lowest free address, as before blocks, also where fixed or imported addresses already
+        sit), or after a lost lease race the first from a place of this node's own (a hash of
+        its name), so nodes that start at once stop meeting on the same blocks."""
         if v.no_free_block:
             return None
         blocks = v.blocks()
         start = 0
         if time.monotonic() < v.lease_contended_until:
             start = zlib.crc32(self.node.encode()) % len(blocks)
-        dirty = {v.block_of(s) for s in v.view.taken}
-        for clean in (True, False):
-            for block in itertools.chain(blocks[start:], blocks[:start]):
-                if block in v.leased or (clean and block in dirty) or not v.has_free(block):
-                    continue
+        for block in itertools.chain(blocks[start:], blocks[:start]):
+            if block not in v.leased and v.has_free(block):
                 return block
         v.no_free_block = True
         return None
