@@ -2,14 +2,16 @@
 
 ``EtcdServer`` runs Debian's ``etcd`` (package ``etcd-server``) on 127.0.0.1 with free ports
 and a temporary data dir, can be stopped and started again on the same ports and data (an etcd
-restart), and removes everything on ``close``. Nothing here listens beyond loopback. With a
-:class:`Pki` (``make_pki``: a CA, a server certificate for 127.0.0.1, a client certificate, and
-an unrelated CA) it serves clients over TLS, and with ``client_cert_auth`` only to clients
-presenting a certificate of that CA.
+restart), and removes everything on ``close``. ``EtcdCluster`` runs several of them as the
+members of one cluster (a member can be killed and restarted; it rejoins from its data).
+Nothing here listens beyond loopback. With a :class:`Pki` (``make_pki``: a CA, a server
+certificate for 127.0.0.1, a client certificate, and an unrelated CA) it serves clients over
+TLS, and with ``client_cert_auth`` only to clients presenting a certificate of that CA.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -137,8 +139,11 @@ class EtcdServer:
         *,
         pki: Pki | None = None,
         client_cert_auth: bool = False,
+        name: str = "ipam-test",
     ) -> None:
         self._own_dir = data_dir is None
+        self.name = name
+        self.initial_cluster = ""  # name=peer-url,...: set by EtcdCluster; default: alone
         self.dir = data_dir or Path(tempfile.mkdtemp(prefix="nodeagent-etcd-"))
         self.client_port = free_port()
         self.peer_port = free_port()
@@ -187,18 +192,28 @@ class EtcdServer:
             env={**os.environ, "ETCDCTL_API": "3"},
         )
 
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
     def start(self, timeout: float = 15.0) -> None:
+        self.launch()
+        self.wait(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to serve (members of a cluster only serve
+        once a quorum of them runs)."""
         client = self.url
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = self.peer_url
         args = [
             ETCD,
-            "--name", "ipam-test",
+            "--name", self.name,
             "--data-dir", str(self.dir / "data"),
             "--listen-client-urls", client,
             "--advertise-client-urls", client,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"ipam-test={peer}",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={peer}",
             "--logger", "zap",
             "--log-level", "error",
         ]  # fmt: skip
@@ -207,11 +222,16 @@ class EtcdServer:
         if self.client_cert_auth:
             assert self.pki is not None
             args += ["--client-cert-auth", "--trusted-ca-file", str(self.pki.ca)]
+        self.dir.mkdir(parents=True, exist_ok=True)
         log = open(self.dir / "etcd.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         finally:
             log.close()
+
+    def wait(self, timeout: float = 15.0) -> None:
+        """Until the member serves a linearizable read; stops it and raises if it does not."""
+        assert self.proc is not None, "not launched"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -260,6 +280,79 @@ class EtcdServer:
 
     def __enter__(self) -> EtcdServer:
         self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback forming one cluster, each with its own data dir under
+    one temporary directory, all removed on ``close``."""
+
+    def __init__(self, size: int = 3) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="nodeagent-etcd-cluster-"))
+        self.members = [EtcdServer(self.dir / f"m{i}", name=f"m{i}") for i in range(size)]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for m in self.members:
+            m.initial_cluster = initial
+
+    @property
+    def endpoints(self) -> str:
+        """All client endpoints, as ``etcd_host`` takes them."""
+        return ",".join(m.endpoint for m in self.members)
+
+    def client_config(self, timeout: float = 2.0) -> EtcdConfig:
+        return EtcdConfig(
+            endpoints=tuple(EtcdEndpoint("127.0.0.1", m.client_port) for m in self.members),
+            timeout=timeout,
+        )
+
+    def start(self, timeout: float = 30.0) -> None:
+        for m in self.members:
+            m.launch()
+        for m in self.members:
+            m.wait(timeout)
+
+    def kill(self, index: int) -> None:
+        """SIGKILL one member: no goodbye to its peers, as when its machine dies."""
+        self.members[index].stop(signal.SIGKILL)
+
+    def restart(self, index: int, timeout: float = 30.0) -> None:
+        self.members[index].start(timeout)
+
+    def leader(self) -> int | None:
+        """Index of the member that leads, as the members report it; None without a leader."""
+        for m in self.members:
+            if m.proc is None:
+                continue
+            try:
+                out = m.etcdctl("endpoint", "status", "--write-out=json").stdout
+            except (subprocess.SubprocessError, OSError):
+                continue
+            for status in json.loads(out):
+                # no leader: the field is absent (proto3 JSON leaves out a zero)
+                leader = status["Status"].get("leader", 0)
+                if leader and leader == status["Status"]["header"]["member_id"]:
+                    return self.members.index(m)
+        return None
+
+    def close(self) -> None:
+        for m in self.members:
+            m.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> EtcdCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(

@@ -82,6 +82,7 @@ def run_agent(
 ) -> tuple[list[float], list[str], float]:
     """One agent: ``threads`` concurrent allocators sharing one Ipam. Returns latencies,
     addresses and the agent's CPU seconds."""
+    os.environ["NODE_NAME"] = f"bench-agent-{agent}"  # its own node: its own address blocks
     ipam = Ipam("/nonexistent")
     config = etcd_config(endpoint, prefix)
     ipam.store(config)

@@ -14,6 +14,7 @@ p99 21 ms (tests/bench/bench_ipam.py has the IPAM-level numbers).
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from typing import Any
@@ -63,7 +64,9 @@ class EtcdClient:
         self._auth_lock = threading.Lock()  # one Authenticate at a time; never with _lock
         self._channels: dict[int, grpc.Channel] = {}
         self._kv: dict[int, Any] = {}  # endpoint index -> KVStub
-        self._current = 0
+        # Agents start on different endpoints, as etcd's own client balancer spreads them:
+        # otherwise every agent's reads land on the first member listed.
+        self._current = random.randrange(len(config.endpoints))
         self._token: str | None = None
         self._closed = False
 

@@ -1,11 +1,14 @@
 """Cluster-wide store in etcd: one key per address, claimed by compare-and-swap transactions.
 
-Key layout under ``<prefix>/<network>/`` (``prefix`` is ``/nodeagent/ipam/v1``; the network
-is ``network_name``, so clusters sharing an etcd share a pool by naming it alike)::
+Key layout under ``<prefix>/<network>/`` for the default cluster and
+``<prefix>/@<cluster>/<network>/`` for any other (``prefix`` is ``/nodeagent/ipam/v1``; the
+network is ``network_name``; ``@`` cannot start a network name, so no cluster's keys fall in
+another's ranges; agents of one cluster share a pool by naming it alike)::
 
     ip4/<8 hex digits>                    reservation record (JSON) of one IPv4 address
     ip6/<32 hex digits>                   ... of one IPv6 address
-    r/<range id>/ip4/...                  ... with enable_overlapping_ranges false
+    blk4/<8 hex digits>, blk6/<32 ...>    block lease: {"node": <node>, "at": <unix s>}
+    r/<range id>/ip4/..., r/<id>/blk4/... the same with enable_overlapping_ranges false
     owner/<container>/<ifname>/<set id>   {"ip": <address key>, "rec": <record>}
     pod/<namespace>/<name>/<set id>       <address key> (sticky pods)
 
@@ -20,19 +23,32 @@ Address and owner keys are written by the same transactions, so they share a
 ``mod_revision``; a release deletes the address only if it still carries that revision.
 
 Each store keeps a bitmap view of every pool (loaded with a keys-only range, reloaded every
-``resync_interval`` and whenever it looks full). Uncontended, it takes the lowest free address;
-for a while after a conflict it picks at random among the SPREAD lowest free ones, so
-allocators on many nodes spread out instead of colliding on the same lowest address.
+``resync_interval`` - with blocks: only the leases and the node's own blocks, the whole pool
+every FULL_SYNC_FACTOR intervals - and whenever it looks full; intervals jittered). Where it
+looks for a candidate is a matter of performance only, never of uniqueness:
+
+* Blocks (as Calico's IPAM): the pool is cut into aligned blocks of BLOCK addresses; a node
+  leases a block with a create-if-absent transaction on its block key and proposes the lowest
+  free address of its own blocks, so nodes rarely propose the same address. A full node leases
+  the lowest free block (after losing a lease race: the first free one from a place of its
+  own, a hash of its node name). The address claim is the same transaction as without blocks.
+* Fallback, when the node's blocks are full and no block is free: the lowest free address of
+  the whole range, other nodes' blocks included; for a while after a conflict it picks at
+  random among the SPREAD lowest free ones, so allocators spread out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import os
 import random
 import re
+import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +75,13 @@ WINDOW = 128  # keys returned with a failed claim: the aligned block around the 
 SPREAD = 128  # candidates to choose from while contended
 CONTENDED_FOR = 2.0  # seconds of spreading after a conflict
 MAX_ATTEMPTS = 64
+BLOCK = 64  # addresses per block (Calico's /26); the same constant on every agent
+LEASE_ATTEMPTS = 8  # block lease transactions per allocation before falling back
+LEARN_BLOCKS = 16  # block keys a failed lease returns (the lost one and those after it)
+FULL_SYNC_FACTOR = 10  # with blocks, the whole pool is reloaded every 10 resync intervals
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+DEFAULT_CLUSTER = "default"  # its keys have no cluster segment: the layout before clusters
+_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -72,15 +95,31 @@ def prefix_end(prefix: bytes) -> bytes:
     return bytes(end)
 
 
-class Keys:
-    """Key names of one network (see the module docstring)."""
+def check_cluster(cluster: str) -> str:
+    """``cluster`` if it is a valid name (letters, digits, '.', '_', '-'), else ValueError."""
+    if not _CLUSTER_NAME.match(cluster):
+        raise ValueError(f"cluster name {cluster!r} must be 1-63 letters, digits, '.', '_' or '-'")
+    return cluster
 
-    def __init__(self, prefix: str, network: str) -> None:
-        self.root = f"{prefix}/{network}/".encode()
+
+class Keys:
+    """Key names of one network of one cluster (see the module docstring)."""
+
+    _ADDRESS = re.compile(rb"(?:r/[^/]*/)?ip[46]/")
+    _BLOCK = re.compile(rb"(?:r/[^/]*/)?blk[46]/")
+
+    def __init__(self, prefix: str, network: str, cluster: str = DEFAULT_CLUSTER) -> None:
+        check_cluster(cluster)
+        segment = "" if cluster == DEFAULT_CLUSTER else f"@{cluster}/"
+        self.root = f"{prefix}/{segment}{network}/".encode()
 
     def ip_base(self, scope: str, version: int) -> bytes:
         scoped = f"r/{scope}/".encode() if scope else b""
         return self.root + scoped + (b"ip4/" if version == 4 else b"ip6/")
+
+    def block_base(self, scope: str, version: int) -> bytes:
+        scoped = f"r/{scope}/".encode() if scope else b""
+        return self.root + scoped + (b"blk4/" if version == 4 else b"blk6/")
 
     def ip(self, scope: str, ip: IPAddress) -> bytes:
         return self.ip_base(scope, ip.version) + _hex(int(ip), ip.version).encode()
@@ -95,8 +134,10 @@ class Keys:
         return self.root + f"pod/{pod}/{set_id}".encode()
 
     def is_address(self, key: bytes) -> bool:
-        rest = key[len(self.root) :]
-        return rest.startswith((b"ip4/", b"ip6/", b"r/"))
+        return key.startswith(self.root) and bool(self._ADDRESS.match(key, len(self.root)))
+
+    def is_block(self, key: bytes) -> bool:
+        return key.startswith(self.root) and bool(self._BLOCK.match(key, len(self.root)))
 
 
 def _hex(value: int, version: int) -> str:
@@ -105,18 +146,31 @@ def _hex(value: int, version: int) -> str:
 
 @dataclass
 class _View:
-    """A pool's view plus its key base; ``lock`` guards the view."""
+    """A pool's view plus its key bases and block leases; ``lock`` guards all of it.
+
+    Blocks are numbered by absolute address (block ``n`` holds addresses ``n * size`` to
+    ``n * size + size - 1``), so every agent agrees on them whatever its range's bounds."""
 
     view: PoolView
     base: bytes
     version: int
+    block_base: bytes = b""
+    block_size: int = 0  # 0: no blocks
     lock: threading.Lock = field(default_factory=threading.Lock)
     contended_until: float = 0.0
+    next_full: float = 0.0  # monotonic time of the next reload of the whole view
+    next_light: float = 0.0  # ... of the next reload of the leases and this node's blocks
+    lease_contended_until: float = 0.0
+    leased: dict[int, str] = field(default_factory=dict)  # block -> node, as last seen
+    mine: list[int] = field(default_factory=list)  # blocks this node holds, in lease order
+    no_free_block: bool = False  # until the next sync: every block is leased or full
     pattern: re.Pattern[bytes] = field(init=False)
+    block_pattern: re.Pattern[bytes] = field(init=False)
 
     def __post_init__(self) -> None:
         digits = 8 if self.version == 4 else 32
         self.pattern = re.compile(re.escape(self.base) + b"([0-9a-f]{%d})" % digits)
+        self.block_pattern = re.compile(re.escape(self.block_base) + b"([0-9a-f]{%d})$" % digits)
 
     def slots_in(self, window: Any) -> set[int]:
         """Slots of the address keys in a keys-only RangeResponse. The keys are the only
@@ -135,6 +189,76 @@ class _View:
             return None
         return self.view.pool.int_slot(int(suffix, 16))
 
+    # -- blocks ---------------------------------------------------------------------------
+
+    @property
+    def first(self) -> int:
+        return int(self.view.pool.range.start)
+
+    def block_of(self, slot: int) -> int:
+        return (self.first + slot) // self.block_size
+
+    def block_slots(self, block: int) -> range:
+        """The pool's slots inside ``block`` (fewer than its size at the range's edges)."""
+        lo = max(0, block * self.block_size - self.first)
+        hi = min(self.view.pool.size, (block + 1) * self.block_size - self.first)
+        return range(lo, hi)
+
+    def blocks(self) -> range:
+        """Every block that holds a slot of the pool."""
+        return range(self.block_of(0), self.block_of(self.view.pool.size - 1) + 1)
+
+    def block_key(self, block: int) -> bytes:
+        return self.block_base + _hex(block * self.block_size, self.version).encode()
+
+    def block_number(self, key: bytes) -> int | None:
+        m = self.block_pattern.match(key)
+        if m is None:
+            return None
+        start = int(m.group(1), 16)
+        return start // self.block_size if start % self.block_size == 0 else None
+
+    def take_in(self, block: int, rand: random.Random | None = None) -> int | None:
+        """The lowest free slot of ``block`` (with ``rand``: a free one at random), marked
+        taken; None if it has none."""
+        view, taken = self.view, self.view.taken
+        slots: Sequence[int] = self.block_slots(block)
+        if rand is not None:
+            slots = [s for s in slots if s not in taken and not view.bitmap.is_reserved(s)]
+            rand.shuffle(slots)  # type: ignore[arg-type]
+        for slot in slots:
+            if slot not in taken and view.bitmap.allocate(slot):
+                taken.add(slot)
+                return slot
+        return None
+
+    def has_free(self, block: int) -> bool:
+        bitmap, taken = self.view.bitmap, self.view.taken
+        return any(s not in taken and not bitmap.is_reserved(s) for s in self.block_slots(block))
+
+    def learn_leases(self, kvs: Any, node: str) -> None:
+        """Block keys (with values) read from etcd: who holds which block."""
+        for kv in kvs:
+            block = self.block_number(kv.key)
+            if block is None:
+                continue
+            holder = _block_holder(kv.value)
+            self.leased[block] = holder
+            if holder == node and block not in self.mine:
+                self.mine.append(block)
+
+
+@dataclass
+class ClaimStats:
+    """What a store sent to claim addresses (for benchmarks and metrics)."""
+
+    allocations: int = 0  # dynamic addresses won
+    claims: int = 0  # address claim transactions sent for them (lost races included)
+    lost: int = 0  # claims that found the address taken
+    leases: int = 0  # blocks leased
+    lease_claims: int = 0  # block lease transactions sent
+    fallback: int = 0  # candidates proposed outside this node's blocks
+
 
 class EtcdStore(Store):
     def __init__(
@@ -143,13 +267,24 @@ class EtcdStore(Store):
         network: str,
         *,
         prefix: str = "/nodeagent/ipam/v1",
+        cluster: str = DEFAULT_CLUSTER,
+        node: str | None = None,
+        block_size: int = BLOCK,
         resync_interval: float = 30.0,
         clock: Callable[[], float] = time.time,
         seed: int | None = None,
     ) -> None:
+        """``cluster`` names the key namespace (module docstring); ``node`` the holder of this
+        store's block leases (default: $NODE_NAME, else the host name); ``block_size`` 0
+        turns blocks off (every node proposes the lowest free address of the range)."""
         self.client = client
         self.network = network
-        self.keys = Keys(prefix, network)
+        self.cluster = cluster
+        self.node = node or os.environ.get("NODE_NAME") or socket.gethostname()
+        self.block_size = block_size
+        self.keys = Keys(prefix, network, cluster)
+        self.stats = ClaimStats()
+        self._stats_lock = threading.Lock()
         # How long another node's release can go unnoticed (its claims are learnt at once,
         # from the window a failed claim returns).
         self.resync_interval = resync_interval
@@ -247,6 +382,35 @@ class EtcdStore(Store):
             r for (_, r), op in zip(holds, resp.responses, strict=True) if op.response_txn.succeeded
         ]
 
+    def leases(self) -> dict[bytes, str]:
+        """Every block lease of the network: block key -> the node holding it."""
+        return {
+            kv.key: _block_holder(kv.value)
+            for kv in self._range_prefix(self.keys.root)
+            if self.keys.is_block(kv.key)
+        }
+
+    def release_leases(self, node: str) -> int:
+        """Drop the block leases of ``node`` (a node that left the cluster); its addresses stay
+        reserved. Leases only steer where nodes look, so this is never needed for uniqueness.
+        Returns how many went."""
+        gone = [
+            kv
+            for kv in self._range_prefix(self.keys.root)
+            if self.keys.is_block(kv.key) and _block_holder(kv.value) == node
+        ]
+        if not gone:
+            return 0
+        ops = [
+            pb.op_txn(pb.txn([pb.compare(kv.key, "mod", kv.mod_revision)], [pb.op_delete(kv.key)]))
+            for kv in gone
+        ]
+        resp = self._txn(pb.txn(success=ops))
+        for v in list(self._views.values()):
+            with v.lock:
+                v.next_full = 0.0  # reload leases on next use
+        return sum(op.response_txn.succeeded for op in resp.responses)
+
     def close(self) -> None:
         self.client.close()
 
@@ -272,6 +436,7 @@ class EtcdStore(Store):
             slot = self._pick(v)
             if slot is None:
                 return None
+            self._count(claims=1)
             ip = pool.address(slot)
             r = self._new(c, owner, ip, c.scope(pool))
             addr_key = v.key(slot)
@@ -285,8 +450,11 @@ class EtcdStore(Store):
                     v.view.unmark(slot)
                 raise
             if resp.succeeded:
+                self._count(allocations=1)
                 return r, resp.header.revision
             existing, window = (op.response_range for op in resp.responses)
+            if not existing.kvs:
+                self._count(lost=1)
             taken = v.slots_in(window)
             with v.lock:
                 v.view.replace_window(lo, hi, taken)  # drops our candidate if it is not taken
@@ -435,14 +603,24 @@ class EtcdStore(Store):
                 v = self._views.get(key)
                 if v is None:
                     base = self.keys.ip_base(scope, rng.version)
-                    v = self._views[key] = _View(PoolView(pool), base, rng.version)
+                    blocks = self.keys.block_base(scope, rng.version)
+                    v = self._views[key] = _View(
+                        PoolView(pool), base, rng.version, blocks, self.block_size
+                    )
         return v
 
     def _pick(self, v: _View) -> int | None:
         with v.lock:
             now = time.monotonic()
-            if now - v.view.synced_at > self.resync_interval:
+            if now >= v.next_full:
                 self._sync(v)
+            elif v.block_size and now >= v.next_light:
+                self._sync_blocks(v)
+            if v.block_size:
+                slot = self._from_blocks(v)
+                if slot is not None:
+                    return slot
+                self._count(fallback=1)
             for attempt in range(2):
                 if now < v.contended_until:
                     slot = v.view.take_spread(SPREAD, self._rand)
@@ -456,10 +634,109 @@ class EtcdStore(Store):
             return None
 
     def _sync(self, v: _View) -> None:
-        """Reload the whole view (caller holds ``v.lock``): one keys-only range."""
+        """Reload the whole view (caller holds ``v.lock``): one keys-only range, and one range
+        of the pool's block leases."""
         pool = v.view.pool
         kvs = self._range_all(v.key(0), v.key(pool.size - 1) + b"\x00", keys_only=True)
-        v.view.load((s for kv in kvs if (s := v.slot_of(kv.key)) is not None), time.monotonic())
+        if v.block_size:
+            blocks = v.blocks()
+            leases = self._range_all(v.block_key(blocks[0]), v.block_key(blocks[-1]) + b"\x00")
+            v.leased, v.mine, v.no_free_block = {}, [], False
+            v.learn_leases(leases, self.node)
+            v.mine.sort()
+        now = time.monotonic()
+        v.view.load((s for kv in kvs if (s := v.slot_of(kv.key)) is not None), now)
+        # Jittered, so agents that started together do not reload together ever after.
+        factor = FULL_SYNC_FACTOR if v.block_size else 1
+        v.next_full = now + self.resync_interval * factor * self._rand.uniform(0.5, 1.5)
+        v.next_light = now + self.resync_interval * self._rand.uniform(0.5, 1.5)
+
+    def _sync_blocks(self, v: _View) -> None:
+        """The periodic reload with blocks (caller holds ``v.lock``): the pool's leases and the
+        address keys of this node's own blocks, in one read-only transaction, instead of every
+        address of the pool on every node every ``resync_interval``."""
+        mine = v.mine[: MAX_TXN_OPS - 1]
+        blocks = v.blocks()
+        ops = [pb.op_range(v.block_key(blocks[0]), v.block_key(blocks[-1]) + b"\x00")]
+        spans = [v.block_slots(b) for b in mine]
+        ops += [pb.op_range(v.key(r[0]), v.key(r[-1]) + b"\x00", keys_only=True) for r in spans]
+        resp = self._txn(pb.txn(success=ops))
+        leases, *windows = (op.response_range for op in resp.responses)
+        v.leased, v.mine, v.no_free_block = {}, [], False
+        v.learn_leases(leases.kvs, self.node)
+        v.mine.sort()
+        for r, window in zip(spans, windows, strict=True):
+            v.view.replace_window(r[0], r[-1], v.slots_in(window))
+        v.next_light = time.monotonic() + self.resync_interval * self._rand.uniform(0.5, 1.5)
+
+    # -- blocks (caller holds v.lock) ------------------------------------------------------
+
+    def _from_blocks(self, v: _View) -> int | None:
+        """A free slot of this node's blocks, leasing a block if they are full; None when no
+        block can be had (the caller falls back to the whole range). After a lost race inside
+        them (another agent under the same node name, or one that fell back), a free slot at
+        random instead of the lowest."""
+        rand = self._rand if time.monotonic() < v.contended_until else None
+        for block in v.mine:
+            slot = v.take_in(block, rand)
+            if slot is not None:
+                return slot
+        for _ in range(LEASE_ATTEMPTS):
+            block = self._free_block(v)
+            if block is None:
+                return None
+            if self._lease(v, block):
+                slot = v.take_in(block)
+                if slot is not None:
+                    return slot
+        return None
+
+    def _free_block(self, v: _View) -> int | None:
+        """A block nobody holds with free addresses: the lowest (so a lone agent hands out the
+        lowest free address, as before blocks, also where fixed or imported addresses already
+        sit), or after a lost lease race the first from a place of this node's own (a hash of
+        its name), so nodes that start at once stop meeting on the same blocks."""
+        if v.no_free_block:
+            return None
+        blocks = v.blocks()
+        start = 0
+        if time.monotonic() < v.lease_contended_until:
+            start = zlib.crc32(self.node.encode()) % len(blocks)
+        for block in itertools.chain(blocks[start:], blocks[:start]):
+            if block not in v.leased and v.has_free(block):
+                return block
+        v.no_free_block = True
+        return None
+
+    def _lease(self, v: _View, block: int) -> bool:
+        """Lease ``block`` for this node: create-if-absent on its key. A lost race brings back
+        the holders of that block and the next LEARN_BLOCKS - 1."""
+        key = v.block_key(block)
+        record = json.dumps({"node": self.node, "at": int(self._clock())}).encode()
+        learn_end = v.block_key(block + LEARN_BLOCKS)
+        self._count(lease_claims=1)
+        resp = self._txn(
+            pb.txn(
+                [pb.compare(key, "create", 0)],
+                [pb.op_put(key, record)],
+                [pb.op_range(key, learn_end)],
+            )
+        )
+        if resp.succeeded:
+            self._count(leases=1)
+            v.leased[block] = self.node
+            v.mine.append(block)
+            return True
+        v.learn_leases(resp.responses[0].response_range.kvs, self.node)
+        if block in v.mine:  # ours already (a lease that timed out but landed)
+            return True
+        v.lease_contended_until = time.monotonic() + CONTENDED_FOR
+        return False
+
+    def _count(self, **deltas: int) -> None:
+        with self._stats_lock:
+            for name, delta in deltas.items():
+                setattr(self.stats, name, getattr(self.stats, name) + delta)
 
     def _mark(self, scope: str, pool: Pool, ip: IPAddress) -> None:
         v = self._view(scope, pool)
@@ -519,6 +796,13 @@ class EtcdStore(Store):
             ) from exc
         except EtcdError as exc:
             raise IpamError(TRY_AGAIN_LATER, f"{where} rejected an IPAM {what}", str(exc)) from exc
+
+
+def _block_holder(value: bytes) -> str:
+    try:
+        return str(json.loads(value)["node"])
+    except (ValueError, KeyError, TypeError):
+        return ""  # unreadable: held by nobody we know, still not ours to take
 
 
 def _parse(value: bytes) -> Reservation | None:
