@@ -113,7 +113,7 @@ class Agent:
                 return False
         return True
 
-    def wait_serving(self, timeout: float = 120.0) -> None:
+    def wait_serving(self, timeout: float = 300.0) -> None:
         start = time.monotonic()
         while not self.answering():
             if self.proc is not None and self.proc.poll() is not None:
@@ -573,7 +573,7 @@ def lab_soak(cycles: int) -> None:
         agent = Agent(root, None)
         agent.start()
         stack.callback(agent.stop)
-        agent.wait_serving(600)
+        agent.wait_serving()
         ipam = {"type": "whereabouts", "datastore": "file", "range": "10.78.0.0/28",
                 "network_name": network}
 
@@ -608,8 +608,8 @@ def lab_soak(cycles: int) -> None:
 def main() -> int:
     # `timeout` or Ctrl-C: unwind, so the daemon, etcd and every namespace are removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if os.environ.get(ENV):
-        lab_soak(cycles_arg(1, "SOAK_LAB_CYCLES", LAB_CYCLES))
+    if os.environ.get(ENV):  # in the lab: the host passed the lab's cycle count
+        lab_soak(cycles_arg(0, "SOAK_LAB_CYCLES", LAB_CYCLES))
         return 0
     if shutil.which("ip") is None:
         emit(bench="soak", skipped=True, reason="no `ip` (iproute2)")
@@ -619,7 +619,8 @@ def main() -> int:
         host_soak(store, cycles)
     if os.environ.get("SOAK_LAB", "1") == "0":
         return 0
-    return common.run_in_lab(__file__, "soak_sriov_lab")
+    lab_cycles = cycles_arg(1, "SOAK_LAB_CYCLES", LAB_CYCLES)
+    return common.run_in_lab(__file__, "soak_sriov_lab", [str(lab_cycles)])
 
 
 if __name__ == "__main__":
