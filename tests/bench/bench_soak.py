@@ -30,6 +30,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,7 @@ class Agent:
         self.log = root / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.dead_inode: tuple[int, int] | None = None
         self.start_times: list[float] = []
         self._lock = threading.Lock()
 
@@ -105,13 +107,18 @@ class Agent:
             self.proc = subprocess.Popen(self.command(), env=env, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log, cwd=REPO)
 
+    def socket_inode(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.socket)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_ctime_ns) if stat.S_ISSOCK(st.st_mode) else None
+
     def answering(self) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            try:
-                s.connect(str(self.socket))
-            except OSError:
-                return False
-        return True
+        """The daemon has bound a new socket (a connect would be logged as a dropped request:
+        the inode tells a new socket from the one a killed daemon left)."""
+        inode = self.socket_inode()
+        return inode is not None and inode != self.dead_inode
 
     def wait_serving(self, timeout: float = 300.0) -> None:
         start = time.monotonic()
@@ -129,6 +136,7 @@ class Agent:
             assert self.proc is not None
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+            self.dead_inode = self.socket_inode()
             self.start()
             self.restarts += 1
 
