@@ -55,11 +55,13 @@ LAB_CYCLES = 100
 PREFIX = "nasoak"
 #: Kills come this long (uniform, seconds) after the daemon answers again, then at the next
 #: moment a request of the chosen verb is in flight, plus up to KILL_JITTER.
-KILL_GAP = (0.4, 2.0)
+KILL_GAP = (0.5, 3.0)
 KILL_JITTER = 0.015
-LAB_KILL_GAP = (2.0, 10.0)  # the lab's emulated CPU is slow: fewer, wider-spaced kills
+LAB_KILL_GAP = (2.0, 8.0)  # the lab's emulated CPU is slow (a daemon start takes long):
+LAB_KILLS = 8  # fewer kills there
 DEL_GIVE_UP = 120.0  # seconds of failing DELs after which a pod counts as never deleted
 COUNT = "count"
+LAB_TIMEOUT = 2400
 
 
 def cycles_arg(position: int, env: str, default: int) -> int:
@@ -213,6 +215,9 @@ class Runtime:
         self.pooled = resources is not None  # each pod needs one (a VF)
         self.resources = list(resources or [])
         self.kill_gap = KILL_GAP
+        self.max_kills: int | None = None
+        self.progress_every = 0  # print a line to stderr every this many cycles (0: never)
+        self.label = "soak"
         self.free = threading.Condition(self.lock)
         self.done = threading.Event()
         self.deleted: list[str] = []
@@ -268,6 +273,8 @@ class Runtime:
         ips = tuple(entry["address"].split("/")[0] for entry in doc.get("ips", []))
         with self.lock:
             self.tally.adds_ok += 1
+            if self.progress_every and self.tally.adds_ok % self.progress_every == 0:
+                print(f"{self.label}: {self.tally.adds_ok} cycles", file=sys.stderr, flush=True)
             holders = {address: other for other, addrs in self.live.items() for address in addrs}
             for address in ips:
                 if address in holders:
@@ -339,6 +346,8 @@ class Runtime:
         start = time.monotonic()
         while not self.done.is_set():
             self.agent.wait_serving()
+            if self.max_kills is not None and self.tally.kills["total"] >= self.max_kills:
+                return
             if self.done.wait(rng.uniform(*self.kill_gap)):
                 return
             verb = rng.choice(("ADD", "DEL"))
@@ -358,6 +367,9 @@ class Runtime:
                 self.tally.kills["total"] += 1
                 for v in during:
                     self.tally.kills[v] += 1
+            print(f"{self.label}: kill {self.tally.kills['total']} (in flight: {during}) after"
+                  f" {self.tally.adds_ok} cycles, {time.monotonic() - start:.0f} s",
+                  file=sys.stderr, flush=True)
             if extra is not None:
                 extra(time.monotonic() - start)
 
@@ -516,6 +528,7 @@ def host_soak(store: str, cycles: int) -> None:
         conf = {"cniVersion": "1.0.0", "name": network, "type": "macvlan", "master": master,
                 "mode": "bridge", "ipam": ipam}
         rt = Runtime(bindir, agent, lambda pod: conf, cycles, workers=4, depth=4)
+        rt.label = f"soak macvlan_{store}"
         etcd_restarts = 0
 
         def restart_etcd(_elapsed: float) -> None:
@@ -578,10 +591,13 @@ def lab_soak(cycles: int) -> None:
             vfs += made
         bindir = root / "bin"
         install(bindir, shim_path(), fallback=False)
+        print(f"soak sriov_lab: {len(vfs)} VFs made", file=sys.stderr, flush=True)
         agent = Agent(root, None)
         agent.start()
         stack.callback(agent.stop)
         agent.wait_serving()
+        print(f"soak sriov_lab: the daemon serves after {agent.start_times[-1]:.0f} s",
+              file=sys.stderr, flush=True)
         ipam = {"type": "whereabouts", "datastore": "file", "range": "10.78.0.0/28",
                 "network_name": network}
 
@@ -591,7 +607,8 @@ def lab_soak(cycles: int) -> None:
 
         rt = Runtime(bindir, agent, conf, cycles, workers=2, depth=max(1, len(vfs) // 2 - 1),
                      resources=vfs)
-        rt.kill_gap = LAB_KILL_GAP
+        rt.kill_gap, rt.max_kills, rt.label = LAB_KILL_GAP, LAB_KILLS, "soak sriov_lab"
+        rt.progress_every = 10
         wall = rt.run()
         agent.stop()
         config = parse_config(json.dumps(conf(Pod("x", resource=vfs[0]))).encode(), "")
@@ -628,7 +645,9 @@ def main() -> int:
     if os.environ.get("SOAK_LAB", "1") == "0":
         return 0
     lab_cycles = cycles_arg(1, "SOAK_LAB_CYCLES", LAB_CYCLES)
-    return common.run_in_lab(__file__, "soak_sriov_lab", [str(lab_cycles)])
+    # the lab's boot and an emulated CPU: more than run.py's default 900 s
+    return common.run_in_lab(__file__, "soak_sriov_lab",
+                             ["--timeout", str(LAB_TIMEOUT), str(lab_cycles)])
 
 
 if __name__ == "__main__":
