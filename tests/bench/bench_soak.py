@@ -217,6 +217,9 @@ class Runtime:
         self.kill_gap = KILL_GAP
         self.max_kills: int | None = None
         self.progress_every = 0  # print a line to stderr every this many cycles (0: never)
+        #: run on a thread of its own once half the cycles are done (the etcd restart)
+        self.midway: Callable[[], None] | None = None
+        self._midway_thread: threading.Thread | None = None
         self.label = "soak"
         self.free = threading.Condition(self.lock)
         self.done = threading.Event()
@@ -275,6 +278,9 @@ class Runtime:
             self.tally.adds_ok += 1
             if self.progress_every and self.tally.adds_ok % self.progress_every == 0:
                 print(f"{self.label}: {self.tally.adds_ok} cycles", file=sys.stderr, flush=True)
+            if self.midway is not None and self.tally.adds_ok == max(1, self.cycles // 2):
+                self._midway_thread = threading.Thread(target=self._run_midway, daemon=True)
+                self._midway_thread.start()
             holders = {address: other for other, addrs in self.live.items() for address in addrs}
             for address in ips:
                 if address in holders:
@@ -284,6 +290,13 @@ class Runtime:
             pod.ips = ips
             self.live[pod.name] = ips
         return True
+
+    def _run_midway(self) -> None:
+        assert self.midway is not None
+        try:
+            self.midway()
+        except BaseException as exc:  # reported by run()
+            self.errors.append(exc)
 
     def delete(self, pod: Pod) -> None:
         with self.lock:
@@ -340,7 +353,7 @@ class Runtime:
                 subprocess.run(["ip", "netns", "del", pod.name], check=False,
                                capture_output=True)
 
-    def killer(self, extra: Callable[[float], None] | None) -> None:
+    def killer(self) -> None:
         """SIGKILL the daemon while an ADD or a DEL (alternately, at random) is in flight."""
         rng = random.Random()
         start = time.monotonic()
@@ -370,15 +383,13 @@ class Runtime:
             print(f"{self.label}: kill {self.tally.kills['total']} (in flight: {during}) after"
                   f" {self.tally.adds_ok} cycles, {time.monotonic() - start:.0f} s",
                   file=sys.stderr, flush=True)
-            if extra is not None:
-                extra(time.monotonic() - start)
 
-    def run(self, extra: Callable[[float], None] | None = None) -> float:
+    def run(self) -> float:
         """All cycles with kills; returns the wall time."""
         start = time.monotonic()
         threads = [threading.Thread(target=self.worker, daemon=True)
                    for _ in range(self.workers)]
-        killer = threading.Thread(target=self.killer, args=(extra,), daemon=True)
+        killer = threading.Thread(target=self.killer, daemon=True)
         killer.start()
         for t in threads:
             t.start()
@@ -386,6 +397,8 @@ class Runtime:
             t.join()
         self.done.set()
         killer.join()
+        if self._midway_thread is not None:
+            self._midway_thread.join()
         if self.errors:
             raise self.errors[0]
         return time.monotonic() - start
@@ -531,16 +544,19 @@ def host_soak(store: str, cycles: int) -> None:
         rt.label = f"soak macvlan_{store}"
         etcd_restarts = 0
 
-        def restart_etcd(_elapsed: float) -> None:
+        def restart_etcd() -> None:
             nonlocal etcd_restarts
-            if etcd is None or etcd_restarts or rt.tally.adds_ok < cycles // 2:
-                return
+            assert etcd is not None
             etcd.stop(signal.SIGKILL)
             time.sleep(1.0)
             etcd.start()
             etcd_restarts += 1
+            print(f"{rt.label}: etcd restarted after {rt.tally.adds_ok} cycles", file=sys.stderr,
+                  flush=True)
 
-        wall = rt.run(restart_etcd)
+        if etcd is not None:
+            rt.midway = restart_etcd
+        wall = rt.run()
         agent.stop()
         leaks = {"leaked_links_master_netns": len(set(links_in(ns)) - {"lo", master,
                                                                       f"{PREFIX}{tag}b"})}
