@@ -57,8 +57,8 @@ PREFIX = "nasoak"
 #: moment a request of the chosen verb is in flight, plus up to KILL_JITTER.
 KILL_GAP = (0.5, 3.0)
 KILL_JITTER = 0.015
-LAB_KILL_GAP = (2.0, 8.0)  # the lab's emulated CPU is slow (a daemon start takes long):
-LAB_KILLS = 8  # fewer kills there
+LAB_KILL_GAP = (10.0, 40.0)  # the lab's emulated CPU is slow (a daemon start takes ~50 s):
+LAB_KILLS = 8  # fewer kills there, spread over the run
 DEL_GIVE_UP = 120.0  # seconds of failing DELs after which a pod counts as never deleted
 COUNT = "count"
 LAB_TIMEOUT = 2400
@@ -311,7 +311,8 @@ class Runtime:
             if time.monotonic() - start > DEL_GIVE_UP:
                 with self.lock:
                     self.tally.dels_never_ok += 1
-                    self.tally.notes.append(f"DEL of {pod.name} never succeeded: {doc}")
+                    self.tally.notes.append(f"DEL of {pod.name} never succeeded: {doc}; the"
+                                            f" daemon's log ends: {self.agent.tail(4)}")
                 break
             time.sleep(delay)
             delay = min(delay * 2, 0.25)
@@ -639,6 +640,10 @@ def lab_soak(cycles: int) -> None:
             "leaked_reservations": len(reservations),
             "ipam_stray_temp_files": stray_files(agent.ipam_dir),
         }
+        for vf in vfs:
+            if host_names[vf.pci] != [vf.netdev] or sysfs.driver(vf.pci) != drivers[vf.pci]:
+                rt.tally.notes.append(f"VF {vf.pci} ({vf.netdev}) ends as {host_names[vf.pci]}"
+                                      f" on {sysfs.driver(vf.pci)}")
         emit_common("sriov_lab", rt, wall, leaks)
         emit(bench="soak_sriov_lab_vfs", value=len(vfs), unit=COUNT)
 
