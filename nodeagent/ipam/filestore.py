@@ -5,7 +5,9 @@ Layout under the state dir (``/var/lib/nodeagent/ipam``, or host-local's ``dataD
     <network>/lock               flock(2) target; held for every read-modify-write
     <network>/reservations.json  all reservations of the network
     <network>/.reservations.json.<pid>.<thread>.tmp
-                                 the next state while it is written (garbage after a crash)
+                                 the next state while it is written; one that a process
+                                 killed mid-write left is removed by the next process to
+                                 take the lock (writers hold it while theirs exists)
 
 Every change rewrites the state file as write-temp + fsync + rename + fsync(dir), under the
 lock, so a process killed at any instant leaves the old state or the new one: never a
@@ -28,6 +30,7 @@ legacy files are left as they are.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -61,6 +64,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/nodeagent/ipam")
 DIR_MODE, FILE_MODE = 0o700, 0o600
 STATE_FILE = "reservations.json"
 LOCK_FILE = "lock"
+_TEMP_FILES = f".{STATE_FILE}.*.tmp"  # nodeagent.fileio.replace_file's names for STATE_FILE
 FORMAT_VERSION = 1
 _HEAD = 48  # '{"nonce":"<32 hex>"' fits: equal heads mean an unchanged file
 
@@ -111,6 +115,7 @@ class FileStore(Store):
         self._state: dict[Key, Reservation] = {}
         self._lines: dict[Key, str] = {}
         self._views: dict[tuple[str, int, int], PoolView] = {}
+        self._swept = False  # temporary files of killed writers removed (once per process)
 
     # -- Store API -----------------------------------------------------------------------
 
@@ -223,6 +228,8 @@ class FileStore(Store):
         An exception inside leaves the state file untouched (all or nothing).
         """
         with self._mutex, self._flock():
+            if not self._swept:
+                self._sweep()
             head = self._refresh()
             state = _State(self._state)
             try:
@@ -232,6 +239,14 @@ class FileStore(Store):
             except BaseException:
                 self._forget()  # views and lines may hold a change that was not committed
                 raise
+
+    def _sweep(self) -> None:
+        """Remove the temporary state files of writers killed mid-write. Writers hold the lock
+        while theirs exists and we hold it now: every one there is garbage."""
+        for path in self.dir.glob(_TEMP_FILES):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._swept = True
 
     def _forget(self) -> None:
         self._head, self._state, self._lines, self._views = None, {}, {}, {}

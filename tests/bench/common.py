@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,13 +21,14 @@ def emit(**fields: object) -> None:
     print(json.dumps(fields), flush=True)
 
 
-def run_in_lab(script: str, bench: str) -> int:
-    """Run ``script`` in the lab (hw-lab/run.py --script) and pass its JSON lines through; when
-    the lab cannot run, print one line saying ``bench`` was skipped and why, and return 0."""
+def run_in_lab(script: str, bench: str, args: Sequence[str] = ()) -> int:
+    """Run ``script`` (with ``args``) in the lab (hw-lab/run.py --script) and pass its JSON
+    lines through; when the lab cannot run, print one line saying ``bench`` was skipped and why,
+    and return 0."""
     with tempfile.TemporaryDirectory(prefix="nabench") as tmp:
         output = Path(tmp) / "output.log"
         cmd = [sys.executable, str(HWLAB / "run.py"), "--script", str(Path(script).resolve()),
-               "--output", str(output)]
+               "--output", str(output), *args]
         # The lab's console goes to stderr; stdout is for the JSON lines.
         proc = subprocess.run(cmd, cwd=REPO, stdout=sys.stderr, stderr=subprocess.PIPE,
                               text=True, check=False)

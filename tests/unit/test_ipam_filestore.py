@@ -130,9 +130,11 @@ def test_sigkill_mid_allocation_leaves_consistent_state(tmp_path: Path) -> None:
     assert set(by_owner) <= started, "a record nobody asked for"
     in_flight = set(by_owner) - set(done)
     assert len(in_flight) <= worker  # at most one unacknowledged claim per killed child
-    # the lock died with its holders: a new allocation goes through at once
+    # the lock died with its holders: a new allocation goes through at once, and the next
+    # process to take the lock removes what writers killed mid-write left behind
     ipam = Ipam(state)
     assert ipam.allocate(race_config(), Attachment("after", "eth0")).ips
+    assert sorted(p.name for p in (state / "race").iterdir()) == [LOCK_FILE, STATE_FILE]
 
 
 def test_lock_held_elsewhere_times_out_with_try_again(tmp_path: Path) -> None:
@@ -159,15 +161,18 @@ def test_corrupt_state_is_an_io_error_not_a_reset(tmp_path: Path) -> None:
     assert info.value.code == IO_FAILURE and STATE_FILE in info.value.msg
 
 
-def test_leftover_temp_file_is_ignored(tmp_path: Path) -> None:
-    """What a process killed while writing leaves behind (nodeagent.fileio's temp name)."""
+def test_leftover_temp_file_is_ignored_and_removed(tmp_path: Path) -> None:
+    """What a process killed while writing leaves behind (nodeagent.fileio's temp name): the
+    next process to take the lock ignores it and removes it."""
     ipam = Ipam(tmp_path)
     c = parse_config({"name": "n", "ipam": {"range": "10.0.0.0/24", "network_name": "n"}})
     ipam.allocate(c, Attachment("a", "eth0"))
-    (tmp_path / "n" / f".{STATE_FILE}.4242.1.tmp").write_text('{"half": ')
+    leftover = tmp_path / "n" / f".{STATE_FILE}.4242.1.tmp"
+    leftover.write_text('{"half": ')
     assert [str(ip.address) for ip in Ipam(tmp_path).allocate(c, Attachment("b", "eth0")).ips] == [
         "10.0.0.2/24"
     ]
+    assert not leftover.exists()
 
 
 def test_host_local_files_are_imported(tmp_path: Path) -> None:
