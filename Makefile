@@ -17,7 +17,12 @@ APT_PACKAGES := iproute2 libudev1 gcc libc6-dev containernetworking-plugins valg
 # `make hwlab INVENTORY=hw-lab/inventories/<name>.yaml` runs the same suite on this node's PFs.
 INVENTORY ?=
 
-.PHONY: demo test unit host lint bench deps venv clean hwlab hwlab-setup
+# `make e2e`: containerd's CRI plugin (Debian containerd, runc) drives the installed shim, the
+# agent running as the chart's DaemonSet runs it (tests/e2e). The image comes from `make image`
+# (reused while its sources are unchanged); E2E_IMAGE=venv runs the agent from .venv instead.
+E2E_APT_PACKAGES := containerd runc podman
+
+.PHONY: demo test unit host lint bench deps venv clean hwlab hwlab-setup e2e e2e-deps
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -55,8 +60,19 @@ hwlab: venv
 	$(PY) hw-lab/run.py --inventory $(INVENTORY)
 endif
 
+e2e-deps:
+	@missing=$$(for p in $(E2E_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+e2e: venv e2e-deps
+	$(PY) -m pytest tests/e2e
+
 test: lint
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --ignore=tests/e2e
+	@$(MAKE) --no-print-directory e2e
 	@$(MAKE) --no-print-directory hwlab
 
 bench: venv

@@ -209,15 +209,16 @@ def podman_run(rendered: Rendered, container: dict[str, Any], root: Path, image:
     return argv
 
 
-def venv_run(rendered: Rendered, container: dict[str, Any], root: Path) -> list[str]:
-    """The fallback: the same command from the venv, the same mounts in a mount namespace of
-    its own (mountexec), the same capability bounding set."""
+def venv_run(rendered: Rendered, container: dict[str, Any], root: Path,
+             argv: list[str] | None = None) -> list[str]:
+    """The fallback: the same command (or ``argv``) from the venv, the same mounts in a mount
+    namespace of its own (mountexec), the same capability bounding set."""
     env = environment(container, "venv")
+    argv = argv or command(container, env)
     spec = {
         "mounts": [{"source": str(m.source), "target": m.target, "readonly": m.readonly,
                     "tmpfs_size": m.tmpfs_size} for m in mounts(rendered, container, root)],
-        "argv": [str(ROOT / ".venv/bin" / c) if i == 0 else c
-                 for i, c in enumerate(command(container, env))],
+        "argv": [str(ROOT / ".venv/bin" / c) if i == 0 else c for i, c in enumerate(argv)],
         "env": {**env, "PATH": f"{ROOT / '.venv/bin'}:/usr/sbin:/usr/bin:/sbin:/bin"},
         "drop": capabilities(container)[0], "add": capabilities(container)[1],
         "created": str(root / "venv-mountpoints.json"),
@@ -292,8 +293,22 @@ class Agent:
         done = self._run(["podman", "logs", self.name])
         return done.stdout + done.stderr
 
+    def pre_stop(self) -> None:
+        """The container's preStop exec hook, run in it as the kubelet does before SIGTERM
+        (a failing hook does not stop the termination)."""
+        (agent,) = self.rendered.containers
+        hook = agent.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+        if not hook or not self.running():
+            return
+        if self.venv:
+            self._run(venv_run(self.rendered, agent, self.root, list(hook)))
+        else:
+            self._run(["podman", "exec", self.name, *hook])
+
     def stop(self, kill: bool = False) -> None:
         grace = int(self.rendered.pod["spec"].get("terminationGracePeriodSeconds", 30))
+        if not kill:
+            self.pre_stop()
         if self.venv:
             if self.proc is None or self.proc.poll() is not None:
                 return
