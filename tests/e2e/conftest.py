@@ -66,10 +66,15 @@ def master() -> Iterator[str]:
     subprocess.run(["ip", "link", "del", name], check=False)
 
 
+def pytest_report_header() -> str:
+    name, why = image_mod.plan()
+    return f"e2e agent: {'the venv' if name == 'venv' else 'image ' + name} ({why})"
+
+
 @pytest.fixture(scope="session")
 def image(node_root: Path) -> str:
     """The agent's image built from these sources (``venv``: the documented fallback)."""
-    return image_mod.ensure(node_root)
+    return image_mod.ensure()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,16 +45,22 @@ def _exists(name: str) -> bool:
     return subprocess.run(["podman", "image", "exists", name], check=False).returncode == 0
 
 
-def ensure(workdir: Path) -> str:
+def plan() -> tuple[str, str]:
+    """The agent's image for this run and why: (name or "venv", reason)."""
     explicit = os.environ.get("E2E_IMAGE", "")
     if explicit:
-        return explicit
-    if shutil.which("podman") is None or not _has_image_target():
-        print("e2e: no `make image` here (or no podman): the agent runs from the venv "
-              "(fallback)", file=sys.stderr)
-        return "venv"
+        return explicit, "E2E_IMAGE"
+    if shutil.which("podman") is None:
+        return "venv", "fallback: no podman"
+    if not _has_image_target():
+        return "venv", "fallback: no `make image` in this tree"
     name = f"{REPOSITORY}:e2e-{sources_digest()}"
-    if not _exists(name):
+    return name, "reused (same sources)" if _exists(name) else "to be built with `make image`"
+
+
+def ensure() -> str:
+    name, _why = plan()
+    if name != "venv" and not _exists(name):
         subprocess.run(["make", "-C", str(ROOT), "image", f"IMAGE={name}"],
                        env={**os.environ, "IMAGE": name}, check=True)
     return name

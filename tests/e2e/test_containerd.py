@@ -40,12 +40,14 @@ class Node:
         self.socket = root / "run/nodeagent/agent.sock"
         self.generation = 0
         self.agent: agent_mod.Agent | None = None
+        self.agents: list[agent_mod.Agent] = []  # every generation, removed at the end
 
     def start_agent(self) -> agent_mod.Agent:
         """A new generation of the agent's pod (init container, agent), waited ready."""
         self.generation += 1
         agent = agent_mod.Agent(self.rendered, self.root, self.image,
                                 f"nodeagent-e2e-{self.root.name[-8:]}-{self.generation}")
+        self.agents.append(agent)
         agent.start()
         agent.wait_ready()
         self.agent = agent
@@ -136,8 +138,8 @@ def node(node_root: Path, rendered: agent_mod.Rendered, image: str,
             cri.remove_pod(sandbox)
         except grpc.RpcError:
             pass
-    if n.agent is not None:
-        n.agent.remove()
+    for agent in n.agents:
+        agent.remove()
 
 
 def test_agent_pod_runs_as_rendered_and_answers_its_probes(node: Node) -> None:
