@@ -22,7 +22,39 @@ INVENTORY ?=
 # (reused while its sources are unchanged); E2E_IMAGE=venv runs the agent from .venv instead.
 E2E_APT_PACKAGES := containerd runc podman
 
-.PHONY: demo test unit host lint bench deps venv clean hwlab hwlab-setup e2e e2e-deps
+.PHONY: demo test unit host lint bench deps venv clean hwlab hwlab-setup lock image e2e e2e-deps
+
+# `make lock` refreshes the hash-checked lock files from pyproject.toml (runtime dependencies,
+# [build-system] requires, the test extra) and requirements/constraints.txt, resolved on
+# LOCK_INDEX_URL alone (this host's find-links and local indexes are left out, so every hash is
+# of a file that index serves). Commit the result; the image, `make venv` and CI install from it.
+LOCK_INDEX_URL ?= https://pypi.org/simple
+LOCK_VENV := build/lock-venv
+PIP_TOOLS := pip-tools==7.5.1
+COMPILE = PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -q \
+	--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	--index-url $(LOCK_INDEX_URL) $(if $(PIP_CERT),--cert $(PIP_CERT)) --upgrade
+
+lock:
+	test -x $(LOCK_VENV)/bin/pip-compile || \
+	  { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q '$(PIP_TOOLS)'; }
+	$(COMPILE) -c requirements/constraints.txt -o requirements/runtime.txt pyproject.toml
+	$(COMPILE) --all-build-deps --only-build-deps -c requirements/runtime.txt \
+	  -o requirements/build.txt pyproject.toml
+	$(COMPILE) --all-build-deps --extra test -c requirements/runtime.txt \
+	  -o requirements/dev.txt pyproject.toml
+
+# `make image` builds the agent's image with podman where no registry is reachable (a local
+# Debian base from debootstrap; deploy/image/build.sh). IMAGE=name:tag to name it.
+IMAGE_APT_PACKAGES := podman runc debootstrap
+
+image:
+	@missing=$$(for p in $(IMAGE_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	deploy/image/build.sh
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -31,11 +63,15 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-$(STAMP): pyproject.toml setup.py $(wildcard native/*.c native/*.h native/*.py)
+# Dependencies come from the lock (requirements/dev.txt: runtime, test and build tools, every
+# file hash-checked), the project itself after them without dependencies or build isolation;
+# `pip check` fails when pyproject.toml asks for something the lock lacks (run `make lock`).
+$(STAMP): pyproject.toml setup.py requirements/dev.txt $(wildcard native/*.c native/*.h native/*.py)
 	@$(MAKE) --no-print-directory deps
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --require-hashes -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $@
 
 venv: $(STAMP)

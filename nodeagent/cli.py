@@ -15,8 +15,15 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from cni.install import FALLBACK_NAME, PLUGIN_NAMES
-from cni.install import install as install_plugins
+from cni.install import (
+    FALLBACK_NAME,
+    OWN_NAMES,
+    TAKEOVER_NAMES,
+    InstallError,
+    install_changes,
+    parse_names,
+    uninstall,
+)
 from cni.server import DEFAULT_SOCKET
 from cni.shim import shim_path
 from deviceplugin import config as dp_config
@@ -301,22 +308,85 @@ def _cni_args(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cni", help="CNI plugin installation")
     cni_sub = p.add_subparsers(dest="cni_command", required=True)
     install = cni_sub.add_parser(
-        "install", help="install the CNI shim",
-        description="Install the CNI shim into a CNI bin dir as " + ", ".join(PLUGIN_NAMES)
-        + f", plus {FALLBACK_NAME} (used when the daemon is unreachable).")
+        "install", help="install the CNI shim, keeping the files it replaces",
+        description="Install the CNI shim into a CNI bin dir as " + ", ".join(OWN_NAMES)
+        + " and the plugin names it takes over (--take-over), plus " + FALLBACK_NAME
+        + " (used when the daemon is unreachable). Every file it replaces is kept in"
+        " DIR/.nodeagent/originals and listed in DIR/.nodeagent/manifest.json;"
+        " `nodeagent cni uninstall` puts them back.")
     install.add_argument("--dest", required=True, type=Path, metavar="DIR",
                          help="the runtime's CNI bin dir, e.g. /opt/cni/bin")
+    install.add_argument("--take-over", default=",".join(TAKEOVER_NAMES), metavar="NAMES",
+                         help="comma-separated plugin names the agent serves instead of the"
+                         " plugin of that name, for every network of that type on the node"
+                         f" (default: {','.join(TAKEOVER_NAMES)}; empty: none). Names taken over"
+                         " before and left out now get their originals back")
     install.add_argument("--no-fallback", action="store_true",
                          help=f"leave {FALLBACK_NAME} out (and remove an old one): for a bin dir"
                          " on a host that does not have this Python environment, such as from"
                          " the DaemonSet's init container; requests then fail with CNI error 11"
                          " (try again later) while the agent is down")
     install.set_defaults(func=cmd_cni_install)
+    remove = cni_sub.add_parser(
+        "uninstall", help="put back the plugins the shim replaced",
+        description="Undo `nodeagent cni install`: every file it replaced is put back, every shim"
+        " that replaced nothing is removed, so no plugin name is left answering CNI error 11 for"
+        " an agent that is gone. Running it again changes nothing.")
+    remove.add_argument("--dest", required=True, type=Path, metavar="DIR",
+                        help="the CNI bin dir given to `cni install`")
+    remove.add_argument("--if-removed", action="store_true",
+                        help="only when the agent is gone for good: its DaemonSet deleted or no"
+                        " longer selecting this node, asked of the API as the pod $POD_NAME in"
+                        " $POD_NAMESPACE on $NODE_NAME (the chart's preStop hook); on a rolling"
+                        " update or a restart the shim stays")
+    remove.add_argument("--kubeconfig", type=Path, metavar="FILE",
+                        help="with --if-removed (default: the in-cluster service account)")
+    remove.set_defaults(func=cmd_cni_uninstall)
 
 
 def cmd_cni_install(args: argparse.Namespace) -> int:
-    for path in install_plugins(args.dest, shim_path(), fallback=not args.no_fallback):
-        print(path)
+    try:
+        changes = install_changes(args.dest, shim_path(), fallback=not args.no_fallback,
+                                  take_over=parse_names(args.take_over))
+    except (InstallError, OSError) as exc:
+        print(f"nodeagent: cni install: {exc}", file=sys.stderr)
+        return 1
+    for change in changes:
+        print(change)
+    return 0
+
+
+def cmd_cni_uninstall(args: argparse.Namespace) -> int:
+    if args.if_removed:
+        from nodeagent.k8s.client import ApiError, build_client  # slow import: only here
+        from nodeagent.k8s.removal import removal_reason
+
+        env = {k: os.environ.get(k, "") for k in ("POD_NAMESPACE", "POD_NAME", "NODE_NAME")}
+        if not all(env.values()):
+            print("nodeagent: cni uninstall --if-removed needs POD_NAMESPACE, POD_NAME and"
+                  " NODE_NAME", file=sys.stderr)
+            return 2
+        try:
+            reason = removal_reason(build_client(kubeconfig=args.kubeconfig),
+                                    env["POD_NAMESPACE"], env["POD_NAME"], env["NODE_NAME"])
+        except ApiError as exc:
+            print(f"nodeagent: cni uninstall: cannot tell whether the agent is removed ({exc});"
+                  f" the shim stays in {args.dest}. If the agent is gone for good, run"
+                  f" `nodeagent cni uninstall --dest {args.dest}` on the node.", file=sys.stderr)
+            return 1
+        if reason is None:
+            print(f"{args.dest}: the agent is being replaced, not removed: the shim stays")
+            return 0
+        print(f"removing the shim: {reason}")
+    try:
+        changes = uninstall(args.dest)
+    except (InstallError, OSError) as exc:
+        print(f"nodeagent: cni uninstall: {exc}", file=sys.stderr)
+        return 1
+    for change in changes:
+        print(change)
+    if not changes:
+        print(f"{args.dest}: nothing of nodeagent's installed")
     return 0
 
 

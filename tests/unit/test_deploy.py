@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from cni import ipam as cni_ipam
+from cni.install import TAKEOVER_NAMES, parse_names
 from cni.kinds import ipvlan, macvlan, sriov, vlan
 from cni.protocol import CniRequest, parse_request
 from deviceplugin import config as dp_config
@@ -61,7 +62,9 @@ CONTRACT_HOST_PATHS = {
     "/sys", "/dev/vfio", "/var/lib/kubelet/device-plugins", "/var/lib/kubelet/pod-resources",
     "/opt/cni/bin", "/etc/cni/net.d", "/run/netns", "/run/nodeagent", "/var/lib/nodeagent",
 }
-WRITABLE = {"/sys", "/var/lib/kubelet/device-plugins", "/run/nodeagent", "/var/lib/nodeagent"}
+#: /opt/cni/bin: the preStop hook's `cni uninstall` (cni.uninstallOnRemoval).
+WRITABLE = {"/sys", "/var/lib/kubelet/device-plugins", "/run/nodeagent", "/var/lib/nodeagent",
+            "/opt/cni/bin"}
 
 OPENSHIFT = yaml.safe_load((CHART / "values-openshift.yaml").read_text())
 POLICY = {"pfs": [{"name": "fronthaul", "nicSelector": {"pfNames": ["ens1f0"]}, "numVfs": 8,
@@ -178,6 +181,7 @@ def test_an_existing_namespace_is_used_as_it_is() -> None:
     ({"metrics": {"port": 0}}, "/metrics/port"),
     ({"nodeSelecter": {"a": "b"}}, "nodeSelecter"),
     ({"cni": {"binDir": "opt/cni/bin"}}, "/cni/binDir"),
+    ({"cni": {"takeOver": ["macvlan", "bridge"]}}, "/cni/takeOver/1"),
     ({"log": {"format": "xml"}}, "/log/format"),
     ({"agent": {"allocationPolicy": "random"}}, "/agent/allocationPolicy"),
     ({"networkAttachmentDefinitions": {"extra": [{"name": "x"}]}}, "config"),
@@ -271,7 +275,34 @@ def test_init_container_installs_the_shim_with_the_real_cli() -> None:
     assert (args.command, args.cni_command, str(args.dest)) == ("cni", "install",
                                                                 "/host/opt/cni/bin")
     assert args.no_fallback, "the host cannot run the image's Python: no fallback script"
+    assert parse_names(args.take_over) == TAKEOVER_NAMES
+    (init,) = pod_spec(render({"cni": {"takeOver": ["sriov", "whereabouts"]}}))["initContainers"]
+    args = build_parser().parse_args(init["command"][1:])
+    assert parse_names(args.take_over) == ("sriov", "whereabouts")
+    (init,) = pod_spec(render({"cni": {"takeOver": []}}))["initContainers"]
+    assert parse_names(build_parser().parse_args(init["command"][1:]).take_over) == ()
     assert "initContainers" not in pod_spec(render({"cni": {"install": False}}))
+
+
+def test_the_agent_puts_the_plugins_back_when_removed_not_when_replaced() -> None:
+    objects = render(OPENSHIFT)
+    container = agent_container(objects)
+    hook = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert hook[0] == "nodeagent"
+    args = build_parser().parse_args(hook[1:])
+    assert (args.command, args.cni_command) == ("cni", "uninstall")
+    assert args.if_removed, "a rolling update must keep the shim for the next agent"
+    binary_dir = OPENSHIFT["cni"]["binDir"]
+    assert str(args.dest) == binary_dir
+    mount = mounts(objects, container)[binary_dir]
+    assert mount["hostPath"] == binary_dir and not mount.get("readOnly", False)
+    env = {e["name"] for e in container["env"]}
+    assert {"POD_NAME", "POD_NAMESPACE", "NODE_NAME"} <= env  # what --if-removed asks about
+    for values in ({"cni": {"uninstallOnRemoval": False}}, {"cni": {"install": False}}):
+        objects = render(values)
+        container = agent_container(objects)
+        assert "lifecycle" not in container
+        assert mounts(objects, container)["/opt/cni/bin"]["readOnly"] is True
 
 
 def test_agent_command_line_is_accepted_by_the_agent() -> None:
@@ -346,7 +377,16 @@ def test_cluster_role_grants_exactly_the_contract() -> None:
     assert rights(role["rules"]) == CONTRACT_RIGHTS
     for rule in role["rules"]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}  # no resourceNames/URLs
-    assert not {o["kind"] for o in objects} & {"Role", "RoleBinding"}
+    # The preStop hook's question (removed or replaced?), in the agent's namespace only.
+    local = find(objects, "Role")
+    assert local["metadata"]["namespace"] == "nodeagent"
+    assert rights(local["rules"]) == {("", "pods", "get"), ("apps", "daemonsets", "get")}
+    binding = find(objects, "RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": local["metadata"]["name"]}
+    assert binding["subjects"][0]["name"] == pod_spec(objects)["serviceAccountName"]
+    kept = render({"cni": {"uninstallOnRemoval": False}})
+    assert not {o["kind"] for o in kept} & {"Role", "RoleBinding"}
 
 
 # -- the ConfigMap --------------------------------------------------------------------------
