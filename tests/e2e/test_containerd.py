@@ -220,6 +220,11 @@ def test_rolling_upgrade_with_pods_attached(node: Node) -> None:
     assert old is not None
     old.stop()  # the DaemonSet's RollingUpdate: the old pod terminates, then the new one starts
     assert not old.running()
+    # Its preStop hook (if the chart has one) kept the shim: between the two agents a request
+    # gets "try again later", not a missing or restored plugin.
+    conf = node.macvlan({"type": "whereabouts", "range": WB_RANGE, "datastore": "file"})
+    status, reply = shim_request(node, "DEL", pods[0], conf, "e2e-wb")
+    assert status != 0 and reply.get("code") == 11, reply
     node.start_agent()
     assert {p.id: ipv4(pod_link(p)) for p in pods} == before  # attachments untouched
     extra = node.cri.run_pod("upgrade-new")  # the new agent serves ADD ...
