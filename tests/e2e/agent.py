@@ -45,7 +45,7 @@ events_logger = "file"
 """
 
 
-def chart_values(root: Path, image: str, metrics_port: int) -> dict[str, Any]:
+def chart_values(root: Path, image: str, metrics_port: int, etcd_url: str) -> dict[str, Any]:
     repository, tag = image.rsplit(":", 1)
     return {
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
@@ -55,7 +55,9 @@ def chart_values(root: Path, image: str, metrics_port: int) -> dict[str, Any]:
         "kubelet": {"rootDir": str(root / "var/lib/kubelet")},
         # No API server here: nothing to publish to, no IPPools to read.
         "agent": {"publishNodeState": False},
-        "ipam": {"whereabouts": {"honourIPPools": False}},
+        # The cluster store: an etcd on loopback (the agent is on the host network).
+        "ipam": {"whereabouts": {"honourIPPools": False}, "clusterName": "e2e",
+                 "etcd": {"endpoints": [etcd_url]}},
     }
 
 
@@ -86,8 +88,8 @@ class Rendered:
         return self.pod["spec"].get("initContainers", [])
 
 
-def render(root: Path, image: str, metrics_port: int) -> Rendered:
-    objects = deploy_render.render(chart_values(root, image, metrics_port))
+def render(root: Path, image: str, metrics_port: int, etcd_url: str) -> Rendered:
+    objects = deploy_render.render(chart_values(root, image, metrics_port, etcd_url))
     daemonset = deploy_render.find(objects, "DaemonSet")
     configmap = deploy_render.find(objects, "ConfigMap")
     config_dir = root / "configmap"

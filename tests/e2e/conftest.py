@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests import ipam_etcd
 from tests.e2e import agent as agent_mod
 from tests.e2e import image as image_mod
 from tests.e2e import pause
 from tests.e2e.containerd import PAUSE_IMAGE, Containerd
 from tests.e2e.cri import CriClient
+from tests.ipam_etcd import EtcdServer
 
 REFERENCE = Path("/usr/lib/cni")
 #: The reference plugins the runtime and the networks use next to the shim.
@@ -78,9 +80,21 @@ def image(node_root: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def rendered(node_root: Path, image: str) -> agent_mod.Rendered:
+def etcd(node_root: Path) -> Iterator[EtcdServer]:
+    """The IPAM cluster store: Debian's etcd on loopback."""
+    if not ipam_etcd.available():
+        pytest.skip(f"end-to-end run needs etcd ({ipam_etcd.ETCD})")
+    (node_root / "etcd").mkdir()
+    server = EtcdServer(node_root / "etcd")
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def rendered(node_root: Path, image: str, etcd: EtcdServer) -> agent_mod.Rendered:
     return agent_mod.render(node_root, "localhost/nodeagent:venv" if image == "venv" else image,
-                            metrics_port=image_mod.free_port())
+                            metrics_port=image_mod.free_port(), etcd_url=etcd.url)
 
 
 @pytest.fixture(scope="session")

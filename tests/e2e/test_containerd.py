@@ -20,12 +20,14 @@ import pytest
 from tests.e2e import agent as agent_mod
 from tests.e2e.containerd import Containerd
 from tests.e2e.cri import CriClient, Sandbox
+from tests.ipam_etcd import EtcdServer
 
 CNI_VERSION = "1.0.0"  # containerd 1.6's libcni takes results up to 1.0.0
 WB_RANGE = "10.77.1.0/27"
 TUNED_RANGE = "10.77.3.0/27"
 STATIC_ADDRESS = "10.77.2.10/24"
 V110_RANGE = "10.77.4.0/28"
+CLUSTER_RANGE = "10.77.5.0/28"
 
 
 class Node:
@@ -178,6 +180,29 @@ def test_macvlan_whereabouts_file_store(node: Node) -> None:
         node.remove(pod)
     held = node.reservations()
     assert not {p.id for p in pods} & set(held.values()), held
+    assert node.host_children() == []
+
+
+def test_macvlan_whereabouts_cluster_store(node: Node, etcd: EtcdServer) -> None:
+    """A whereabouts configuration as its README writes it (no datastore): the agent's cluster
+    store, here the chart's ``ipam.etcd.endpoints`` on a loopback etcd."""
+    node.use_network("e2e-cluster", [node.macvlan({"type": "whereabouts",
+                                                    "range": CLUSTER_RANGE})])
+
+    def held() -> str:
+        return etcd.etcdctl("get", "--prefix", "/", "--print-value-only").stdout
+
+    pods = [node.cri.run_pod(f"cluster-{i}") for i in range(3)]
+    addresses = [a for p in pods for a in ipv4(pod_link(p))]
+    assert len(set(addresses)) == len(pods), addresses
+    assert all(ip_interface(a).ip in ip_network(CLUSTER_RANGE) for a in addresses), addresses
+    in_etcd = held()
+    assert all(p.id in in_etcd for p in pods), in_etcd
+    assert not {p.id for p in pods} & set(node.reservations().values())  # not node-local
+    for pod in pods:
+        node.remove(pod)
+    in_etcd = held()
+    assert not any(p.id in in_etcd for p in pods), in_etcd
     assert node.host_children() == []
 
 
