@@ -63,7 +63,17 @@ def ensure() -> str:
     if name != "venv" and not _exists(name):
         subprocess.run(["make", "-C", str(ROOT), "image", f"IMAGE={name}"],
                        env={**os.environ, "IMAGE": name}, check=True)
+        _drop_older(name)
     return name
+
+
+def _drop_older(current: str) -> None:
+    """Untag the e2e images of earlier sources (one stays per tree state, not one per edit)."""
+    listed = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}",
+                             REPOSITORY], capture_output=True, text=True, check=False).stdout
+    older = [t for t in listed.split() if t.startswith(f"{REPOSITORY}:e2e-") and t != current]
+    if older:
+        subprocess.run(["podman", "rmi", *older], capture_output=True, check=False)
 
 
 def free_port() -> int:
