@@ -22,16 +22,20 @@ INVENTORY ?=
 # (reused while its sources are unchanged); E2E_IMAGE=venv runs the agent from .venv instead.
 E2E_APT_PACKAGES := containerd runc podman
 
-.PHONY: demo test unit host lint bench deps venv clean hwlab hwlab-setup lock image e2e e2e-deps
+.PHONY: e2e e2e-deps
+
+.PHONY: demo test unit host lint bench deps venv clean hwlab hwlab-setup
 
 # `make lock` refreshes the hash-checked lock files from pyproject.toml (runtime dependencies,
 # [build-system] requires, the test extra) and requirements/constraints.txt, resolved on
 # LOCK_INDEX_URL alone (this host's find-links and local indexes are left out, so every hash is
 # of a file that index serves). Commit the result; the image, `make venv` and CI install from it.
+.PHONY: lock image
 LOCK_INDEX_URL ?= https://pypi.org/simple
 LOCK_VENV := build/lock-venv
 PIP_TOOLS := pip-tools==7.5.1
-COMPILE = PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -q \
+COMPILE = PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= CUSTOM_COMPILE_COMMAND="make lock" \
+	$(LOCK_VENV)/bin/pip-compile -q \
 	--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
 	--index-url $(LOCK_INDEX_URL) $(if $(PIP_CERT),--cert $(PIP_CERT)) --upgrade
 
@@ -64,8 +68,9 @@ deps:
 	fi
 
 # Dependencies come from the lock (requirements/dev.txt: runtime, test and build tools, every
-# file hash-checked), the project itself after them without dependencies or build isolation;
-# `pip check` fails when pyproject.toml asks for something the lock lacks (run `make lock`).
+# file hash-checked), the project itself after them without dependencies or build isolation.
+# A dependency in pyproject.toml the lock lacks (run `make lock`): `pip check` stops here for a
+# runtime one, tests/unit/test_lock.py for any.
 $(STAMP): pyproject.toml setup.py requirements/dev.txt $(wildcard native/*.c native/*.h native/*.py)
 	@$(MAKE) --no-print-directory deps
 	$(PYTHON) -m venv $(VENV)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -51,8 +52,11 @@ class Change:
     path: Path
     action: str  # installed, replaced, restored, removed, kept
     backup: Path | None = None
+    link: str | None = None
 
     def __str__(self) -> str:
+        if self.action == "replaced" and self.link is not None:
+            return f"{self.path}: replaced, the original symlink to {self.link} is kept"
         if self.action == "replaced":
             return f"{self.path}: replaced, the original is kept as {self.backup}"
         if self.action == "restored":
@@ -134,19 +138,25 @@ def _put(manifest: _Manifest, dest: Path, name: str, content: bytes) -> Change:
     entry = manifest.entries.get(name, {})
     installed = entry.get("installed") if isinstance(entry.get("installed"), str) else None
     current = _read(path)
-    backup = None
+    backup = link = None
     if current is not None and not _ours(current, installed):
         # A file of someone else's: the first install's original, or one written over our shim
-        # since (a package upgrade), which supersedes the copy kept before.
-        backup = _keep_original(manifest, name, current, path.stat().st_mode & 0o7777)
-        entry = {"original": True}
+        # since (a package upgrade), which supersedes the copy kept before. A symlink (to a
+        # packaged plugin elsewhere) is kept as the link itself.
+        if path.is_symlink():
+            link = os.readlink(path)
+            manifest.original(name).unlink(missing_ok=True)
+            entry = {"original": True, "link": link}
+        else:
+            backup = _keep_original(manifest, name, current, path.stat().st_mode & 0o7777)
+            entry = {"original": True}
     elif name not in manifest.entries:
         entry = {"original": False}  # nothing there, or a shim of an install without manifest
     manifest.entries[name] = {**entry, "installed": _digest(content)}
     manifest.save()  # recorded before the file is replaced: a crash leaves it restorable
     replace_file(path, content, mode=0o755, durable=False)  # never half-written
-    if backup is not None:
-        return Change(path, "replaced", backup)
+    if backup is not None or link is not None:
+        return Change(path, "replaced", backup, link)
     return Change(path, "installed")
 
 
@@ -160,6 +170,12 @@ def _take_back(manifest: _Manifest, dest: Path, name: str) -> Change | None:
     change: Change | None = None
     if current is not None and not _ours(current, installed):
         change = Change(path, "kept")
+    elif entry.get("original") and isinstance(entry.get("link"), str):
+        tmp = path.with_name(f".{name}.{os.getpid()}.link")
+        tmp.unlink(missing_ok=True)
+        os.symlink(str(entry["link"]), tmp)
+        os.replace(tmp, path)
+        change = Change(path, "restored")
     elif entry.get("original"):
         data = _read(backup)
         if data is None:

@@ -191,3 +191,16 @@ def test_the_commands_say_what_they_replaced_and_restored(bindir: Path) -> None:
     assert out.returncode == 1
     assert "--take-over: bridge is not one of" in out.stderr
     assert snapshot(bindir) == before
+
+
+@needs_reference
+def test_a_plugin_that_is_a_symlink_comes_back_as_the_same_symlink(tmp_path: Path) -> None:
+    (tmp_path / "macvlan").symlink_to(REFERENCE / "macvlan")
+    changes = install_changes(tmp_path, shim_path(), fallback=False)
+    assert f"original symlink to {REFERENCE / 'macvlan'} is kept" in str(
+        next(c for c in changes if c.path.name == "macvlan"))
+    assert not (tmp_path / "macvlan").is_symlink()
+    assert (REFERENCE / "macvlan").read_bytes() != shim_path().read_bytes()  # target untouched
+    uninstall(tmp_path)
+    assert os.readlink(tmp_path / "macvlan") == str(REFERENCE / "macvlan")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["macvlan"]
