@@ -13,11 +13,18 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := iproute2 libudev1 gcc libc6-dev containernetworking-plugins valgrind \
 	etcd-server etcd-client
 
+# Installs the Debian packages given that are missing (apt-get update first, once).
+define apt_install
+missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+if [ -n "$$missing" ]; then \
+  echo "installing Debian packages: $$missing"; \
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+fi
+endef
+
 # `make hwlab` boots the virtual SR-IOV lab and runs hw-lab/suite in it;
 # `make hwlab INVENTORY=hw-lab/inventories/<name>.yaml` runs the same suite on this node's PFs.
 INVENTORY ?=
-
-.PHONY: demo test unit host lint bench deps venv clean hwlab hwlab-setup fuzz fuzz-replay
 
 # `make fuzz` fuzzes every target of tests/fuzz (coverage-guided, atheris) for FUZZ_SECONDS in
 # total, or only FUZZ_TARGETS (cni shim wire dpconfig policy ipamconfig grpc); what it finds is
@@ -25,6 +32,14 @@ INVENTORY ?=
 # seeded pass of every target (tests/fuzz/test_fuzz.py, part of `pytest tests`).
 FUZZ_SECONDS ?= 240
 FUZZ_TARGETS ?=
+
+# `make e2e`: containerd's CRI plugin (Debian containerd, runc) drives the installed shim, the
+# agent running as the chart's DaemonSet runs it (tests/e2e). The image comes from `make image`
+# (reused while its sources are unchanged); E2E_IMAGE=venv runs the agent from .venv instead.
+E2E_APT_PACKAGES := containerd runc podman
+
+.PHONY: demo test unit host lint bench deps venv clean hwlab hwlab-setup fuzz fuzz-replay e2e \
+	e2e-deps
 
 # `make lock` refreshes the hash-checked lock files from pyproject.toml (runtime dependencies,
 # [build-system] requires, the test extra) and requirements/constraints.txt, resolved on
@@ -53,19 +68,11 @@ lock:
 IMAGE_APT_PACKAGES := podman runc debootstrap
 
 image:
-	@missing=$$(for p in $(IMAGE_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages: $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	@$(call apt_install,$(IMAGE_APT_PACKAGES))
 	deploy/image/build.sh
 
 deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages: $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	@$(call apt_install,$(APT_PACKAGES))
 
 # Dependencies come from the lock (requirements/dev.txt: runtime, test and build tools, every
 # file hash-checked), the project itself after them without dependencies or build isolation.
@@ -101,8 +108,15 @@ hwlab: venv
 	$(PY) hw-lab/run.py --inventory $(INVENTORY)
 endif
 
+e2e-deps:
+	@$(call apt_install,$(E2E_APT_PACKAGES))
+
+e2e: venv e2e-deps
+	$(PY) -m pytest tests/e2e
+
 test: lint
-	$(PY) -m pytest tests  # with tests/fuzz: the regression corpus and a seeded pass
+	$(PY) -m pytest tests --ignore=tests/e2e  # with tests/fuzz: the corpus and a seeded pass
+	@$(MAKE) --no-print-directory e2e
 	@$(MAKE) --no-print-directory hwlab
 
 fuzz: venv
