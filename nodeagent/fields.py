@@ -19,6 +19,8 @@ T = TypeVar("T")
 #: refused here rather than given another meaning.
 PCI_ID = re.compile(r"[0-9a-fA-F]{4}")
 MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+#: A PCI function address with its domain, as sysfs names it: 0000:3b:02.1.
+PCI_ADDRESS = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
 
 _MISSING: Any = object()
 
@@ -178,6 +180,13 @@ class Fields:
         text = self.text(value, path, max_len=16)
         if not PCI_ID.fullmatch(text):
             self.fail(path, f"{text!r} is not a PCI ID: four hex digits, as in '8086'")
+        return text.lower()
+
+    def pci_address(self, value: Any, path: str) -> str:
+        """A PCI function address (see :data:`PCI_ADDRESS`), lower case."""
+        text = self.text(value, path, max_len=64)
+        if not PCI_ADDRESS.fullmatch(text):
+            self.fail(path, f"{text!r} is not a PCI address such as 0000:3b:02.1")
         return text.lower()
 
     def mac(self, value: Any, path: str) -> str:
