@@ -20,7 +20,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from nodeagent import vfbatch
-from nodeagent.model import VfConfig
+from nodeagent.model import VfConfig, VfDesired
 from nodeagent.netlink import vf_configs_from_msg
 from nodeagent.vfbatch import VfBatchError, VfUpdate
 
@@ -276,3 +276,29 @@ def test_cdef_matches_header() -> None:
 def test_c_source_compiles_without_warnings(tmp_path: Path) -> None:
     cmd = ["cc", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-c", str(NATIVE / "vfset.c")]
     subprocess.run([*cmd, "-o", str(tmp_path / "vfset.o")], check=True)
+
+
+def test_an_update_towards_what_is_desired_sends_only_what_differs() -> None:
+    have = VfConfig(mac="02:00:5e:00:53:09", vlan=7, qos=1, vlan_proto="802.1ad",
+                    spoofchk=True, trust=False, min_tx_rate=0, max_tx_rate=50,
+                    link_state="auto")
+
+    assert VfUpdate.towards(2, VfDesired(mac="02:00:5E:00:53:09", spoofchk=True, vlan=7),
+                            have).requested() == (), "nothing differs (MACs in any case)"
+    qos_only = VfUpdate.towards(2, VfDesired(qos=3, trust=True), have)
+    assert qos_only == VfUpdate(2, vlan=7, qos=3, vlan_proto="802.1ad", trust=True), (
+        "a VLAN setting partly given is completed from what the PF reports")
+    assert VfUpdate.towards(2, VfDesired(min_tx_rate=10), have) == VfUpdate(
+        2, min_tx_rate=10, max_tx_rate=50), "the two rates travel together"
+
+
+def test_an_update_without_the_observed_state_sends_everything_asked() -> None:
+    want = VfDesired(mac="02:00:5e:00:53:09", vlan=7, spoofchk=False, max_tx_rate=100,
+                     link_state="disable")
+
+    update = VfUpdate.towards(0, want)
+
+    assert update == VfUpdate(0, mac="02:00:5e:00:53:09", vlan=7, qos=0, vlan_proto="802.1Q",
+                              spoofchk=False, max_tx_rate=100, min_tx_rate=0,
+                              link_state="disable")
+    assert VfUpdate.towards(0, VfDesired()).requested() == ()
