@@ -46,7 +46,10 @@ def common_fields(request: CniRequest) -> dict[str, Any]:
 
 
 def mode(request: CniRequest, modes: dict[str, int], default: str) -> int:
-    """The ``mode`` field of macvlan and ipvlan: one of ``modes`` (``default`` when absent)."""
+    """The ``mode`` field of macvlan and ipvlan: one of ``modes`` (``default`` when absent or
+    empty, as the reference plugins read it)."""
+    if request.config.get("mode") == "":
+        return modes[default]
     return FIELDS.choice(request.config, "mode", "", modes, default=modes[default])
 
 

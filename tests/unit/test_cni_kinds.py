@@ -134,12 +134,12 @@ def test_macvlan_mac_from_runtime_config_and_mode(world: World) -> None:
 
 
 def test_without_master_the_default_route_link_is_used(world: World) -> None:
-    status, result = world.cni("ADD", conf("ipvlan"))
+    status, result = world.cni("ADD", conf("ipvlan", mode=""))
 
     assert status == 0, result
     (create,) = [r for r in world.kernel.requests if r.op == "link_create"]
     assert create.args["lower"] == world.eth0.index
-    assert create.args["data"] == [("IFLA_IPVLAN_MODE", 0)], "l2 is the default mode"
+    assert create.args["data"] == [("IFLA_IPVLAN_MODE", 0)], "l2 is the default mode (also \"\")"
 
 
 def test_link_in_container_creates_it_from_inside_the_pod(world: World) -> None:
