@@ -69,6 +69,8 @@ def parse(request: CniRequest) -> SriovConf:
     proto = FIELDS.choice(c, "vlanProto", "", VLAN_PROTOS, fold_case=True)
     if vlan is None and (qos or proto):
         FIELDS.fail("vlanQoS" if qos else "vlanProto", "needs 'vlan'")
+    if vlan is None:
+        qos = None  # "vlanQoS": 0 alone leaves the VLAN as it is
     min_rate = FIELDS.integer(c, "min_tx_rate", "", 0, MAX_RATE)
     max_rate = FIELDS.integer(c, "max_tx_rate", "", 0, MAX_RATE)
     if min_rate and max_rate and min_rate > max_rate:

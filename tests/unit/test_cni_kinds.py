@@ -363,6 +363,17 @@ def test_sriov_add_failing_at_any_step_leaves_nothing_behind(world: World, step,
     assert world.cni("ADD", sriov(), container="c2")[0] == 0, "the VF can be taken again"
 
 
+def test_sriov_without_vlan_leaves_the_vlan_as_it_is(world: World) -> None:
+    world.pf.vfs[0] = VfConfig(mac="00:00:00:00:00:00", vlan=12, spoofchk=True, trust=False,
+                               link_state="auto")
+
+    assert world.cni("ADD", sriov(VF0, vlanQoS=0, trust="on"))[0] == 0
+
+    assert (world.pf.vfs[0].vlan, world.pf.vfs[0].trust) == (12, True)
+    (sent,) = [r.args["updates"] for r in world.kernel.requests if r.op == "set_vfs"][:1]
+    assert sent[0].requested() == ("trust",)
+
+
 def test_sriov_a_vf_held_by_another_attachment_is_refused_untouched(world: World) -> None:
     assert world.cni("ADD", sriov(vlan=10))[0] == 0
     requests = len(world.kernel.requests)
