@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from nodeagent.model import Nic, VfConfig, VirtualFunction
 from nodeagent.provision.policy import KERNEL, VFIO, PfPolicy
 from nodeagent.status import APPLYING, BLOCKED, FAILED, IN_SYNC, VERIFY_ONLY
-from nodeagent.vfbatch import VfUpdate
+from nodeagent.vfbatch import VfBatchError, VfUpdate
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,10 @@ def decide(nic: Nic, policy: PfPolicy, facts: Facts) -> Decision:
     if policy.num_vfs > sriov.totalvfs:
         return Decision(FAILED, f"numVfs {policy.num_vfs} exceeds sriov_totalvfs"
                                 f" {sriov.totalvfs}")
-    actions = _actions(nic, policy, facts)
+    try:
+        actions = _actions(nic, policy, facts)
+    except VfBatchError as exc:  # the PF reports a VF setting the batch cannot send back
+        return Decision(FAILED, str(exc))
     described = "; ".join(a.describe(nic) for a in actions)
     if policy.externally_managed:
         if actions:

@@ -133,3 +133,11 @@ def test_a_down_pf_is_brought_up_before_its_vfs_are_made(tree: SysfsTree) -> Non
     down = replace(FACTS, pf_up=False)
     assert decide(nic, policy("numVfs: 2"), down).actions == (SetUp(), SetNumVfs(2, False))
     assert decide(nic, policy("numVfs: 0"), down).state == IN_SYNC, "no VFs: left down"
+
+
+def test_a_vf_setting_the_batch_cannot_send_fails_the_pf_not_the_pass(tree: SysfsTree) -> None:
+    nic = igb_pf(tree, 1, vlan=5, vlan_proto="0x9100")
+
+    d = decide(nic, policy("numVfs: 1, vfDefaults: {qos: 2}"), FACTS)
+
+    assert d.state == FAILED and "vlan_proto '0x9100'" in d.reason and not d.actions
