@@ -7,14 +7,16 @@ device) and calls :func:`finished` once per request.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from cni.protocol import COMMANDS, CniRequest, parse_cni_args
+from cni.protocol import COMMANDS, CniRequest
+from cni.wire import MAX_STDIN
 from nodeagent.cnitypes.errors import CniError
+from nodeagent.cnitypes.request import parse_cni_args
 from nodeagent.cnitypes.result import Result
+from nodeagent.documents import DocumentError, parse_json
 from nodeagent.status import StatusBoard
 
 if TYPE_CHECKING:
@@ -24,26 +26,33 @@ log = logging.getLogger("nodeagent.cni")
 
 
 def env_fields(env: Mapping[str, str]) -> dict[str, Any]:
-    """Fields known before the request is validated (for the log line of a refused one)."""
-    fields: dict[str, Any] = {"verb": env.get("CNI_COMMAND", ""),
-                              "containerID": env.get("CNI_CONTAINERID", ""),
-                              "ifname": env.get("CNI_IFNAME", "")}
+    """Fields known before the request is validated (for the log line of a refused one).
+    Never raises: it runs before, and outside, the request's error handling."""
+    fields: dict[str, Any] = {"verb": _label(env.get("CNI_COMMAND")),
+                              "containerID": _label(env.get("CNI_CONTAINERID")),
+                              "ifname": _label(env.get("CNI_IFNAME"))}
     try:
         args = parse_cni_args(env.get("CNI_ARGS", ""))
-    except CniError:
+    except (CniError, TypeError, AttributeError):
         args = {}
     fields["pod"] = pod_name(args)
     return fields
 
 
 def unparsed_fields(stdin: bytes) -> dict[str, Any]:
-    """The network's name from a configuration the request was refused over, if it has one."""
+    """The network's name from a configuration the request was refused over, if it has one.
+    Never raises, whatever the bytes (they were refused once already)."""
     try:
-        config = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError):
+        config = parse_json(stdin, max_bytes=MAX_STDIN)
+    except DocumentError:
         return {}
     name = config.get("name") if isinstance(config, dict) else None
-    return {"network": name} if isinstance(name, str) and name else {}
+    return {"network": _label(name)} if isinstance(name, str) and name else {}
+
+
+def _label(value: Any, limit: int = 256) -> str:
+    """A value from the request as a bounded log field."""
+    return value[:limit] if isinstance(value, str) else ""
 
 
 def pod_name(args: Mapping[str, str]) -> str:
@@ -103,8 +112,7 @@ def _record(status: StatusBoard, request: CniRequest, fields: Mapping[str, Any],
     elif request.command == "DEL":
         status.set_allocation(key, None)
     elif request.command == "GC":
-        valid = request.config.get("cni.dev/valid-attachments") or []
-        keep = {f"{a.get('containerID')}/{a.get('ifname')}" for a in valid if isinstance(a, dict)}
+        keep = {f"{cid}/{ifname}" for cid, ifname in request.valid_attachments}
         for other, allocation in status.snapshot()["allocations"].items():
             if allocation.get("network") == request.network and other not in keep:
                 status.set_allocation(other, None)

@@ -6,13 +6,14 @@ reported with the spec's error code and the offending variable or field.
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cni.delegates import DEPTH_VARIABLE
 from cni.wire import MAX_STDIN
 from nodeagent.cnitypes.errors import (
     DECODE_FAILURE,
@@ -21,19 +22,38 @@ from nodeagent.cnitypes.errors import (
     INVALID_ENVIRONMENT,
     UNKNOWN_CONTAINER,
     CniError,
+    config_error,
+)
+from nodeagent.cnitypes.request import (
+    SUPPORTED_VERSIONS,
+    Attachment,
+    parse_cni_args,
+    parse_result,
+    parse_valid_attachments,
+    validate_ifname,
+    version_tuple,
 )
 from nodeagent.cnitypes.result import Result
+from nodeagent.documents import DocumentError, parse_json
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+__all__ = ["COMMANDS", "SINCE", "SUPPORTED_VERSIONS", "CniRequest", "parse_request",
+           "validate_ifname", "version_tuple"]
+
+log = logging.getLogger("nodeagent.cni")
+
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 #: The first version in which a verb exists.
 SINCE = {"CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
-CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-IFNAMSIZ = 16
+ATTACHMENT_VERBS = ("ADD", "DEL", "CHECK")
+#: The spec's network name (libcni's ValidateNetworkName), matched whole.
+NETWORK_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]{0,252}")
 
 
 @dataclass(frozen=True)
 class CniRequest:
+    """A validated request. ``attachment`` (ADD, DEL, CHECK), ``prev_result`` (when the
+    configuration has one) and ``valid_attachments`` (GC) are parsed here, once."""
+
     command: str
     config: dict[str, Any]
     version: str
@@ -44,6 +64,9 @@ class CniRequest:
     path: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     stdin: bytes = b""
+    attachment: Attachment | None = None
+    prev_result: Result | None = None
+    valid_attachments: tuple[tuple[str, str], ...] = ()
 
     @property
     def network(self) -> str:
@@ -54,21 +77,12 @@ class CniRequest:
         rc = self.config.get("runtimeConfig")
         return rc if isinstance(rc, dict) else {}
 
-    @property
-    def prev_result(self) -> Result | None:
-        prev = self.config.get("prevResult")
-        return Result.from_dict(prev) if isinstance(prev, dict) else None
-
     def describe(self) -> str:
         """Who this request is about, for every log line."""
         pod = "/".join(filter(None, (self.args.get("K8S_POD_NAMESPACE"),
                                      self.args.get("K8S_POD_NAME"))))
         return (f"{self.command} network={self.network or '-'} container={self.container_id[:12]}"
                 f" ifname={self.ifname or '-'} pod={pod or '-'}")
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split("."))
 
 
 def parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
@@ -78,33 +92,53 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
                        + ", ".join(COMMANDS))
     config = _parse_config(stdin, command)
     version = config.get("cniVersion", "1.1.0" if command == "VERSION" else "")
-    if version not in SUPPORTED_VERSIONS:
+    if not isinstance(version, str) or version not in SUPPORTED_VERSIONS:
         raise CniError(INCOMPATIBLE_VERSION, f"cniVersion {version!r} is not supported",
                        "supported: " + ", ".join(SUPPORTED_VERSIONS))
     since = SINCE.get(command)
     if since and version_tuple(version) < version_tuple(since):
         raise CniError(INCOMPATIBLE_VERSION, f"{command} needs cniVersion {since} or later",
                        f"the configuration says {version}")
-    if command in ("ADD", "DEL", "CHECK"):
-        for name in ("name", "type"):
-            if not isinstance(config.get(name), str) or not config[name]:
-                raise CniError(INVALID_CONFIG, f"invalid network configuration: {name!r} must be"
-                               " a non-empty string")
+    if command != "VERSION":
+        _check_config(config, command)
+    args = parse_cni_args(env.get("CNI_ARGS", ""))
+    container_id, ifname = env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", "")
+    attachment = None
+    if command in ATTACHMENT_VERBS:
+        attachment = Attachment.from_cni(container_id, ifname, args)
     request = CniRequest(
         command=command,
         config=config,
         version=version,
-        container_id=env.get("CNI_CONTAINERID", ""),
+        container_id=container_id,
         netns=env.get("CNI_NETNS", ""),
-        ifname=env.get("CNI_IFNAME", ""),
-        args=parse_cni_args(env.get("CNI_ARGS", "")),
+        ifname=ifname,
+        args=args,
         path=tuple(p for p in env.get("CNI_PATH", "").split(":") if p),
-        env={k: v for k, v in env.items() if k.startswith("CNI_")},
+        env={k: v for k, v in env.items() if k.startswith("CNI_") or k == DEPTH_VARIABLE},
         stdin=stdin,
+        attachment=attachment,
+        prev_result=_prev_result(config, command),
+        valid_attachments=parse_valid_attachments(config) if command == "GC" else (),
     )
-    if command in ("ADD", "DEL", "CHECK"):
-        _check_attachment(request)
+    if command in ("ADD", "CHECK"):
+        _check_netns(request)
     return request
+
+
+def _prev_result(config: dict[str, Any], command: str) -> Result | None:
+    """prevResult, typed (code 7 naming the field). DEL cleans up whatever it says: a broken
+    one is dropped there, not a reason to leave the attachment behind."""
+    prev = config.get("prevResult")
+    if prev is None or command not in ATTACHMENT_VERBS:
+        return None
+    try:
+        return parse_result(prev)
+    except CniError as exc:
+        if command != "DEL":
+            raise
+        log.warning("DEL: ignoring prevResult: %s", exc)
+        return None
 
 
 def _parse_config(stdin: bytes, command: str) -> dict[str, Any]:
@@ -113,8 +147,8 @@ def _parse_config(stdin: bytes, command: str) -> dict[str, Any]:
     if not stdin.strip() and command == "VERSION":
         return {}
     try:
-        config = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError) as exc:
+        config = parse_json(stdin, max_bytes=MAX_STDIN)
+    except DocumentError as exc:
         raise CniError(DECODE_FAILURE, "network configuration is not valid JSON",
                        str(exc)) from None
     if not isinstance(config, dict):
@@ -122,36 +156,27 @@ def _parse_config(stdin: bytes, command: str) -> dict[str, Any]:
     return config
 
 
-def parse_cni_args(text: str) -> dict[str, str]:
-    """``CNI_ARGS``: ``KEY=VALUE`` pairs separated by ``;``."""
-    args = {}
-    for pair in filter(None, text.split(";")):
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS entry {pair!r} is not KEY=VALUE")
-        args[key] = value
-    return args
+def _check_config(config: dict[str, Any], command: str) -> None:
+    """The fields every verb reads: ``name`` and ``type`` (non-empty strings; ``name`` may be
+    absent for STATUS and GC, and is a network name as the spec and libcni define it),
+    ``runtimeConfig`` (an object)."""
+    for key in ("name", "type"):
+        value = config.get(key)
+        if value is None and key == "name" and command in ("STATUS", "GC"):
+            continue
+        if not isinstance(value, str) or not value:
+            raise CniError(INVALID_CONFIG, f"invalid network configuration: {key!r} must be"
+                           " a non-empty string")
+    name = config.get("name")
+    if name is not None and not NETWORK_NAME.fullmatch(name):
+        raise config_error("name", f"{name[:64]!r} must start with a letter or digit, then"
+                           " letters, digits, '_', '.' or '-'")
+    runtime = config.get("runtimeConfig")
+    if runtime is not None and not isinstance(runtime, dict):
+        raise config_error("runtimeConfig", "must be an object")
 
 
-def validate_ifname(name: str, what: str = "CNI_IFNAME") -> None:
-    problem = None
-    if not name:
-        problem = "is empty"
-    elif len(name.encode()) >= IFNAMSIZ:
-        problem = f"is longer than {IFNAMSIZ - 1} characters"
-    elif name in (".", "..") or any(c in name for c in "/: \t\n") or not name.isprintable():
-        problem = "contains '/', ':', whitespace or is '.' or '..'"
-    if problem:
-        raise CniError(INVALID_ENVIRONMENT, f"{what} {name!r} {problem}")
-
-
-def _check_attachment(request: CniRequest) -> None:
-    if not CONTAINER_ID.match(request.container_id):
-        raise CniError(INVALID_ENVIRONMENT, f"CNI_CONTAINERID {request.container_id!r} is empty"
-                       " or has characters other than letters, digits, '_', '.' and '-'")
-    validate_ifname(request.ifname)
-    if request.command == "DEL":
-        return
+def _check_netns(request: CniRequest) -> None:
     if not request.netns:
         raise CniError(INVALID_ENVIRONMENT, "CNI_NETNS is required for " + request.command)
     if not os.path.exists(request.netns):

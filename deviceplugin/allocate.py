@@ -21,8 +21,28 @@ NOIOMMU_GROUP_NAME = "vfio-noiommu"
 VHOST_NET = ("/dev/vhost-net", "/dev/net/tun")
 
 
+#: More device IDs than any node has VFs: a request beyond it is refused before any work.
+MAX_REQUEST_IDS = 65536
+
+
 class AllocationError(ValueError):
     """The request names devices the pool cannot give; the message names them."""
+
+
+def request_ids(ids: Iterable[str], field: str, known: Mapping[str, PoolDevice],
+                resource: str) -> list[str]:
+    """The IDs of a request field, deduplicated; AllocationError naming ``field`` when there
+    are too many or some are not in the pool (at most a few named: the message stays short)."""
+    ids = list(ids)
+    if len(ids) > MAX_REQUEST_IDS:
+        raise AllocationError(f"{field}: {len(ids)} device IDs, more than {MAX_REQUEST_IDS}")
+    ids = list(dict.fromkeys(ids))
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        shown = ", ".join(repr(i[:64]) for i in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise AllocationError(f"{field}: unknown devices for {resource}: {shown}{more}")
+    return ids
 
 
 @dataclass(frozen=True)
@@ -75,10 +95,7 @@ def allocate(
     need_vhost_net: bool = False,
     group_paths: GroupPaths = plain_group_paths,
 ) -> Allocation:
-    ids = list(dict.fromkeys(ids))
-    unknown = [i for i in ids if i not in devices]
-    if unknown:
-        raise AllocationError(f"unknown devices for {full_resource_name}: {', '.join(unknown)}")
+    ids = request_ids(ids, "devices_ids", devices, full_resource_name)
     unhealthy = [i for i in ids if not devices[i].healthy]
     if unhealthy:
         raise AllocationError(

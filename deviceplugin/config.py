@@ -6,14 +6,20 @@ Keys match case-insensitively and unknown keys are ignored, as in the original. 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from nodeagent.provision.policy import DEFAULT_RESOURCE_PREFIX, RESOURCE_NAME
+from nodeagent.documents import DocumentError, parse_json
+from nodeagent.fields import Fields, join
+from nodeagent.provision.policy import (
+    DEFAULT_RESOURCE_PREFIX,
+    DRIVER_NAME,
+    RESOURCE_NAME,
+    RESOURCE_PREFIX,
+)
+from nodeagent.sysfs import PCI_ADDRESS
 
 log = logging.getLogger(__name__)
 
@@ -75,21 +81,31 @@ class PluginConfig:
     resources: tuple[ResourceConfig, ...]
 
 
+#: config.json is a handful of pools; a megabyte is far beyond any real one.
+MAX_BYTES = 1 << 20
+#: VF indexes in ``pfNames``/``rootDevices`` ranges: SR-IOV's TotalVFs is a 16-bit field.
+MAX_VFS = 65535
+
+_F = Fields(lambda path, problem: ConfigError(f"{path}: {problem}"), fold_case=True)
+
+
 def load(path: str | os.PathLike[str] = DEFAULT_PATH) -> PluginConfig:
+    """Read and parse ``path``; ConfigError for any content, OSError if it cannot be read."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_BYTES + 1)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
-    return parse(data)
+        doc = parse_json(data, max_bytes=MAX_BYTES)
+    except DocumentError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    return parse(doc)
 
 
 def parse(data: Any) -> PluginConfig:
-    top = _object(data, "config")
-    resources = top.get("resourcelist")
-    if not isinstance(resources, list):
-        raise ConfigError("resourceList: must be a list")
-    parsed = tuple(_resource(item, f"resourceList[{i}]") for i, item in enumerate(resources))
+    top = _F.obj(data, "config")
+    if not isinstance(_F.raw(top, "resourceList"), list):
+        _F.fail("resourceList", "must be a list")
+    parsed = tuple(_resource(item, join("resourceList", i))
+                   for i, item in enumerate(_F.items(top, "resourceList", "")))
     seen: set[str] = set()
     for i, res in enumerate(parsed):
         if res.full_name in seen:
@@ -98,107 +114,74 @@ def parse(data: Any) -> PluginConfig:
     return PluginConfig(parsed)
 
 
-def _object(value: Any, where: str) -> dict[str, Any]:
-    """A JSON object with lower-cased keys (the first spelling of a key wins)."""
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: must be an object")
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        out.setdefault(str(key).lower(), item)
-    return out
-
-
-def _string(obj: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
-    value = obj.get(key.lower(), default)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}.{key}: must be a non-empty string")
-    return value
-
-
-def _bool(obj: dict[str, Any], key: str, where: str) -> bool:
-    value = obj.get(key.lower(), False)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}.{key}: must be true or false")
-    return value
-
-
 def _resource(item: Any, where: str) -> ResourceConfig:
-    obj = _object(item, where)
-    name = _string(obj, "resourceName", where)
-    if not RESOURCE_NAME.match(name):
-        raise ConfigError(f"{where}.resourceName: {name!r} is not a valid resource name")
-    prefix = _string(obj, "resourcePrefix", where, DEFAULT_PREFIX)
-    device_type = _string(obj, "deviceType", where, "netDevice")
-    if device_type.lower() not in DEVICE_TYPES:
-        raise ConfigError(f"{where}.deviceType: {device_type!r} is not one of "
-                          f"{', '.join(DEVICE_TYPES.values())}")
-    raw = obj.get("selectors", {})
+    obj = _F.obj(item, where)
+    name = _F.string(obj, "resourceName", where, max_len=63)
+    if not RESOURCE_NAME.fullmatch(name):
+        _F.fail(join(where, "resourceName"), f"{name!r} is not a valid resource name")
+    prefix = _F.string(obj, "resourcePrefix", where, DEFAULT_PREFIX, max_len=253)
+    if not RESOURCE_PREFIX.fullmatch(prefix):
+        _F.fail(join(where, "resourcePrefix"), f"{prefix!r} is not a DNS subdomain such as"
+                " \"example.com\"")
+    device_type = _F.choice(obj, "deviceType", where,
+                            {v: v for v in DEVICE_TYPES.values()}, "netDevice", fold_case=True)
+    raw = _F.raw(obj, "selectors", {})
     if isinstance(raw, dict):
-        selectors = (_selector(raw, f"{where}.selectors"),)
+        selectors = (_selector(raw, join(where, "selectors")),)
     elif isinstance(raw, list) and raw:
-        selectors = tuple(_selector(s, f"{where}.selectors[{i}]") for i, s in enumerate(raw))
+        selectors = tuple(_selector(s, join(join(where, "selectors"), i))
+                          for i, s in enumerate(_F.items(obj, "selectors", where)))
     else:
-        raise ConfigError(f"{where}.selectors: must be an object or a non-empty list of objects")
+        _F.fail(join(where, "selectors"), "must be an object or a non-empty list of objects")
     return ResourceConfig(
         resource_name=name,
         resource_prefix=prefix,
-        device_type=DEVICE_TYPES[device_type.lower()],
-        exclude_topology=_bool(obj, "excludeTopology", where),
+        device_type=device_type,
+        exclude_topology=_F.boolean(obj, "excludeTopology", where, False),
         selectors=selectors,
     )
 
 
-def _strings(obj: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
-    value = obj.get(key.lower(), [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{where}.{key}: must be a list of non-empty strings")
-    return tuple(value)
-
-
 def _selector(raw: Any, where: str) -> Selector:
-    obj = _object(raw, where)
-    lists = {key: _strings(obj, key, where) for key in _LIST_KEYS}
-    flags = {key: _bool(obj, key, where) for key in _BOOL_KEYS}
-    for key in _STRING_KEYS:
-        if key.lower() in obj and not isinstance(obj[key.lower()], str):
-            raise ConfigError(f"{where}.{key}: must be a string")
+    obj = _F.obj(raw, where)
+    lists = {key: _F.strings(obj, key, where, max_len=256) for key in _LIST_KEYS}
+    flags = {key: _F.boolean(obj, key, where, False) for key in _BOOL_KEYS}
+    strings = {key: _F.string(obj, key, where, "", empty=True) for key in _STRING_KEYS}
     given = {k for k in _LIST_KEYS if lists[k]} | {k for k in _BOOL_KEYS if flags[k]}
-    given |= {k for k in _STRING_KEYS if obj.get(k.lower())}
+    given |= {k for k in _STRING_KEYS if strings[k]}
+
+    def each(key: str) -> list[tuple[str, str]]:
+        return [(v, join(join(where, key), i)) for i, v in enumerate(lists[key])]
+
     return Selector(
-        vendors=tuple(_hex_id(v, f"{where}.vendors") for v in lists["vendors"]),
-        devices=tuple(_hex_id(v, f"{where}.devices") for v in lists["devices"]),
-        drivers=lists["drivers"],
-        pci_addresses=tuple(a.lower() for a in lists["pciAddresses"]),
-        pf_names=tuple(vf_range(v, f"{where}.pfNames") for v in lists["pfNames"]),
-        root_devices=tuple(vf_range(v.lower(), f"{where}.rootDevices")
-                           for v in lists["rootDevices"]),
+        vendors=tuple(_F.pci_id(v, w) for v, w in each("vendors")),
+        devices=tuple(_F.pci_id(v, w) for v, w in each("devices")),
+        drivers=tuple(_F.text(v, w, pattern=DRIVER_NAME) for v, w in each("drivers")),
+        pci_addresses=tuple(_pci_address(v.lower(), w) for v, w in each("pciAddresses")),
+        pf_names=tuple(vf_range(v, w) for v, w in each("pfNames")),
+        root_devices=tuple(_root_device(v.lower(), w) for v, w in each("rootDevices")),
         need_vhost_net=flags["needVhostNet"],
         unsupported=tuple(k for k in UNSUPPORTED if k in given),
     )
 
 
-def _hex_id(value: str, where: str) -> str:
-    """A PCI vendor/device ID as the node model spells it: 4 lower-case hex digits."""
-    text = value.lower().removeprefix("0x")
-    if not re.fullmatch(r"[0-9a-f]{1,4}", text):
-        raise ConfigError(f"{where}: {value!r} is not a hexadecimal PCI ID")
-    return text.zfill(4)
+def _pci_address(value: str, where: str) -> str:
+    if not PCI_ADDRESS.fullmatch(value):
+        _F.fail(where, f"{value!r} is not a PCI address such as 0000:41:00.0")
+    return value
+
+
+def _root_device(value: str, where: str) -> VfRange:
+    vfs = vf_range(value, where)
+    _pci_address(vfs.pf, where)
+    return vfs
 
 
 def vf_range(value: str, where: str = "pfNames") -> VfRange:
-    """``"ens1f0"`` (all VFs) or ``"ens1f0#0,2-7"`` (those VF indexes)."""
+    """``"ens1f0"`` (all VFs) or ``"ens1f0#0,2-7"`` (those VF indexes, below MAX_VFS)."""
     pf, sep, spec = value.partition("#")
     if not pf:
-        raise ConfigError(f"{where}: {value!r} has no PF name")
+        _F.fail(where, f"{value!r} has no PF name")
     if not sep:
         return VfRange(pf)
-    indexes: set[int] = set()
-    for part in spec.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if m is None:
-            raise ConfigError(f"{where}: {value!r}: bad VF range {part!r}")
-        low, high = int(m.group(1)), int(m.group(2) or m.group(1))
-        if high < low:
-            raise ConfigError(f"{where}: {value!r}: range {part!r} ends before it starts")
-        indexes.update(range(low, high + 1))
-    return VfRange(pf, frozenset(indexes))
+    return VfRange(pf, _F.index_set(spec, where, MAX_VFS))

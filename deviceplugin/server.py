@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from deviceplugin import api
-from deviceplugin.allocate import AllocationError, VfioGroupPaths, allocate
+from deviceplugin.allocate import MAX_REQUEST_IDS, AllocationError, VfioGroupPaths, allocate
 from deviceplugin.pools import Pool
 from deviceplugin.preferred import preferred
 
@@ -130,9 +130,20 @@ class _Servicer:
         yield from self.owner.watch(context)
 
     def GetPreferredAllocation(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Lenient about IDs (a device may leave the pool between ListAndWatch and this call:
+        unknown available IDs are skipped, must-include ones kept), strict about sizes."""
         devices = self.owner.pool.by_id()
         response = self.pb2.PreferredAllocationResponse()
-        for req in request.container_requests:
+        for i, req in enumerate(request.container_requests):
+            where = f"container_requests[{i}]"
+            problem = None
+            for name in ("available_deviceIDs", "must_include_deviceIDs"):
+                if len(getattr(req, name)) > MAX_REQUEST_IDS:
+                    problem = f"{where}.{name}: more than {MAX_REQUEST_IDS} device IDs"
+            if req.allocation_size < 0:
+                problem = f"{where}.allocation_size: {req.allocation_size} is negative"
+            if problem:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
             ids = preferred(devices, req.available_deviceIDs, req.must_include_deviceIDs,
                             req.allocation_size, self.owner.policy)
             response.container_responses.add(deviceIDs=ids)
@@ -143,12 +154,12 @@ class _Servicer:
         devices = pool.by_id()
         vhost = any(s.need_vhost_net for s in pool.resource.selectors)
         response = self.pb2.AllocateResponse()
-        for req in request.container_requests:
+        for i, req in enumerate(request.container_requests):
             try:
                 result = allocate(pool.resource.full_name, devices, req.devices_ids,
                                   need_vhost_net=vhost, group_paths=self.owner.group_paths)
             except AllocationError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"container_requests[{i}]: {exc}")
             container = response.container_responses.add()
             container.envs.update(result.envs)
             for container_path, host_path, permissions in result.device_specs:

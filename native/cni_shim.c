@@ -346,9 +346,13 @@ static const char *getenv_set(const char *name)
     return v && *v ? v : NULL;
 }
 
+/* Forwarded to the agent: the CNI variables, and the count of nested delegations (so a
+ * delegate chain that comes back through the agent is cut off; cni/ipam.py). */
 static bool is_cni(const char *entry)
 {
-    return strncmp(entry, "CNI_", 4) == 0 && strchr(entry, '=') != NULL;
+    static const char depth[] = "NODEAGENT_DELEGATE_DEPTH=";
+    return (strncmp(entry, "CNI_", 4) == 0 && strchr(entry, '=') != NULL)
+        || strncmp(entry, depth, sizeof depth - 1) == 0;
 }
 
 static int64_t now_ms(void)

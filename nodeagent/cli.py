@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -20,14 +22,17 @@ from cni.shim import shim_path
 from deviceplugin import config as dp_config
 from deviceplugin.api import DEVICE_PLUGIN_PATH
 from nodeagent import __version__, logs
+from nodeagent import settings as agent_settings
 from nodeagent.cnitypes.errors import CniError
 from nodeagent.daemon import Daemon, DaemonConfig
 from nodeagent.discovery import Scanner
 from nodeagent.httpserver import DEFAULT_ADDRESS as DEFAULT_METRICS_ADDRESS
 from nodeagent.ipam import ops as ipam_ops
 from nodeagent.ipam.allocator import Ipam
-from nodeagent.ipam.config import IPAMConfig, parse_config
+from nodeagent.ipam.config import parse_config
+from nodeagent.ipam.configtypes import IPAMConfig
 from nodeagent.ipam.filestore import DEFAULT_STATE_DIR
+from nodeagent.ipam.whereabouts import fetch as fetch_whereabouts
 from nodeagent.model import Node
 from nodeagent.netlink import Netlink
 from nodeagent.provision.policy import PolicyError
@@ -137,8 +142,22 @@ def _daemon_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-address", default=DEFAULT_METRICS_ADDRESS, metavar="HOST:PORT",
                    help="serve /metrics, /healthz and /readyz here (default:"
                    f" {DEFAULT_METRICS_ADDRESS}; empty: off)")
-    p.add_argument("--ipam-state-dir", default=str(DEFAULT_STATE_DIR), metavar="DIR",
+    p.add_argument("--settings", type=Path, default=agent_settings.DEFAULT_PATH,
+                   metavar="FILE", help="the agent's settings: state dirs, cluster store"
+                   f" (default: {agent_settings.DEFAULT_PATH}, if it exists); the flags below"
+                   " override it, and the CNI fallback uses the same")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help=f"VF attachment records (default: {agent_settings.DEFAULT_STATE_DIR})")
+    p.add_argument("--ipam-state-dir", default=None, metavar="DIR",
                    help=f"node-local IPAM store (default: {DEFAULT_STATE_DIR})")
+    p.add_argument("--ipam-etcd-endpoints", default=None, metavar="URL[,URL...]",
+                   help="the cluster store: etcd serving whereabouts configs cluster-wide"
+                   " (https:// turns TLS on)")
+    p.add_argument("--ipam-etcd-ca-file", default=None, metavar="FILE")
+    p.add_argument("--ipam-etcd-cert-file", default=None, metavar="FILE")
+    p.add_argument("--ipam-etcd-key-file", default=None, metavar="FILE")
+    p.add_argument("--ipam-cluster-name", default=None, metavar="NAME",
+                   help="this cluster's name in a shared etcd")
     p.add_argument("--node-name", default=None, metavar="NAME",
                    help="this node's Kubernetes name (default: $NODE_NAME, else the hostname)")
     p.add_argument("--kubeconfig", default=None, metavar="FILE",
@@ -166,20 +185,54 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     if publish is None:
         # in a pod (KUBERNETES_SERVICE_HOST is set), or told where the API is
         publish = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) or args.kubeconfig is not None
+    try:
+        settings = agent_settings.with_flags(
+            agent_settings.load_optional(args.settings), state_dir=args.state_dir,
+            ipam_state_dir=args.ipam_state_dir, etcd_endpoints=args.ipam_etcd_endpoints,
+            etcd_ca_file=args.ipam_etcd_ca_file, etcd_cert_file=args.ipam_etcd_cert_file,
+            etcd_key_file=args.ipam_etcd_key_file, cluster_name=args.ipam_cluster_name,
+            kubeconfig=args.kubeconfig)
+    except agent_settings.SettingsError as exc:
+        print(f"nodeagent: settings: {exc}", file=sys.stderr)
+        return 2
     daemon = Daemon(DaemonConfig(
         socket=args.socket, sysfs_root=args.sysfs_root, workers=args.workers,
         device_plugin_config=args.device_plugin_config, device_plugin_dir=args.device_plugin_dir,
         allocation_policy=args.allocation_policy, policy=args.policy,
         status_file=args.status_file, numvfs_timeout=args.numvfs_timeout,
-        metrics_address=args.metrics_address, ipam_state_dir=args.ipam_state_dir,
-        node_name=args.node_name, publish_node_state=publish, kubeconfig=args.kubeconfig,
-        cni_bin_dir=args.cni_bin_dir))
+        metrics_address=args.metrics_address, node_name=args.node_name,
+        publish_node_state=publish, kubeconfig=args.kubeconfig,
+        cni_bin_dir=args.cni_bin_dir, settings=settings))
     try:
         daemon.start()
         done.wait()
     finally:
-        daemon.stop()
+        _stop_within(daemon, STOP_DEADLINE)
     return 0
+
+
+#: SIGTERM ends the daemon within this many seconds, whatever is in flight.
+STOP_DEADLINE = 1.8
+
+
+def _stop_within(daemon: Daemon, seconds: float) -> None:
+    """Stop the daemon's parts; if that takes longer than ``seconds`` (a part stuck in the
+    kernel or on the network), exit anyway: the next agent must get the node."""
+    watchdog = threading.Timer(seconds, _exit_now, args=(seconds,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        daemon.stop()
+    finally:
+        watchdog.cancel()
+
+
+def _exit_now(seconds: float) -> None:
+    log.error("not stopped within %g s; exiting with work in flight", seconds)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(1)
 
 
 def _provision_args(sub: argparse._SubParsersAction) -> None:
@@ -272,11 +325,26 @@ def _ipam_args(sub: argparse._SubParsersAction) -> None:
     ipam_sub = p.add_subparsers(dest="ipam_command", required=True)
     show = ipam_sub.add_parser("show", help="usage, free addresses and reservations of a network")
     gc = ipam_sub.add_parser("gc", help="release reservations whose attachment is not live")
-    for q in (show, gc):
+    imp = ipam_sub.add_parser(
+        "import", help="take over the reservations another IPAM holds",
+        description="Reserve, in the network's store, every address whereabouts' IPPool and"
+        " OverlappingRangeIPReservation objects hold in the network's ranges, for the same"
+        " container, interface and pod. Repeating it changes nothing.")
+    for q in (show, gc, imp):
         q.add_argument("--config", required=True, type=Path, metavar="FILE",
                        help="the network's CNI config (a plugin config with an 'ipam' object)")
-        q.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
-                       help=f"node-local store (default: {DEFAULT_STATE_DIR})")
+        q.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                       help=f"node-local store (default: the settings', {DEFAULT_STATE_DIR})")
+        q.add_argument("--settings", type=Path, default=agent_settings.DEFAULT_PATH,
+                       metavar="FILE", help="the agent's settings, for the cluster store"
+                       f" (default: {agent_settings.DEFAULT_PATH}, if it exists)")
+    imp.add_argument("--from-whereabouts", action="store_true", required=True,
+                     help="read whereabouts.cni.cncf.io IPPools and"
+                     " OverlappingRangeIPReservations from the Kubernetes API")
+    imp.add_argument("--dry-run", action="store_true", help="only show what would be imported")
+    imp.add_argument("--kubeconfig", type=Path, metavar="FILE",
+                     help="default: the settings' kubeconfig, else the in-cluster account")
+    imp.set_defaults(func=cmd_ipam_import)
     gc.add_argument("--live", nargs="*", default=[], metavar="CONTAINERID/IFNAME",
                     help="attachments to keep")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be released")
@@ -292,8 +360,16 @@ def _ipam_args(sub: argparse._SubParsersAction) -> None:
     gc.set_defaults(func=cmd_ipam_gc)
 
 
+def _cli_ipam(args: argparse.Namespace) -> tuple[Ipam, agent_settings.Settings]:
+    """An Ipam over the settings file (cluster store), ``--state-dir`` overriding its dir."""
+    settings = agent_settings.load_optional(args.settings)
+    if args.state_dir is not None:
+        settings = dataclasses.replace(settings, ipam_state_dir=args.state_dir)
+    return agent_settings.ipam_for(settings, whereabouts=None), settings
+
+
 def cmd_ipam_show(args: argparse.Namespace) -> int:
-    ipam = Ipam(args.state_dir)
+    ipam, _ = _cli_ipam(args)
     try:
         print(ipam_ops.render(ipam_ops.show(parse_config(args.config.read_bytes()), ipam)))
     finally:
@@ -301,8 +377,31 @@ def cmd_ipam_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ipam_import(args: argparse.Namespace) -> int:
+    from nodeagent.k8s.client import ApiError, build_client
+
+    ipam, settings = _cli_ipam(args)
+    try:
+        config = parse_config(args.config.read_bytes())
+        try:
+            api = build_client(kubeconfig=args.kubeconfig or settings.kubeconfig)
+            try:
+                objects = fetch_whereabouts(api)
+            finally:
+                api.close()
+        except ApiError as exc:
+            print(f"nodeagent: cannot read whereabouts' objects from the Kubernetes API ({exc});"
+                  " nothing imported", file=sys.stderr)
+            return 1
+        summary = ipam_ops.import_whereabouts(config, objects, dry_run=args.dry_run, ipam=ipam)
+    finally:
+        ipam.close()
+    print(summary.render(args.dry_run))
+    return 1 if summary.conflicts else 0
+
+
 def cmd_ipam_gc(args: argparse.Namespace) -> int:
-    ipam = Ipam(args.state_dir)
+    ipam, _ = _cli_ipam(args)
     live = [tuple(item.rsplit("/", 1)) for item in args.live]
     try:
         config = parse_config(args.config.read_bytes())
@@ -339,7 +438,8 @@ def _cluster_keep(args: argparse.Namespace, config: IPAMConfig,
     node = args.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
     api = build_client(kubeconfig=args.kubeconfig)
     try:
-        return gc_keep_from_cluster(api, None if config.datastore == "etcd" else node,
+        cluster_wide = config.datastore in ("etcd", "cluster")
+        return gc_keep_from_cluster(api, None if cluster_wide else node,
                                     reservations)
     finally:
         api.close()

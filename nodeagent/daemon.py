@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cni.context import Context
@@ -22,12 +23,15 @@ from deviceplugin.manager import DevicePluginManager
 from deviceplugin.podresources import PodResourcesWatch
 from deviceplugin.pools import Pool
 from deviceplugin.sources import PluginSources
+from nodeagent import netns as netns_mod
+from nodeagent import settings as agent_settings
 from nodeagent.discovery import node_name
 from nodeagent.httpserver import HttpServer
-from nodeagent.ipam.allocator import Ipam
+from nodeagent.ipam.filestore import secure_state_dir
 from nodeagent.metrics import Metrics
 from nodeagent.provision.policy import Policy
 from nodeagent.provision.reconciler import ReconcileLoop, Reconciler
+from nodeagent.settings import Settings
 from nodeagent.status import StatusBoard
 from nodeagent.sysfs import Sysfs
 from nodeagent.vfstate import VfState
@@ -54,6 +58,8 @@ class DaemonConfig:
     publish_node_state: bool = False
     kubeconfig: str | None = None
     cni_bin_dir: Path | None = None
+    #: State dirs and cluster store (file + flags); None: defaults, with ipam_state_dir.
+    settings: Settings | None = None
 
 
 class Daemon:
@@ -63,11 +69,23 @@ class Daemon:
         self.sysfs = Sysfs(cfg.sysfs_root)
         self.status = StatusBoard(cfg.status_file)
         self.metrics = Metrics(self.status)
-        self.vfstate = VfState.default()
-        ipam = Ipam(cfg.ipam_state_dir) if cfg.ipam_state_dir else Ipam()
+        settings = cfg.settings or agent_settings.load_optional(None)
+        if cfg.ipam_state_dir:
+            settings = replace(settings, ipam_state_dir=Path(cfg.ipam_state_dir))
+        self.settings = settings
+        self.vfstate = VfState(settings.state_dir)
+        self.whereabouts = None
+        if settings.cluster_store is not None and settings.honour_whereabouts:
+            from nodeagent.ipam.whereabouts import WhereaboutsWatch
+
+            api = agent_settings.kube_client(settings)
+            self.whereabouts = WhereaboutsWatch(api) if api is not None else None
+        ipam = agent_settings.ipam_for(
+            settings, **({"whereabouts": self.whereabouts.objects} if self.whereabouts else {}))
         self.metrics.track_ipam(ipam)
         self.inventory = LiveInventory(self.sysfs, udev=cfg.sysfs_root == "/sys")
-        self.cni = CniServer(cfg.socket, workers=cfg.workers, context=Context(ipam=ipam),
+        self.cni = CniServer(cfg.socket, workers=cfg.workers,
+                             context=Context(ipam=ipam, vfs=self.vfstate),
                              metrics=self.metrics, status=self.status)
         self.reconcile = ReconcileLoop(
             Reconciler(self.sysfs, self.status, hostname=self.node_name, vfstate=self.vfstate,
@@ -86,11 +104,23 @@ class Daemon:
         if self.http is not None:  # first: probes answer (not ready) while the scan runs
             self.http.add_readiness("inventory", self._scanned.is_set)
             self.http.add_readiness("cni-socket", self.cni.listening)
+            # a thread stranded in a pod's namespace was discarded: someone must look
+            self.http.add_readiness("netns", netns_mod.healthy)
             self.http.start()
             self._stoppers.append(self.http.stop)
         if self.cfg.cni_bin_dir is not None:
             for path in install_plugins(self.cfg.cni_bin_dir, shim_path()):
                 log.info("installed %s", path)
+        netns_mod.on_stranded(lambda message: self.status.error("netns", message))
+        # State an older agent left readable (or lockable) by other users becomes root's.
+        self.vfstate.secure()
+        secure_state_dir(self.settings.ipam_state_dir)
+        if self.whereabouts is not None:  # before the socket: ADDs wait for the first list
+            self.whereabouts.start()
+            self._stoppers.append(self.whereabouts.stop)
+        # Before the socket serves: a fallback running while we are down uses the same.
+        path = agent_settings.write_effective(self.settings, self.cfg.socket)
+        log.info("settings from %s (left in %s for the fallback)", self.settings.source, path)
         node = self.inventory.start()
         self._stoppers.append(self.inventory.stop)
         self._scanned.set()
@@ -108,11 +138,19 @@ class Daemon:
         self.status.flush()  # `nodeagent status` works before the first change
 
     def stop(self) -> None:
+        """Stop every part, the CNI socket first: its delegates are killed at once and the
+        socket is released, so the next agent serves pods while the rest winds down."""
+        if self.cni.stop in self._stoppers:
+            self._stoppers.remove(self.cni.stop)
+            self._stoppers.append(self.cni.stop)
         for stop in reversed(self._stoppers):
+            started = time.monotonic()
             try:
                 stop()
             except Exception:  # stop everything else even if one part fails to
                 log.exception("stopping %s", stop)
+            log.debug("stopped %s in %.0f ms", getattr(stop, "__qualname__", stop),
+                      (time.monotonic() - started) * 1000)
         self._stoppers.clear()
         self.status.flush()
 

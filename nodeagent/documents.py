@@ -5,10 +5,12 @@ checked without recursion, so no input can raise anything but :class:`DocumentEr
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+if TYPE_CHECKING:
+    import yaml
 
 #: Deeper than any real configuration; far below the interpreter's recursion limit.
 MAX_DEPTH = 64
@@ -33,13 +35,21 @@ def parse_json(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH)
 
 def parse_yaml(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
     """Decode a YAML (or JSON) document with the safe loader, under the same limits."""
+    import yaml  # only YAML readers pay for it: the CNI request path reads JSON only
+
     text = _text(data, max_bytes)
+    loader = _loader_class()(text)
+    loader.max_depth = max_depth
     try:
-        doc = yaml.load(text, Loader=_SafeLoader)
+        doc = loader.get_single_data()
     except RecursionError:
         raise DocumentError(f"nested deeper than {max_depth} levels") from None
     except yaml.YAMLError as exc:
+        if getattr(exc, "too_deep", False):
+            raise DocumentError(f"nested deeper than {max_depth} levels") from None
         raise DocumentError(f"not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
     check_depth(doc, max_depth)
     return doc
 
@@ -72,12 +82,34 @@ def _text(data: bytes | str, max_bytes: int) -> str:
         raise DocumentError(f"not valid UTF-8 at byte {exc.start}") from None
 
 
-# YAML aliases let a small document expand into a huge one ("billion laughs"); configuration
-# files here have no use for them.
-class _SafeLoader(yaml.SafeLoader):
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed",
-                                              event.start_mark)
-        return super().compose_node(parent, index)
+@functools.cache
+def _loader_class() -> type[yaml.SafeLoader]:
+    """The safe loader, without aliases and with the nesting limit checked while composing.
+
+    YAML aliases let a small document expand into a huge one ("billion laughs"); configuration
+    files here have no use for them. PyYAML composes recursively, and running into the
+    interpreter's recursion limit takes seconds: the depth is counted on the way down.
+    """
+    import yaml
+
+    class SafeLoader(yaml.SafeLoader):
+        max_depth = MAX_DEPTH
+        _depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed",
+                                                  event.start_mark)
+            self._depth += 1
+            try:
+                if self._depth > self.max_depth:
+                    error = yaml.composer.ComposerError(None, None, "nested too deep",
+                                                        self.peek_event().start_mark)
+                    error.too_deep = True  # type: ignore[attr-defined]
+                    raise error
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    return SafeLoader

@@ -8,19 +8,28 @@ field follows (an integer is never a bool, a PCI ID is four hex digits, ...) liv
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
-#: A PCI vendor or device ID as sysfs and the incumbents spell it: four hex digits. The
-#: incumbents compare these as strings, so "86" or "0x8086" would match nothing there:
-#: refused here rather than given another meaning.
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+#: A PCI vendor or device ID as sysfs and the incumbents spell it: four hex digits, here with
+#: an optional ``0x`` (the form ``lspci -n`` users also write). The incumbents compare these
+#: as strings, so "86" would match nothing there: refused rather than zero-padded. The one
+#: rule for config.json's ``vendors``/``devices`` and the policy's ``vendor``/``deviceID``
+#: (the device plugin once zero-padded ``0x86`` where the policy refused it).
 PCI_ID = re.compile(r"[0-9a-fA-F]{4}")
 MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 #: A PCI function address with its domain, as sysfs names it: 0000:3b:02.1.
 PCI_ADDRESS = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
+#: ``"0-3,6"``: indexes and inclusive ranges, comma separated (blanks around numbers allowed).
+INDEX_LIST = re.compile(r"\s*\d{1,9}\s*(-\s*\d{1,9}\s*)?(,\s*\d{1,9}\s*(-\s*\d{1,9}\s*)?)*")
 
 _MISSING: Any = object()
 
@@ -124,9 +133,9 @@ class Fields:
 
     def int_value(self, value: Any, path: str, low: int, high: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(path, f"must be an integer, got {kind_of(value)}")
+            self.fail(path, f"must be an integer from {low} to {high}, got {kind_of(value)}")
         if not low <= value <= high:
-            self.fail(path, f"{value} is out of range ({low}-{high})")
+            self.fail(path, f"must be an integer from {low} to {high}, got {value}")
         return value
 
     def boolean(self, obj: Mapping[str, Any], key: str, where: str, default: Any = None) -> Any:
@@ -176,11 +185,16 @@ class Fields:
                      for i, v in enumerate(self.items(obj, key, where, max_items=max_items)))
 
     def pci_id(self, value: Any, path: str) -> str:
-        """A PCI vendor/device ID, lower case (see :data:`PCI_ID`)."""
+        """A PCI vendor/device ID, lower case (see :data:`PCI_ID`). ``0x8086`` reads as
+        ``8086``, and so does an unquoted YAML/JSON number of four digits (``vendor: 8086``);
+        fewer digits are refused, not zero-padded ("86" is no ID sysfs shows)."""
+        if isinstance(value, int) and not isinstance(value, bool) and 1000 <= value <= 9999:
+            value = str(value)
         text = self.text(value, path, max_len=16)
-        if not PCI_ID.fullmatch(text):
-            self.fail(path, f"{text!r} is not a PCI ID: four hex digits, as in '8086'")
-        return text.lower()
+        digits = text[2:] if text[:2].lower() == "0x" else text
+        if not PCI_ID.fullmatch(digits):
+            self.fail(path, f"must be 4 hex digits such as \"8086\", got {text!r}")
+        return digits.lower()
 
     def pci_address(self, value: Any, path: str) -> str:
         """A PCI function address (see :data:`PCI_ADDRESS`), lower case."""
@@ -199,3 +213,66 @@ class Fields:
         if text == "00:00:00:00:00:00":
             self.fail(path, "00:00:00:00:00:00 is not a usable MAC address")
         return text.lower()
+
+    # -- addresses: never a scoped IPv6 address (``fe80::1%eth0``): no CNI field means one --
+
+    def ip(self, value: Any, path: str) -> IPAddress:
+        """An IPv4 or IPv6 address (blanks around it ignored, as Go's net.ParseIP does not)."""
+        text = self._address_text(value, path)
+        try:
+            return ipaddress.ip_address(text)
+        except ValueError:
+            self.fail(path, f"{text!r} is not an IP address")
+
+    def cidr(self, value: Any, path: str) -> IPNetwork:
+        """A network in CIDR form; host bits are ignored, as Go's ParseCIDR does."""
+        text = self._address_text(value, path)
+        if "/" not in text:
+            self.fail(path, f"{text!r} is not in CIDR form (address/prefix length)")
+        try:
+            return ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            self.fail(path, f"{text!r} is not a valid CIDR")
+
+    def interface(self, value: Any, path: str) -> IPInterface:
+        """An address with its prefix length (``10.1.2.3/24``)."""
+        text = self._address_text(value, path)
+        if "/" not in text:
+            self.fail(path, f"{text!r} has no prefix length (address/prefix length)")
+        try:
+            return ipaddress.ip_interface(text)
+        except ValueError:
+            self.fail(path, f"{text!r} is not a valid address/prefix length")
+
+    def _address_text(self, value: Any, path: str) -> str:
+        text = self.text(value, path, max_len=128).strip()
+        if "%" in text:
+            self.fail(path, f"{text!r} has a scope (%zone): not allowed here")
+        return text
+
+    # -- index lists --------------------------------------------------------------------------
+
+    def index_set(self, value: Any, path: str, limit: int, *, what: str = "VF",
+                  scope: str = "") -> frozenset[int]:
+        """``"0-3,6"`` -> {0, 1, 2, 3, 6}; every index below ``limit`` (checked before any set
+        is built, so ``"0-99999999999"`` costs nothing). ``scope`` names the valid indexes in
+        messages (``"the PF's VFs"``)."""
+        text = self.text(value, path, max_len=4096)
+        if not INDEX_LIST.fullmatch(text):
+            self.fail(path, f"bad {what} range {text!r}: give indexes such as \"0-3,6\"")
+        scope = scope or f"{what}s"
+        spans: list[tuple[int, int]] = []
+        for part in text.split(","):
+            low, _, high = part.partition("-")
+            first, last = int(low), int(high or low)
+            if first > last:
+                self.fail(path, f"range {part.strip()} ends before it starts")
+            if last >= limit:
+                self.fail(path, f"{part.strip()} is not within {scope} 0-{limit - 1}")
+            spans.append((first, last))
+        found: set[int] = set()
+        end = -1  # spans merged first: repeated ranges cost nothing more
+        for first, last in sorted(spans):
+            found.update(range(max(first, end + 1), last + 1))
+            end = max(end, last)
+        return frozenset(found)

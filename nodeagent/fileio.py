@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,37 @@ def replace_file(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
             os.close(dfd)
 
 
+def make_private_dir(path: str | os.PathLike[str]) -> None:
+    """``path`` and its missing parents, created 0700 whatever the umask (state only root may
+    read). Existing directories are left as they are (see :func:`restrict`)."""
+    path = Path(path)
+    missing = []
+    for p in (path, *path.parents):
+        if p.is_dir():
+            break
+        missing.append(p)
+    for p in reversed(missing):
+        try:
+            os.mkdir(p, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(p, 0o700)
+
+
+def restrict(path: str | os.PathLike[str], mode: int) -> None:
+    """Drop every permission bit of ``path`` outside ``mode`` (no symlink is followed); as
+    root, also give it back to root. Costs one lstat when nothing needs changing."""
+    st = os.lstat(path)
+    current = stat.S_IMODE(st.st_mode)
+    foreign = os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0)
+    if stat.S_ISLNK(st.st_mode) or not (current & ~mode or foreign):
+        return
+    if foreign:
+        os.lchown(path, 0, 0)
+    os.chmod(path, current & mode)
+    log.info("restricted %s to root (was mode %o, uid %d)", path, current, st.st_uid)
+
+
 Signature = tuple[int, int, int, int, int]
 
 
@@ -68,7 +100,10 @@ class WatchedFile(Generic[T]):
     """A file loaded again whenever its signature changes (polled by the caller's loop).
 
     A file that disappears or fails to load leaves the last good value in force; a failure
-    goes to ``on_error`` (the caller logs and records it as it sees fit).
+    goes to ``on_error`` (the caller logs and records it as it sees fit). ``errors`` are the
+    loader's expected refusals; any other exception it raises (a bug, or a decoder limit it
+    did not translate) is logged with its traceback and reported the same way, so that no
+    file content can end the caller's loop.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None, load: Callable[[Path], T],
@@ -95,6 +130,16 @@ class WatchedFile(Generic[T]):
         try:
             self.value = self._load(self.path)
         except self._errors as exc:
-            self._on_error(exc)
+            self._report(exc)
+            return False
+        except Exception as exc:  # whatever the content, the last good value stays
+            log.exception("loading %s failed unexpectedly", self.path)
+            self._report(exc)
             return False
         return True
+
+    def _report(self, exc: Exception) -> None:
+        try:
+            self._on_error(exc)
+        except Exception:  # a failing reporter must not undo "keep the last good value"
+            log.exception("reporting the failure to load %s failed", self.path)

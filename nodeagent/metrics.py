@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from nodeagent import __version__
 from nodeagent.ipam import ops as ipam_ops
 from nodeagent.ipam.allocator import Ipam
-from nodeagent.ipam.config import IPRange
+from nodeagent.ipam.configtypes import IPRange
 from nodeagent.status import PF_STATES, StatusBoard
 
 log = logging.getLogger(__name__)

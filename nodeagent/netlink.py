@@ -199,8 +199,7 @@ class Netlink:
         """A PF's eswitch mode from devlink, or None where the kernel or driver reports none."""
         if self._devlink is None:
             try:
-                with netns_mod.entered(self._netns):
-                    self._devlink = DL()
+                self._devlink = netns_mod.run(self._netns, DL)
             except Exception as exc:  # no devlink generic netlink family in this kernel
                 log.debug("devlink unavailable: %s", exc)
                 self._devlink = False
@@ -230,8 +229,8 @@ class EventSocket:
     GROUPS = RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
 
     def __init__(self, netns: str | None = None, rcvbuf: int = 4 << 20) -> None:
-        with netns_mod.entered(netns):
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._sock = netns_mod.run(netns, lambda: socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self._sock.bind((0, self.GROUPS))
         self._marshal = MarshalRtnl()

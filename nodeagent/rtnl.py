@@ -55,9 +55,8 @@ class Rtnl:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        with netns_mod.entered(netns):
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                       socket.NETLINK_ROUTE)
+        self._sock = netns_mod.run(netns, lambda: socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._sock.bind((0, 0))
         self._marshal = MarshalRtnl()
@@ -179,8 +178,11 @@ class Rtnl:
     def set_sysctl(self, key: str, value: str) -> None:
         """Write ``/proc/sys/<key>`` (``net/ipv4/conf/eth0/arp_notify``) as this client's
         namespace sees it; OSError as the kernel refuses."""
-        with netns_mod.entered(self.netns), open(f"/proc/sys/{key}", "w") as f:
-            f.write(value)
+        def write() -> None:  # /proc/sys/net shows the namespace of the thread that opens it
+            with open(f"/proc/sys/{key}", "w") as f:
+                f.write(value)
+
+        netns_mod.run(self.netns, write)
 
     # -- addresses and routes ---------------------------------------------------------------
 

@@ -297,8 +297,7 @@ def _check_pf(pf_index: int) -> None:
 def num_vfs(pf_index: int, netns: str | None = None) -> int | None:
     """The VF count the kernel reports for the link (None: it reports none, not a PF)."""
     _check_pf(pf_index)
-    with netns_mod.entered(netns):
-        fd = lib.vfset_open()
+    fd = netns_mod.run(netns, lib.vfset_open)
     if fd < 0:
         _raise_oserror(-fd, "opening a netlink socket")
     try:
@@ -323,8 +322,7 @@ def apply(pf_index: int, settings: Sequence[VfUpdate],
     _check_pf(pf_index)
     if not settings:
         return []
-    with netns_mod.entered(netns):
-        fd = lib.vfset_open()
+    fd = netns_mod.run(netns, lib.vfset_open)
     if fd < 0:
         _raise_oserror(-fd, "opening a netlink socket")
     try:

@@ -266,8 +266,8 @@ class LiveInventory:
         # With udevd running, its events come after renames and rules; without it, the kernel's.
         source = "udev" if os.path.exists(UDEV_CONTROL) else "kernel"
         try:
-            with netns_mod.entered(self.netns):
-                monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source=source)
+            monitor = netns_mod.run(
+                self.netns, lambda: pyudev.Monitor.from_netlink(pyudev.Context(), source=source))
             monitor.filter_by("pci")
             monitor.filter_by("net")
             monitor.set_receive_buffer_size(4 << 20)

@@ -23,7 +23,7 @@ from ipaddress import ip_address
 from pathlib import Path
 from types import TracebackType
 
-from nodeagent.ipam.config import EtcdConfig, EtcdEndpoint
+from nodeagent.ipam.configtypes import EtcdConfig, EtcdEndpoint
 from nodeagent.ipam.etcd.client import EtcdClient, EtcdError, EtcdUnavailable
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"

@@ -32,6 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 FIXTURES = Path(__file__).resolve().parent / "k8s_fixtures"
 STATUS_SUBRESOURCE = {("nodeagent.io", "nodenetworkstates")}
 CLUSTER_SCOPED = {"nodes", "nodenetworkstates", "namespaces"}
+WHEREABOUTS = "whereabouts.cni.cncf.io"
 
 
 def fixture(name: str) -> dict[str, Any]:
@@ -260,6 +261,25 @@ class ReplayApiServer:
         cid = container_id or uuid.uuid4().hex + uuid.uuid4().hex
         pod["status"]["containerStatuses"][0]["containerID"] = f"containerd://{cid}"
         return self.put(_Route("", "v1", namespace, "pods", name, ""), pod)
+
+    # whereabouts' objects, in the shape whereabouts writes them (k8s_fixtures/whereabouts.json)
+
+    def add_ippool(self, namespace: str, name: str, range_text: str,
+                   allocations: dict[str, dict[str, str]]) -> dict[str, Any]:
+        """An ``IPPool``: ``allocations`` keyed by the decimal offset from ``range_text``."""
+        pool = fixture("whereabouts.json")["ippool"]
+        pool["metadata"].update(namespace=namespace, name=name)
+        pool["spec"] = {"range": range_text, "allocations": allocations}
+        return self.put(_Route(WHEREABOUTS, "v1alpha1", namespace, "ippools", name, ""), pool)
+
+    def add_overlapping_reservation(self, namespace: str, name: str,
+                                    spec: dict[str, str]) -> dict[str, Any]:
+        """An ``OverlappingRangeIPReservation`` named ``[<network>-]<address>``."""
+        obj = fixture("whereabouts.json")["overlappingrangeipreservation"]
+        obj["metadata"].update(namespace=namespace, name=name)
+        obj["spec"] = spec
+        return self.put(_Route(WHEREABOUTS, "v1alpha1", namespace,
+                               "overlappingrangeipreservations", name, ""), obj)
 
     def delete_pod(self, namespace: str, name: str) -> None:
         self.delete(_Route("", "v1", namespace, "pods", name, ""))

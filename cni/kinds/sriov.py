@@ -334,12 +334,7 @@ def _restore_pf_side(ctx: Context, att: VfAttachment) -> None:
 def gc(ctx: Context, request: CniRequest) -> None:
     """Undo this network's attachments the runtime no longer lists (cni.dev/valid-attachments),
     then let IPAM release their addresses."""
-    key = "cni.dev/valid-attachments"
-    valid = set()
-    for i, item in enumerate(FIELDS.items(request.config, key, "")):
-        entry = FIELDS.obj(item, f"{key}[{i}]")
-        valid.add((FIELDS.string(entry, "containerID", f"{key}[{i}]"),
-                   FIELDS.string(entry, "ifname", f"{key}[{i}]")))
+    valid = set(request.valid_attachments)
     for att in ctx.vfs.all():
         if att.network == request.network and (att.container_id, att.ifname) not in valid:
             log.info("GC: detaching VF %s from gone container %s", att.pci, att.container_id)

@@ -7,71 +7,35 @@ Configs with only static addresses touch no store at all, as the static plugin d
 
 from __future__ import annotations
 
-import re
+import inspect
+import logging
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from ipaddress import ip_interface
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from nodeagent.cnitypes.request import Attachment
 from nodeagent.cnitypes.result import IPConfig, Result
-from nodeagent.ipam.config import (
-    DNS,
-    EtcdConfig,
-    IPAddress,
-    IPAMConfig,
-    IPRange,
-    RangeSet,
-    locate,
-    parse_cni_args,
-)
-from nodeagent.ipam.errors import UNKNOWN_CONTAINER, IpamError, env_error
+from nodeagent.ipam.config import locate
+from nodeagent.ipam.configtypes import DNS, EtcdConfig, IPAddress, IPAMConfig, IPRange, RangeSet
+from nodeagent.ipam.errors import INVALID_CONFIG, TRY_AGAIN_LATER, UNKNOWN_CONTAINER, IpamError
 from nodeagent.ipam.filestore import DEFAULT_STATE_DIR, FileStore
 from nodeagent.ipam.pool import Pool
 from nodeagent.ipam.store import Claim, Owner, Reservation, Store
 
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,1023}$")
-_IFNAME_BAD = re.compile(r"[/:\s]")
-_K8S_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,252}$")
+if TYPE_CHECKING:
+    from nodeagent.ipam.whereabouts import Objects
+    from nodeagent.settings import ClusterStore
+
+log = logging.getLogger(__name__)
+
 _MAX_POOLS = 256
 
 
-@dataclass(frozen=True)
-class Attachment:
-    """One network attachment: CNI_CONTAINERID + CNI_IFNAME, and the pod it belongs to."""
-
-    container_id: str
-    ifname: str
-    pod_namespace: str = ""
-    pod_name: str = ""
-
-    def __post_init__(self) -> None:
-        if not _CONTAINER_ID.match(self.container_id):
-            raise env_error("CNI_CONTAINERID", f"{self.container_id!r}")
-        name = self.ifname
-        if not 0 < len(name) < 16 or _IFNAME_BAD.search(name) or name in (".", ".."):
-            raise env_error("CNI_IFNAME", f"{name!r}")
-        for what, value in (
-            ("K8S_POD_NAMESPACE", self.pod_namespace),
-            ("K8S_POD_NAME", self.pod_name),
-        ):
-            if value and not _K8S_NAME.match(value):
-                raise env_error("CNI_ARGS", f"{what}={value!r}")
-
-    @property
-    def pod(self) -> str:
-        """``namespace/name``, or "" when the runtime did not say."""
-        return f"{self.pod_namespace}/{self.pod_name}" if self.pod_name else ""
-
-    @classmethod
-    def from_cni(cls, container_id: str, ifname: str, cni_args: str = "") -> Attachment:
-        args = parse_cni_args(cni_args)
-        namespace, name = args.get("K8S_POD_NAMESPACE", ""), args.get("K8S_POD_NAME", "")
-        return cls(container_id, ifname, namespace, name)
-
-    def owner(self, network: str) -> Owner:
-        return Owner(self.container_id, self.ifname, self.pod, network)
+def owner(attachment: Attachment, network: str) -> Owner:
+    """Who holds a reservation: the attachment, in ``network``."""
+    return Owner(attachment.container_id, attachment.ifname, attachment.pod, network)
 
 
 AttachmentRef = Attachment | tuple[str, str] | Mapping[str, Any]
@@ -88,11 +52,33 @@ def attachment_key(ref: AttachmentRef) -> tuple[str, str]:
 
 
 class Ipam:
+    """The allocation API over every store the agent serves.
+
+    ``cluster``: the agent's cluster store (nodeagent.settings), which serves configs with
+    ``datastore`` "cluster" (whereabouts configs without ``"datastore": "file"``); without it
+    they are refused. ``whereabouts``: returns whereabouts' objects (a watched view in the
+    agent, a one-shot list in the fallback); the holdings of a range are imported into the
+    cluster store before the range is served, so nothing whereabouts holds is handed out.
+    """
+
     def __init__(
-        self, state_dir: Path | str = DEFAULT_STATE_DIR, *, lock_timeout: float = 10.0
+        self,
+        state_dir: Path | str = DEFAULT_STATE_DIR,
+        *,
+        lock_timeout: float = 10.0,
+        cluster: ClusterStore | None = None,
+        whereabouts: Callable[[], Objects] | None = None,
+        settings_source: str = "",
     ) -> None:
         self.state_dir = Path(state_dir)
         self.lock_timeout = lock_timeout
+        self.cluster = cluster
+        self.whereabouts = whereabouts
+        self.settings_source = settings_source
+        #: (network, ip, container, ifname) of whereabouts holdings already imported here.
+        self._imported: set[tuple[str, str, str, str]] = set()
+        #: whereabouts objects' version last imported from, per network and ranges.
+        self._wb_seen: dict[tuple[Any, ...], int] = {}
         self._lock = threading.Lock()
         self._stores: dict[tuple[Any, ...], Store] = {}
         #: The latest config of each CNI network, per store, for usage reports.
@@ -111,7 +97,8 @@ class Ipam:
         claims, fixed = self._plan(config)
         ips: list[IPConfig] = []
         if claims:
-            reservations = self.store(config).claim(claims, attachment.owner(config.name))
+            self._honour_whereabouts(config)
+            reservations = self.store(config).claim(claims, owner(attachment, config.name))
             ips += [self._ip_result(config, r.ip, fixed) for r in reservations]
         return _result(config, ips + _static_ips(config))
 
@@ -166,6 +153,8 @@ class Ipam:
         if config.datastore == "etcd":
             assert config.etcd is not None
             key: tuple[Any, ...] = ("etcd", config.etcd, config.network)
+        elif config.datastore == "cluster":
+            key = ("etcd", self._cluster_etcd(config), config.network)
         else:
             key = ("file", config.data_dir or self.state_dir, config.network)
         self._configs[(*key, config.name)] = config
@@ -177,16 +166,39 @@ class Ipam:
                     store = self._stores[key] = self._open(config)
         return store
 
+    def _cluster_etcd(self, config: IPAMConfig) -> EtcdConfig:
+        if self.cluster is None:
+            where = f" (settings from {self.settings_source})" if self.settings_source else ""
+            raise IpamError(
+                INVALID_CONFIG,
+                f"ipam type {config.type or 'ipam'!r} for network {config.name!r} is served by"
+                f" the agent's cluster store, and this agent has none{where}: set ipam.etcd"
+                " in the agent's settings (/etc/nodeagent/agent.yaml; chart values ipam.etcd),"
+                " or the daemon flag --ipam-etcd-endpoints; or, for addresses unique on this"
+                ' node only, put "datastore": "file" in the IPAM configuration',
+            )
+        return self.cluster.etcd
+
     def _open(self, config: IPAMConfig) -> Store:
-        if config.datastore == "etcd":
+        if config.datastore in ("etcd", "cluster"):
             from nodeagent.ipam.etcd.client import EtcdClient  # grpc: only when used
             from nodeagent.ipam.etcd.store import EtcdStore
 
-            assert config.etcd is not None
-            client = self._clients.get(config.etcd)
+            etcd = config.etcd if config.datastore == "etcd" else self._cluster_etcd(config)
+            assert etcd is not None
+            client = self._clients.get(etcd)
             if client is None:
-                client = self._clients[config.etcd] = EtcdClient(config.etcd)
-            return EtcdStore(client, config.network, prefix=config.etcd.prefix)
+                client = self._clients[etcd] = EtcdClient(etcd)
+            extra: dict[str, Any] = {}
+            if config.datastore == "cluster" and self.cluster is not None \
+                    and self.cluster.cluster:
+                # The cluster's key segment, once the etcd store takes one (its own change).
+                if "cluster" in inspect.signature(EtcdStore).parameters:
+                    extra["cluster"] = self.cluster.cluster
+                else:
+                    log.warning("ipam.clusterName %r is not applied: this etcd store has no"
+                                " cluster key segment", self.cluster.cluster)
+            return EtcdStore(client, config.network, prefix=etcd.prefix, **extra)
         return FileStore(
             config.data_dir or self.state_dir, config.network, lock_timeout=self.lock_timeout
         )
@@ -213,6 +225,42 @@ class Ipam:
         for client in clients:
             client.close()
 
+    # -- whereabouts' reservations ---------------------------------------------------------
+
+    def _honour_whereabouts(self, config: IPAMConfig) -> None:
+        """Import what whereabouts' objects hold in the config's ranges into the cluster store
+        (once per holding per agent), so the store hands none of it out."""
+        if config.datastore != "cluster" or self.whereabouts is None:
+            return
+        from nodeagent.ipam import whereabouts as wb
+
+        try:
+            objects = self.whereabouts()
+        except wb.Unreadable as exc:  # API away, not listed yet: never guess
+            raise IpamError(
+                TRY_AGAIN_LATER,
+                f"whereabouts' IPPools could not be read ({exc}), so no address of network"
+                f" {config.name!r} is handed out yet: the agent needs list and watch on"
+                " ippools and overlappingrangeipreservations (whereabouts.cni.cncf.io);"
+                " ipam.whereabouts.honourIPPools: false in its settings stops reading them"
+                " once the migration is done", str(exc)) from exc
+        seen_key = (config.network, config.range_sets)
+        if objects.version and self._wb_seen.get(seen_key) == objects.version:
+            return  # nothing changed since this range was last served
+        new = [h for h in objects.holdings(config)
+               if (config.network, str(h.ip), *h.key) not in self._imported]
+        if not new:
+            self._wb_seen[seen_key] = objects.version
+            return
+        summary = wb.import_holdings(self, config, new)
+        for h, why in summary.conflicts:
+            log.warning("whereabouts holds %s (%s) but %s", h.ip, h.source, why)
+        if summary.imported:
+            log.info("imported %d whereabouts reservations of network %s",
+                     len(summary.imported), config.network)
+        self._imported.update((config.network, str(h.ip), *h.key) for h in new)
+        self._wb_seen[seen_key] = objects.version
+
     # -- planning ------------------------------------------------------------------------
 
     def _plan(self, config: IPAMConfig) -> tuple[list[Claim], dict[IPAddress, IPAddress | None]]:
@@ -227,6 +275,10 @@ class Ipam:
             ip = next((f for f in fixed if rset.find(f) is not None), None)
             claims.append(self._claim(config, rset, ip))
         return claims, fixed
+
+    def claim_for(self, config: IPAMConfig, rset: RangeSet, ip: IPAddress | None) -> Claim:
+        """The claim of one address (``ip``, else the lowest free) from ``rset``."""
+        return self._claim(config, rset, ip)
 
     def _claim(self, config: IPAMConfig, rset: RangeSet, ip: IPAddress | None) -> Claim:
         return Claim(
@@ -302,18 +354,3 @@ def default_ipam() -> Ipam:
             _default = Ipam()
         return _default
 
-
-def allocate(config: IPAMConfig, attachment: Attachment) -> Result:
-    return default_ipam().allocate(config, attachment)
-
-
-def release(config: IPAMConfig, attachment: Attachment) -> list[Reservation]:
-    return default_ipam().release(config, attachment)
-
-
-def check(config: IPAMConfig, attachment: Attachment) -> Result:
-    return default_ipam().check(config, attachment)
-
-
-def gc(config: IPAMConfig, valid: Iterable[AttachmentRef]) -> list[Reservation]:
-    return default_ipam().gc(config, valid)

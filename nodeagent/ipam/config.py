@@ -1,10 +1,10 @@
 """IPAM configuration: whereabouts, host-local and static fields parsed into frozen dataclasses.
 
-``parse_config(netconf, cni_args)`` takes the network configuration the runtime passes on stdin
+``parse_config(netconf, args)`` takes the network configuration the runtime passes on stdin
 (the whole plugin config: ``name``, ``cniVersion``, ``ipam``, ``runtimeConfig``, ``args``) and
-the ``CNI_ARGS`` string, and returns an :class:`IPAMConfig` or raises :class:`IpamError` with
-code 7 (6 for undecodable JSON, 4 for a bad ``CNI_ARGS``, 2 for an unknown datastore) and a
-message naming the field by its JSON path.
+the request's parsed ``CNI_ARGS``, and returns an :class:`IPAMConfig` or raises
+:class:`IpamError` with code 7 (6 for undecodable JSON, 4 for a bad ``CNI_ARGS`` ``IP``, 2 for an
+unknown datastore) and a message naming the field by its JSON path.
 
 Every field of the three incumbents is accepted unchanged; docs/ipam.md lists them. Ranges
 become :class:`RangeSet` s (one address each per attachment): whereabouts' top-level ``range``
@@ -13,110 +13,53 @@ first, then each ``ipRanges`` entry, then host-local's ``ranges`` (and legacy ``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
-from nodeagent.ipam.configtypes import (
-    DEFAULT_ETCD_PORT,
-    DEFAULT_ETCD_PREFIX,
-    DEFAULT_ETCD_TIMEOUT,
-    DNS,
-    MAX_WINDOW,
-    UNNAMED_NETWORK,
-    EtcdConfig,
-    EtcdEndpoint,
-    IPAddress,
-    IPAMConfig,
-    IPInterface,
-    IPNetwork,
-    IPRange,
-    RangeSet,
-    RequestedIP,
-    Route,
-    StaticAddress,
-)
-from nodeagent.ipam.errors import (
-    DECODE_FAILURE,
-    INCOMPATIBLE_VERSION,
-    IpamError,
-    config_error,
-    env_error,
-)
-from nodeagent.ipam.fields import FieldParser, opt_str
+from nodeagent.cnitypes.request import SUPPORTED_VERSIONS
+from nodeagent.documents import DocumentError, parse_json
+from nodeagent.ipam import fields
+from nodeagent.ipam.configtypes import IPAddress, IPAMConfig, IPRange, RangeSet
+from nodeagent.ipam.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, IpamError, config_error
+from nodeagent.ipam.fields import opt_str
 
-__all__ = [
-    "DEFAULT_ETCD_PORT",
-    "DEFAULT_ETCD_PREFIX",
-    "DEFAULT_ETCD_TIMEOUT",
-    "DNS",
-    "MAX_WINDOW",
-    "UNNAMED_NETWORK",
-    "EtcdConfig",
-    "EtcdEndpoint",
-    "IPAMConfig",
-    "IPAddress",
-    "IPInterface",
-    "IPNetwork",
-    "IPRange",
-    "RangeSet",
-    "RequestedIP",
-    "Route",
-    "StaticAddress",
-    "locate",
-    "parse_cni_args",
-    "parse_config",
-    "validate_requests",
-]
-
-_SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+#: The largest network configuration accepted, as on the CNI socket.
+MAX_CONFIG_BYTES = 1 << 20
 
 
-def parse_config(netconf: bytes | str | Mapping[str, Any], cni_args: str = "") -> IPAMConfig:
-    """Parse and validate a plugin's network configuration plus ``CNI_ARGS``."""
+def parse_config(netconf: bytes | str | Mapping[str, Any],
+                 args: Mapping[str, str] | None = None) -> IPAMConfig:
+    """Parse and validate a plugin's network configuration; ``args``: the request's
+    ``CNI_ARGS``, parsed (nodeagent.cnitypes.request.parse_cni_args)."""
     doc = _decode(netconf)
     ipam = doc.get("ipam")
     if not isinstance(ipam, Mapping):
         raise config_error("ipam", "missing, or not an object")
-    args = parse_cni_args(cni_args)
     name = opt_str(doc, "name", "") or ""
     version = opt_str(doc, "cniVersion", "") or "1.1.0"
-    if version not in _SUPPORTED_VERSIONS:
+    if version not in SUPPORTED_VERSIONS:
         raise IpamError(
             INCOMPATIBLE_VERSION,
-            f"incompatible CNI version {version!r}: supported {', '.join(_SUPPORTED_VERSIONS)}",
+            f"incompatible CNI version {version!r}: supported {', '.join(SUPPORTED_VERSIONS)}",
         )
-    p = FieldParser()
-    range_sets = p.range_sets(ipam)
     config = IPAMConfig(
         name=name,
-        network=p.network(ipam, name),
+        network=fields.network(ipam, name),
         cni_version=version,
         type=opt_str(ipam, "type", "ipam") or "",
-        range_sets=range_sets,
-        addresses=p.addresses(ipam),
-        requested=p.requested(doc, args),
-        routes=p.routes(ipam.get("routes"), "ipam.routes"),
-        dns=p.dns(ipam.get("dns"), "ipam.dns"),
-        datastore=p.datastore(ipam),
-        data_dir=p.path(ipam, "dataDir", "ipam"),
-        etcd=p.etcd(ipam),
-        overlapping_ranges=p.bool(ipam, "enable_overlapping_ranges", True),
-        sticky=p.bool(ipam, "sticky", False),
+        range_sets=fields.range_sets(ipam),
+        addresses=fields.addresses(ipam),
+        requested=fields.requested(doc, args or {}),
+        routes=fields.routes(ipam.get("routes"), "ipam.routes"),
+        dns=fields.dns(ipam.get("dns"), "ipam.dns"),
+        datastore=fields.datastore(ipam),
+        data_dir=fields.path(ipam, "dataDir", "ipam"),
+        etcd=fields.etcd(ipam),
+        overlapping_ranges=fields.boolean(ipam, "enable_overlapping_ranges", True),
+        sticky=fields.boolean(ipam, "sticky", False),
     )
     validate_requests(config)
     return config
-
-
-def parse_cni_args(cni_args: str) -> dict[str, str]:
-    """``CNI_ARGS`` (``K1=V1;K2=V2``) as a dict; code 4 if a pair has no ``=``."""
-    out: dict[str, str] = {}
-    for pair in filter(None, (p.strip() for p in cni_args.split(";"))):
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise env_error("CNI_ARGS", f"{pair!r} is not KEY=VALUE")
-        out[key] = value
-    return out
 
 
 def validate_requests(config: IPAMConfig) -> None:
@@ -168,9 +111,9 @@ def _decode(netconf: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(netconf, Mapping):
         return netconf
     try:
-        doc = json.loads(netconf)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IpamError(DECODE_FAILURE, "cannot decode the network config", str(exc)) from exc
+        doc = parse_json(netconf, max_bytes=MAX_CONFIG_BYTES)
+    except DocumentError as exc:
+        raise IpamError(DECODE_FAILURE, "cannot decode the network config", str(exc)) from None
     if not isinstance(doc, dict):
         raise IpamError(DECODE_FAILURE, "the network configuration is not a JSON object")
     return doc

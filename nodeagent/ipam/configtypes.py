@@ -150,11 +150,17 @@ class IPAMConfig:
     requested: tuple[RequestedIP, ...] = ()
     routes: tuple[Route, ...] = ()
     dns: DNS = DNS()
-    datastore: Literal["file", "etcd"] = "file"
+    #: "cluster": the agent's cluster store (settings), resolved by the allocator.
+    datastore: Literal["file", "etcd", "cluster"] = "file"
     data_dir: Path | None = None
     etcd: EtcdConfig | None = None
     overlapping_ranges: bool = True
     sticky: bool = False
+
+    @property
+    def whereabouts_network(self) -> str:
+        """The network name as whereabouts writes it into object names ("" when unnamed)."""
+        return "" if self.network == UNNAMED_NETWORK else self.network
 
     @property
     def ranges(self) -> tuple[IPRange, ...]:

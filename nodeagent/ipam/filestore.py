@@ -12,6 +12,13 @@ lock, so a process killed at any instant leaves the old state or the new one: ne
 half-written record, never an address given twice, and a dual-stack claim lands whole or not
 at all. The lock dies with its holder (the kernel drops a dead process's flock).
 
+The state is root's alone: directories 0700, files 0600, set when created and made so again
+when a store first touches an existing directory (:func:`secure_state_dir` does a whole state
+dir at agent start). Reservations name pods, and ``flock`` needs only an open descriptor, so a
+user who could open the lock file could stall every ADD on the network. (A descriptor opened
+before the modes were tightened keeps its power until its process exits: a lock timeout names
+the holding pid, from /proc/locks.)
+
 The file starts with a fresh random nonce; a process keeps the last state it parsed and
 re-parses only when the first bytes differ, so an uncontended allocation costs one small
 read, one write and two fsyncs. A directory that host-local used (files named by address,
@@ -24,6 +31,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import threading
 import time
@@ -32,7 +40,7 @@ from contextlib import contextmanager
 from ipaddress import ip_address
 from pathlib import Path
 
-from nodeagent.fileio import replace_file
+from nodeagent.fileio import make_private_dir, replace_file, restrict
 from nodeagent.ipam.errors import IO_FAILURE, TRY_AGAIN_LATER, IpamError
 from nodeagent.ipam.pool import Pool, PoolView
 from nodeagent.ipam.store import (
@@ -47,7 +55,10 @@ from nodeagent.ipam.store import (
     to_record,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_STATE_DIR = Path("/var/lib/nodeagent/ipam")
+DIR_MODE, FILE_MODE = 0o700, 0o600
 STATE_FILE = "reservations.json"
 LOCK_FILE = "lock"
 FORMAT_VERSION = 1
@@ -93,6 +104,7 @@ class FileStore(Store):
         self.lock_timeout = lock_timeout
         self._clock = clock
         self._mutex = threading.Lock()  # threads of this process queue here, not on flock
+        self._secured = False
         # The last state read or written, and what is derived from it: one JSON line per
         # record and a bitmap view per pool. Dropped when another process changed the file.
         self._head: bytes | None = None  # None: nothing cached
@@ -227,8 +239,12 @@ class FileStore(Store):
     @contextmanager
     def _flock(self) -> Iterator[None]:
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if not self._secured:
+                make_private_dir(self.dir)
+                secure_network_dir(self.dir)
+                self._secured = True
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+            fd = os.open(self.dir / LOCK_FILE, flags, FILE_MODE)
         except OSError as exc:
             raise _io_error("cannot open", self.dir / LOCK_FILE, exc) from exc
         try:
@@ -243,7 +259,8 @@ class FileStore(Store):
                         raise IpamError(
                             TRY_AGAIN_LATER,
                             f"IPAM state of network {self.network} is locked by another process",
-                            f"{self.dir / LOCK_FILE} held for over {self.lock_timeout:g} s",
+                            f"{self.dir / LOCK_FILE} held for over {self.lock_timeout:g} s"
+                            + _holders(fd),
                         ) from None
                     time.sleep(delay)
                     delay = min(delay * 2, 0.005)
@@ -292,7 +309,7 @@ class FileStore(Store):
         data = f'{head[:-1]}, "reservations": [\n{body}\n]}}\n'.encode()
         path = self.dir / STATE_FILE
         try:
-            replace_file(path, data)
+            replace_file(path, data, mode=FILE_MODE)
         except OSError as exc:
             raise _io_error("cannot write", path, exc) from exc
         self._commit(state, data[:_HEAD])
@@ -346,3 +363,45 @@ def _io_error(what: str, path: Path, exc: BaseException) -> IpamError:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         detail += " (disk full)"
     return IpamError(IO_FAILURE, f"IPAM store: {what} {path}", detail)
+
+
+def secure_network_dir(path: Path) -> None:
+    """Root only: the network's directory 0700, its files (lock, state, host-local's legacy
+    files) 0600 and owned by root. Costs a stat per entry when nothing needs changing."""
+    restrict(path, DIR_MODE)
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                restrict(Path(entry.path), FILE_MODE)
+
+
+def secure_state_dir(root: str | os.PathLike[str]) -> None:
+    """Every network directory under ``root`` (agent start), and ``root`` itself when it is
+    the agent's own default; a missing root is left to be created when first used."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    if root == DEFAULT_STATE_DIR:
+        restrict(root, DIR_MODE)
+    for entry in os.scandir(root):
+        if entry.is_dir(follow_symlinks=False):
+            try:
+                secure_network_dir(Path(entry.path))
+            except OSError as exc:
+                log.warning("cannot restrict IPAM state %s to root: %s", entry.path, exc)
+
+
+def _holders(fd: int) -> str:
+    """Who holds the flock on ``fd``'s file, from /proc/locks (for the error's details)."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode:
+                    pids.append(fields[4])
+    except OSError:
+        return ""
+    return f"; held by pid {', '.join(pids)}" if pids else ""

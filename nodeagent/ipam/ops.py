@@ -8,9 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from nodeagent.ipam.allocator import AttachmentRef, Ipam, attachment_key, default_ipam
-from nodeagent.ipam.config import IPAMConfig, IPRange
+from nodeagent.ipam.configtypes import IPAMConfig, IPRange
 from nodeagent.ipam.pool import PoolView
 from nodeagent.ipam.store import Claim, Reservation
+from nodeagent.ipam.whereabouts import ImportSummary, Objects, import_holdings
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,15 @@ def drop_holds(
     """Free the sticky holds of one ``namespace/name`` pod (or all of the network's)."""
     ipam = ipam or default_ipam()
     return ipam.store(config).drop_holds(pod) if config.range_sets else []
+
+
+def import_whereabouts(
+    config: IPAMConfig, objects: Objects, *, dry_run: bool = False, ipam: Ipam | None = None
+) -> ImportSummary:
+    """Reserve in ``config``'s store what whereabouts' objects hold in its ranges (for the
+    same container, interface and pod); idempotent. With ``dry_run``, only report."""
+    ipam = ipam or default_ipam()
+    return import_holdings(ipam, config, objects.holdings(config), dry_run=dry_run)
 
 
 def render(usage: NetworkUsage, now: float | None = None) -> str:

@@ -13,7 +13,7 @@ import random
 from collections.abc import Iterable
 
 from nodeagent.ipam.bitmap import Bitmap
-from nodeagent.ipam.config import IPAddress, IPRange
+from nodeagent.ipam.configtypes import IPAddress, IPRange
 
 
 class Pool:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 
-from nodeagent.ipam.config import IPAddress
+from nodeagent.ipam.configtypes import IPAddress
 from nodeagent.ipam.errors import ADDRESS_IN_USE, POOL_EXHAUSTED, IpamError
 from nodeagent.ipam.pool import Pool
 

@@ -21,14 +21,13 @@ list matches any of its entries). Each PF may be selected by one entry only. ``r
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from nodeagent.documents import DocumentError, parse_json, parse_yaml
+from nodeagent.fields import Fields, join
 from nodeagent.model import Nic, VfDesired
 from nodeagent.sysfs import PCI_ADDRESS
 
@@ -36,13 +35,14 @@ KERNEL = "kernel"  # the VF driver the kernel picks for the VF's IDs (iavf, igbv
 VFIO = "vfio-pci"
 MAC_KEEP, MAC_DERIVED = "keep", "derived"
 VLAN_PROTOS = ("802.1Q", "802.1ad")
-DRIVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-HEX_ID = re.compile(r"^[0-9a-f]{4}$")
+# Patterns are matched whole (fullmatch): a trailing newline is not part of a name.
+DRIVER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Device plugin resource names as sriov-network-device-plugin accepts them; the prefix is a
 # DNS subdomain (the part of an extended resource name before the "/").
-RESOURCE_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-RESOURCE_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+RESOURCE_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+RESOURCE_PREFIX = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+#: The policy file: a few PF entries; a megabyte is far beyond any real one.
+MAX_BYTES = 1 << 20
 DEFAULT_RESOURCE_PREFIX = "intel.com"
 
 
@@ -142,90 +142,71 @@ def vf_mac(scheme: str, hostname: str, pf_pci: str, index: int) -> str | None:
 # -- parsing ----------------------------------------------------------------------------------
 
 
+_F = Fields(lambda path, problem: PolicyError(f"{path}: {problem}"))
+
+
 def load(path: str | Path) -> Policy:
+    """Read and parse the policy; PolicyError for anything wrong with it, readable or not."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
     except OSError as exc:
         raise PolicyError(f"{path}: {exc.strerror}") from None
-    return parse(text, str(path))
+    return parse(data, str(path))
 
 
-def parse(text: str, where: str = "policy") -> Policy:
+def parse(text: str | bytes, where: str = "policy") -> Policy:
     try:
-        raw = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
+        raw = (parse_json if _looks_like_json(text) else parse_yaml)(text, max_bytes=MAX_BYTES)
+    except DocumentError as exc:
         raise PolicyError(f"{where}: not valid YAML or JSON: {exc}") from None
     if raw is None:
         return Policy()
     doc = _obj(raw, where, {"apiVersion", "kind", "pfs", "resourcePrefix"})
-    prefix = doc.get("resourcePrefix", DEFAULT_RESOURCE_PREFIX)
-    if not isinstance(prefix, str) or len(prefix) > 253 or not RESOURCE_PREFIX.match(prefix):
-        raise PolicyError(f"{where}.resourcePrefix: must be a DNS subdomain such as"
-                          f" \"example.com\", got {prefix!r}")
-    pfs = doc.get("pfs") or []
-    if not isinstance(pfs, list):
-        raise PolicyError(f"{where}.pfs: must be a list")
-    parsed = tuple(_pf(item, f"{where}.pfs[{i}]", i) for i, item in enumerate(pfs))
+    prefix = _F.string(doc, "resourcePrefix", where, DEFAULT_RESOURCE_PREFIX, max_len=253)
+    if not RESOURCE_PREFIX.fullmatch(prefix):
+        _F.fail(join(where, "resourcePrefix"), f"must be a DNS subdomain such as"
+                f" \"example.com\", got {prefix!r}")
+    pfs = _F.items(doc, "pfs", where)
+    parsed = tuple(_pf(item, join(join(where, "pfs"), i), i) for i, item in enumerate(pfs))
     names = [p.name for p in parsed]
     if len(set(names)) != len(names):
         raise PolicyError(f"{where}.pfs: entry names must be unique, got {names}")
     return Policy(parsed, prefix)
 
 
+def _looks_like_json(text: str | bytes) -> bool:
+    start = text.lstrip()[:1]
+    return start in ("{", b"{")
+
+
 def _obj(raw: Any, where: str, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise PolicyError(f"{where}: must be a mapping")
-    unknown = sorted(set(raw) - allowed)
+    obj = _F.obj(raw, where)
+    unknown = sorted(set(obj) - allowed)
     if unknown:
         raise PolicyError(f"{where}: unknown field(s) {', '.join(unknown)}"
                           f" (allowed: {', '.join(sorted(allowed))})")
-    return raw
-
-
-def _int(raw: dict[str, Any], key: str, where: str, low: int, high: int) -> int | None:
-    value = raw.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise PolicyError(f"{where}.{key}: must be an integer from {low} to {high}, got {value!r}")
-    return value
-
-
-def _bool(raw: dict[str, Any], key: str, where: str) -> bool | None:
-    value = raw.get(key)
-    if value is not None and not isinstance(value, bool):
-        raise PolicyError(f"{where}.{key}: must be true or false, got {value!r}")
-    return value
-
-
-def _strings(raw: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
-    value = raw.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise PolicyError(f"{where}.{key}: must be a list of strings")
-    return tuple(value)
+    return obj
 
 
 def _hex_id(raw: dict[str, Any], key: str, where: str) -> str | None:
     value = raw.get(key)
-    if value is None:
-        return None
-    text = str(value).lower().removeprefix("0x")
-    if not HEX_ID.match(text):
-        raise PolicyError(f"{where}.{key}: must be 4 hex digits such as \"8086\", got {value!r}")
-    return text
+    return None if value is None else _F.pci_id(value, join(where, key))
 
 
 def _selector(raw: Any, where: str) -> NicSelector:
     raw = _obj(raw, where, {"pfNames", "rootDevices", "vendor", "deviceID"})
-    names = _strings(raw, "pfNames", where)
+    names = _F.strings(raw, "pfNames", where, max_len=256)
     for name in names:
         if "#" in name:
             raise PolicyError(f"{where}.pfNames: {name!r}: VF ranges go in vfGroups, not in"
                               " the PF name")
-    roots = _strings(raw, "rootDevices", where)
+    roots = _F.strings(raw, "rootDevices", where, max_len=64)
     for address in roots:
-        if not PCI_ADDRESS.match(address):
+        if not PCI_ADDRESS.fullmatch(address):
             raise PolicyError(f"{where}.rootDevices: {address!r} is not a PCI address such as"
                               " 0000:41:00.0")
     selector = NicSelector(names, roots, _hex_id(raw, "vendor", where),
@@ -239,20 +220,24 @@ def _settings(raw: Any, where: str, base: VfTemplate) -> VfTemplate:
     raw = _obj(raw, where, {"driver", "mac", "vlan", "qos", "vlanProto", "spoofchk", "trust",
                             "vfs"})
     driver = raw.get("driver", base.driver)
-    if not isinstance(driver, str) or not DRIVER_NAME.match(driver):
+    if not isinstance(driver, str) or not DRIVER_NAME.fullmatch(driver):
         raise PolicyError(f"{where}.driver: must be \"kernel\", \"vfio-pci\" or a driver name,"
                           f" got {driver!r}")
-    mac = str(raw.get("mac", base.mac)).lower()
-    if mac not in (MAC_KEEP, MAC_DERIVED) and not (MAC.match(mac) and not int(mac[:2], 16) & 1):
-        raise PolicyError(f"{where}.mac: must be \"keep\", \"derived\" or a unicast base MAC,"
-                          f" got {raw.get('mac')!r}")
-    proto = raw.get("vlanProto", base.pf_side.vlan_proto)
-    if proto is not None and proto not in VLAN_PROTOS:
-        raise PolicyError(f"{where}.vlanProto: must be one of {', '.join(VLAN_PROTOS)}")
-    vlan = _int(raw, "vlan", where, 0, 4094)
-    qos = _int(raw, "qos", where, 0, 7)
-    spoofchk = _bool(raw, "spoofchk", where)
-    trust = _bool(raw, "trust", where)
+    mac = raw.get("mac", base.mac)
+    if isinstance(mac, str) and mac.lower() in (MAC_KEEP, MAC_DERIVED):
+        mac = mac.lower()
+    else:
+        try:
+            mac = _F.mac(mac, join(where, "mac"))
+        except PolicyError:
+            raise PolicyError(f"{where}.mac: must be \"keep\", \"derived\" or a unicast base"
+                              f" MAC, got {raw.get('mac')!r}") from None
+    proto = _F.choice(raw, "vlanProto", where, {p: p for p in VLAN_PROTOS},
+                      base.pf_side.vlan_proto)
+    vlan = _F.integer(raw, "vlan", where, 0, 4094)
+    qos = _F.integer(raw, "qos", where, 0, 7)
+    spoofchk = _F.boolean(raw, "spoofchk", where)
+    trust = _F.boolean(raw, "trust", where)
     inherited = base.pf_side
     return VfTemplate(driver, mac, replace(
         inherited, vlan_proto=proto,
@@ -264,29 +249,23 @@ def _settings(raw: Any, where: str, base: VfTemplate) -> VfTemplate:
 
 
 def parse_range(text: Any, where: str, limit: int) -> frozenset[int]:
-    """``"0-3,6"`` (or a list of indexes) -> {0, 1, 2, 3, 6}, each below ``limit``."""
+    """``"0-3,6"`` (or an index, or a list of indexes) -> {0, 1, 2, 3, 6}, each below
+    ``limit``."""
     if isinstance(text, int) and not isinstance(text, bool):
         text = str(text)
-    if isinstance(text, list):
+    if isinstance(text, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                      for v in text):
         text = ",".join(str(v) for v in text)
-    if not isinstance(text, str) or not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*",
-                                                     text.replace(" ", "")):
+    if not isinstance(text, str):
         raise PolicyError(f"{where}: must be VF indexes such as \"0-3,6\", got {text!r}")
-    found: set[int] = set()
-    for part in text.replace(" ", "").split(","):
-        low, _, high = part.partition("-")
-        first, last = int(low), int(high or low)
-        if first > last or last >= limit:
-            raise PolicyError(f"{where}: {part} is not within the PF's VFs 0-{limit - 1}")
-        found.update(range(first, last + 1))
-    return frozenset(found)
+    return _F.index_set(text, where, limit, scope="the PF's VFs")
 
 
 def _resource_name(raw: dict[str, Any], where: str, inherited: str | None) -> str | None:
     value = raw.get("resourceName", inherited)
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 63 or not RESOURCE_NAME.match(value):
+    if not isinstance(value, str) or len(value) > 63 or not RESOURCE_NAME.fullmatch(value):
         raise PolicyError(f"{where}.resourceName: must be letters, digits, '_', '.' or '-'"
                           f" (starting and ending with a letter or digit), got {value!r}")
     return value
@@ -300,8 +279,7 @@ def _pf(raw: Any, where: str, position: int) -> PfPolicy:
         raise PolicyError(f"{where}: nicSelector is required")
     if "numVfs" not in raw:
         raise PolicyError(f"{where}: numVfs is required")
-    num_vfs = _int(raw, "numVfs", where, 0, 4096)
-    assert num_vfs is not None
+    num_vfs = _F.int_value(raw["numVfs"], join(where, "numVfs"), 0, 4096)
     defaults = _settings(raw.get("vfDefaults") or {}, f"{where}.vfDefaults", VfTemplate())
     if "vfs" in (raw.get("vfDefaults") or {}):
         raise PolicyError(f"{where}.vfDefaults.vfs: VF ranges go in vfGroups")
@@ -320,13 +298,11 @@ def _pf(raw: Any, where: str, position: int) -> PfPolicy:
         settings = _settings({k: v for k, v in item.items() if k != "resourceName"}, gw,
                              defaults)
         groups.append(VfGroup(vfs, settings, _resource_name(item, gw, resource_name)))
-    name = raw.get("name", f"pfs[{position}]")
-    if not isinstance(name, str) or not name:
-        raise PolicyError(f"{where}.name: must be a non-empty string")
+    name = _F.string(raw, "name", where, f"pfs[{position}]", max_len=253)
     return PfPolicy(
         name=name, selector=_selector(raw["nicSelector"], f"{where}.nicSelector"),
-        num_vfs=num_vfs, mtu=_int(raw, "mtu", where, 68, 65535),
-        externally_managed=bool(_bool(raw, "externallyManaged", where)),
-        allow_default_route=bool(_bool(raw, "allowDefaultRoute", where)),
+        num_vfs=num_vfs, mtu=_F.integer(raw, "mtu", where, 68, 65535),
+        externally_managed=bool(_F.boolean(raw, "externallyManaged", where)),
+        allow_default_route=bool(_F.boolean(raw, "allowDefaultRoute", where)),
         defaults=defaults, groups=tuple(groups), resource_name=resource_name,
     )

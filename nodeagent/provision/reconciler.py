@@ -283,7 +283,12 @@ class ReconcileLoop:
                 if woken:
                     self._stop.wait(DEBOUNCE)
                     self._wake.clear()
-                changed = self._reload()
+                try:
+                    changed = self._reload()
+                except Exception as exc:  # the policy file must never end this thread
+                    log.exception("policy reload failed")
+                    self._policy_error(exc)
+                    changed = False
                 due = woken or changed or time.monotonic() - last >= self.resync
                 if self.policy is None or not due:
                     continue
@@ -307,5 +312,9 @@ class ReconcileLoop:
         return True
 
     def _policy_error(self, exc: Exception) -> None:
-        log.error("policy not applied: %s", exc)
-        self.reconciler.status.error("provision", f"policy not applied: {exc}", str(self.path))
+        """Log it and put it on the status board (which the Node event recorder follows); the
+        last good policy stays in force."""
+        kept = "keeping the last good policy" if self.policy is not None else "no policy yet"
+        log.error("policy not applied (%s): %s", kept, exc)
+        self.reconciler.status.error("provision", f"policy not applied ({kept}): {exc}",
+                                     str(self.path))

@@ -33,8 +33,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nodeagent.ipam.allocator import Attachment, Ipam
-from nodeagent.ipam.config import IPAMConfig, parse_config
+from nodeagent.cnitypes.request import Attachment
+from nodeagent.ipam.allocator import Ipam
+from nodeagent.ipam.config import parse_config
+from nodeagent.ipam.configtypes import IPAMConfig
 from nodeagent.ipam.etcd import api
 from nodeagent.ipam.etcd.client import EtcdClient
 from nodeagent.ipam.etcd.store import prefix_end

@@ -270,6 +270,11 @@ BAD = [
     ("netns that does not exist", {}, {"pod": "/run/netns/nat-no-such-ns"}, 3),
     ("address without a prefix", {"ipam": {"type": "static",
                                            "addresses": [{"address": "10.1.1.1"}]}}, {}, 7),
+    ("deeply nested", b"[" * 100_000, {}, 6),
+    ("invalid UTF-8", b'{"name": "\xff"}', {}, 6),
+    ("runtimeConfig.ips not addresses", {"ipam": {"type": "static"},
+                                         "runtimeConfig": {"ips": [5]}}, {}, 7),
+    ("prevResult not a result", {"prevResult": {"ips": [{}]}}, {}, 7),
 ]
 
 
@@ -387,7 +392,8 @@ def test_vlan_id_out_of_range_is_refused(agent, master, pod, vlan_id) -> None:
 def whereabouts(master: str, data_dir: Path, version: str = "1.0.0") -> dict:
     c = conf(master, version)
     c["ipam"] = {"type": "whereabouts", "range": "10.91.0.0/29", "gateway": "10.91.0.1",
-                 "exclude": ["10.91.0.2/32"], "dataDir": str(data_dir)}
+                 "exclude": ["10.91.0.2/32"], "dataDir": str(data_dir),
+                 "datastore": "file"}
     return c
 
 

@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from nodeagent.ipam.allocator import Attachment, Ipam
-from nodeagent.ipam.config import IPAMConfig, parse_config
+from nodeagent.cnitypes.request import Attachment
+from nodeagent.ipam.allocator import Ipam
+from nodeagent.ipam.config import parse_config
+from nodeagent.ipam.configtypes import IPAMConfig
 from nodeagent.ipam.errors import TRY_AGAIN_LATER, IpamError
 from nodeagent.ipam.etcd.client import EtcdClient
 from nodeagent.ipam.etcd.store import prefix_end

@@ -104,7 +104,7 @@ def ipam_allocated(agent: dict) -> float | None:
 def test_metrics_status_and_logs_follow_real_cni_requests(agent, master, pod, tmp_path,
                                                           log_lines) -> None:
     conf = {"cniVersion": "1.0.0", "name": NETWORK, "type": "macvlan", "master": master,
-            "ipam": {"type": "whereabouts", "range": "10.93.0.0/29",
+            "ipam": {"type": "whereabouts", "range": "10.93.0.0/29", "datastore": "file",
                      "dataDir": str(tmp_path / "whereabouts")}}
     other = unique("o")
     netns.create(other)

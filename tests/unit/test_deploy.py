@@ -52,6 +52,8 @@ CONTRACT_RIGHTS = {
     ("nodeagent.io", "nodenetworkstates/status", "update"),
     ("", "events", "create"), ("", "events", "patch"),
     ("", "pods", "list"), ("", "pods", "watch"),
+    *(("whereabouts.cni.cncf.io", r, v) for r in ("ippools", "overlappingrangeipreservations")
+      for v in ("list", "watch")),
 }
 
 #: Host paths the agent mounts (contract), for the default values.
@@ -79,6 +81,8 @@ VALUE_SETS = {
         "nodeSelector": None, "image": {"repository": "registry.example/nodeagent", "tag": "dev",
                                       "pullSecrets": [{"name": "regcred"}]},
         "kubelet": {"rootDir": "/var/lib/k0s/kubelet"}, "log": {"level": "debug"},
+        "ipam": {"etcd": {"deploy": True, "storage": {"storageClassName": "fast"}},
+                 "clusterName": "lab"},
     },
     "nothing-optional": {"devicePlugin": {"resourceList": []}, "cni": {"install": False},
                          "namespace": {"create": False, "name": ""}},
@@ -177,6 +181,9 @@ def test_an_existing_namespace_is_used_as_it_is() -> None:
     ({"log": {"format": "xml"}}, "/log/format"),
     ({"agent": {"allocationPolicy": "random"}}, "/agent/allocationPolicy"),
     ({"networkAttachmentDefinitions": {"extra": [{"name": "x"}]}}, "config"),
+    ({"ipam": {"etcd": {"endpoints": ["https://a:2379, b:2379"]}}}, "/ipam/etcd/endpoints"),
+    ({"ipam": {"etcd": {"replicas": 2}}}, "/ipam/etcd/replicas"),
+    ({"ipam": {"clusterName": "a/b"}}, "/ipam/clusterName"),
 ])
 def test_bad_values_are_refused_naming_the_value(values: dict, complaint: str) -> None:
     from helm_python import HelmError
@@ -362,7 +369,7 @@ def test_config_map_carries_the_policy_and_pools_the_agent_parses() -> None:
 
 def test_an_empty_policy_or_pool_list_leaves_the_file_out() -> None:
     data = find(render({"devicePlugin": {"resourceList": []}}), "ConfigMap")["data"]
-    assert data == {}
+    assert set(data) == {"agent.yaml"}  # the agent's settings are always there
 
 
 def test_new_pools_roll_the_agents_and_a_new_policy_does_not() -> None:
@@ -552,7 +559,7 @@ def accepted(nad: dict[str, Any], ips: list[str] | None = None) -> tuple[str, li
     if ipam["type"] == "static":
         result = cni_ipam.static_result(request, ipam)
         return "static", [str(ip.address) for ip in result.ips]
-    config = parse_config(request.config, request.env.get("CNI_ARGS", ""))
+    config = parse_config(request.config, request.args)
     assert config.range_sets, f"{nad['metadata']['name']}: a pool without ranges"
     return ipam["type"], [str(r.ip) for r in config.requested]
 
@@ -617,7 +624,7 @@ def test_pod_example_requests_a_vf_and_fixed_addresses_on_existing_networks() ->
     ("vlan300-static", "vlanId", "300"),
     ("macvlan-pool", "type", "macvlann"),
     ("vlan301-pool", "ipam.range_start", "10.59.2.10"),
-    ("sriov-netdevice-pool", "ipam.datastore", "kubernetes"),
+    ("sriov-netdevice-pool", "ipam.datastore", "kubernetess"),
     ("macvlan-static", "cniVersion", "0.2.0"),
 ])
 def test_a_typo_in_a_nad_fails(nad_name: str, field: str, value: Any) -> None:
@@ -787,3 +794,136 @@ def test_chart_examples_link_points_at_deploy_examples() -> None:
     link = CHART / "files" / "examples"
     assert link.is_symlink() and link.resolve() == EXAMPLES.resolve()
     assert documents((link / "nad-macvlan.yaml").read_text())
+
+
+# -- the IPAM cluster store ------------------------------------------------------------------
+
+
+def agent_settings_of(objects: list[dict[str, Any]]) -> Any:
+    """The rendered agent.yaml as the agent parses it, checked to be the file it is given."""
+    from nodeagent import settings
+
+    assert flag(objects, "settings") == "/etc/nodeagent/agent.yaml"
+    return settings.parse(yaml.safe_load(find(objects, "ConfigMap")["data"]["agent.yaml"]),
+                          "agent.yaml")
+
+
+def test_without_a_cluster_store_the_agent_gets_none_and_no_etcd_runs() -> None:
+    objects = render()
+    settings = agent_settings_of(objects)
+    assert settings.cluster_store is None
+    assert str(settings.ipam_state_dir) == "/var/lib/nodeagent/ipam"
+    assert not {"StatefulSet", "Secret", "Service"} & {o["kind"] for o in objects}
+    assert "/etc/nodeagent-etcd" not in mounts(objects, agent_container(objects))
+
+
+def test_an_existing_etcd_is_given_to_the_agent_with_its_client_secret() -> None:
+    objects = render({"ipam": {"etcd": {"endpoints": ["https://etcd-a:2379", "etcd-b:2379"],
+                                        "clientSecret": "etcd-client", "timeout": 3}}})
+    store = agent_settings_of(objects).cluster_store
+    assert [e.target() for e in store.etcd.endpoints] == ["etcd-a:2379", "etcd-b:2379"]
+    assert store.etcd.tls and store.etcd.timeout == 3.0
+    volume = next(v for v in pod_spec(objects)["volumes"] if v["name"] == "etcd-client")
+    assert volume["secret"]["secretName"] == "etcd-client"
+    mount = mounts(objects, agent_container(objects))["/etc/nodeagent-etcd"]
+    assert mount["readOnly"] is True
+    assert str(store.etcd.ca_cert_file).startswith("/etc/nodeagent-etcd/")
+    assert "StatefulSet" not in {o["kind"] for o in objects}
+
+
+def test_settings_changes_roll_the_agents() -> None:
+    def checksum(values: dict) -> str:
+        ds = find(render(values), "DaemonSet")
+        return ds["spec"]["template"]["metadata"]["annotations"]["checksum/settings"]
+
+    assert checksum({}) != checksum({"ipam": {"etcd": {"endpoints": ["e:2379"]}}})
+    assert checksum({}) == checksum({"policy": POLICY})
+
+
+def _pem(secret: dict[str, Any], key: str) -> bytes:
+    import base64
+
+    return base64.b64decode(secret["data"][key])
+
+
+def test_the_charts_etcd_is_three_members_on_tls_the_agent_can_reach() -> None:
+    from cryptography import x509
+
+    objects = render({"ipam": {"etcd": {"deploy": True}}})
+    (sts,) = [o for o in objects if o["kind"] == "StatefulSet"]
+    (service,) = [o for o in objects if o["kind"] == "Service"]
+    (secret,) = [o for o in objects if o["kind"] == "Secret"]
+    name, ns = sts["metadata"]["name"], sts["metadata"]["namespace"]
+    assert sts["spec"]["replicas"] == 3 and sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert sts["spec"]["serviceName"] == service["metadata"]["name"] == name
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    args = dict(a.split("=", 1) if "=" in a else (a, "") for a in container["args"])
+    members = [f"{name}-{i}.{name}.{ns}.svc" for i in range(3)]
+    assert args["--initial-cluster"] == ",".join(
+        f"{name}-{i}=https://{m}:2380" for i, m in enumerate(members))
+    for needed in ("--client-cert-auth", "--peer-client-cert-auth"):
+        assert needed in args
+    for key in ("--trusted-ca-file", "--cert-file", "--key-file", "--peer-trusted-ca-file"):
+        assert args[key].startswith("/etc/etcd/tls/")
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+
+    store = agent_settings_of(objects).cluster_store
+    assert [e.target() for e in store.etcd.endpoints] == [f"{m}:2379" for m in members]
+    assert store.etcd.tls and store.etcd.cert_file is not None
+    volume = next(v for v in pod_spec(objects)["volumes"] if v["name"] == "etcd-client")
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert {i["path"]: i["key"] for i in volume["secret"]["items"]} == {
+        "ca.crt": "ca.crt", "tls.crt": "client.crt", "tls.key": "client.key"}
+
+    ca = x509.load_pem_x509_certificate(_pem(secret, "ca.crt"))
+    member = x509.load_pem_x509_certificate(_pem(secret, "tls.crt"))
+    client = x509.load_pem_x509_certificate(_pem(secret, "client.crt"))
+    for cert in (member, client):
+        cert.verify_directly_issued_by(ca)
+    names = member.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    dns = names.get_values_for_type(x509.DNSName)
+    for m in members:  # a wildcard of the headless service covers every member
+        assert f"*.{m.split('.', 1)[1]}" in dns
+    usages = member.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    oids = {u.dotted_string for u in usages}
+    assert {"1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"} <= oids, "server and peer-client use"
+
+
+@pytest.mark.skipif(not shutil.which("etcd"), reason="etcd not installed (etcd-server)")
+def test_the_generated_certificates_serve_a_real_etcd_and_the_agent_allocates(
+        tmp_path: Path) -> None:
+    """The chart's Secret as it is: etcd serves with the member certificate and demands client
+    certificates; the agent's settings (endpoints pointed at it) allocate over that TLS."""
+    import dataclasses
+
+    from nodeagent import settings as agent_settings
+    from nodeagent.cnitypes.request import Attachment
+    from nodeagent.ipam.configtypes import EtcdEndpoint
+    from tests import ipam_etcd
+
+    objects = render({"ipam": {"etcd": {"deploy": True}}})
+    (secret,) = [o for o in objects if o["kind"] == "Secret"]
+    files = {}
+    for key in ("ca.crt", "tls.crt", "tls.key", "client.crt", "client.key"):
+        files[key] = tmp_path / key
+        files[key].write_bytes(_pem(secret, key))
+    pki = ipam_etcd.Pki(ca=files["ca.crt"], server=files["tls.crt"], server_key=files["tls.key"],
+                        client=files["client.crt"], client_key=files["client.key"],
+                        other_ca=files["ca.crt"], client_cn="nodeagent")
+    with ipam_etcd.EtcdServer(pki=pki, client_cert_auth=True) as server:
+        store = agent_settings_of(objects).cluster_store
+        etcd = dataclasses.replace(
+            store.etcd, endpoints=(EtcdEndpoint("127.0.0.1", server.client_port),),
+            ca_cert_file=files["ca.crt"], cert_file=files["client.crt"],
+            key_file=files["client.key"])
+        settings = agent_settings.Settings(ipam_state_dir=tmp_path / "ipam",
+                                           cluster_store=dataclasses.replace(store, etcd=etcd))
+        ipam = agent_settings.ipam_for(settings, whereabouts=None)
+        try:
+            config = parse_config({"cniVersion": "1.1.0", "name": "n", "ipam": {
+                "type": "whereabouts", "range": "10.5.0.0/24"}})
+            result = ipam.allocate(config, Attachment("c1", "net1"))
+            assert str(result.ips[0].address) == "10.5.0.1/24"
+        finally:
+            ipam.close()

@@ -8,13 +8,16 @@ from typing import Any
 
 import pytest
 
-from nodeagent.ipam.allocator import Attachment, Ipam
-from nodeagent.ipam.config import IPAMConfig, parse_config
+from nodeagent.cnitypes.request import Attachment, parse_cni_args
+from nodeagent.ipam.allocator import Ipam
+from nodeagent.ipam.config import parse_config
+from nodeagent.ipam.configtypes import IPAMConfig
 from nodeagent.ipam.errors import (
     ADDRESS_IN_USE,
     INVALID_ENVIRONMENT,
     POOL_EXHAUSTED,
     UNKNOWN_CONTAINER,
+    CniError,
     IpamError,
 )
 from nodeagent.ipam.ops import drop_holds, gc_against, render, show
@@ -26,7 +29,8 @@ def ipam(tmp_path: Path) -> Ipam:
 
 
 def config(ipam_conf: dict[str, Any], cni_args: str = "", **top: Any) -> IPAMConfig:
-    return parse_config({"cniVersion": "1.1.0", "name": "net1", "ipam": ipam_conf, **top}, cni_args)
+    return parse_config({"cniVersion": "1.1.0", "name": "net1", "ipam": ipam_conf, **top},
+                        parse_cni_args(cni_args))
 
 
 def att(n: int | str, ifname: str = "net1", pod: str = "") -> Attachment:
@@ -203,10 +207,11 @@ def test_host_local_state_dir_and_data_dir(tmp_path: Path) -> None:
 def test_attachment_validation() -> None:
     for bad in (("", "eth0"), ("-x", "eth0"), ("c/1", "eth0"), ("c1", ""), ("c1", "a" * 16),
                 ("c1", "a/b"), ("c1", "eth 0")):
-        with pytest.raises(IpamError) as info:
+        with pytest.raises(CniError) as info:
             Attachment(*bad)
         assert info.value.code == INVALID_ENVIRONMENT
-    a = Attachment.from_cni("abc", "eth0", "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-0;X=1")
+    a = Attachment.from_cni("abc", "eth0",
+                            parse_cni_args("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-0;X=1"))
     assert a.pod == "ns/web-0"
 
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from nodeagent.ipam.config import (
+from nodeagent.cnitypes.request import parse_cni_args
+from nodeagent.ipam.config import parse_config
+from nodeagent.ipam.configtypes import (
     DEFAULT_ETCD_PREFIX,
     UNNAMED_NETWORK,
     EtcdEndpoint,
     IPAMConfig,
-    parse_cni_args,
-    parse_config,
 )
 from nodeagent.ipam.errors import (
     DECODE_FAILURE,
@@ -23,6 +23,7 @@ from nodeagent.ipam.errors import (
     INVALID_CONFIG,
     INVALID_ENVIRONMENT,
     UNSUPPORTED_FIELD,
+    CniError,
     IpamError,
 )
 
@@ -32,7 +33,7 @@ def conf(ipam: dict[str, Any], **top: Any) -> dict[str, Any]:
 
 
 def parse(ipam: dict[str, Any], cni_args: str = "", **top: Any) -> IPAMConfig:
-    return parse_config(conf(ipam, **top), cni_args)
+    return parse_config(conf(ipam, **top), parse_cni_args(cni_args))
 
 
 def error(ipam: dict[str, Any], cni_args: str = "", **top: Any) -> IpamError:
@@ -51,7 +52,7 @@ def test_whereabouts_range_cidr_defaults() -> None:
     assert r.subnet == ip_network("192.168.2.224/28")
     assert (r.start, r.end) == (ip_address("192.168.2.224"), ip_address("192.168.2.239"))
     assert r.gateway is None
-    assert c.network == UNNAMED_NETWORK and c.datastore == "file"
+    assert c.network == UNNAMED_NETWORK and c.datastore == "cluster"  # never node-local
     assert c.overlapping_ranges is True and c.sticky is False
 
 
@@ -171,15 +172,35 @@ def test_bad_etcd_fields(fields: dict[str, Any], needle: str) -> None:
 
 
 def test_unknown_datastore_is_unsupported() -> None:
-    e = error({"range": "10.0.0.0/24", "datastore": "kubernetes"})
-    assert e.code == UNSUPPORTED_FIELD and "kubernetes" in e.msg
+    e = error({"range": "10.0.0.0/24", "datastore": "kubernetess"})
+    assert e.code == UNSUPPORTED_FIELD and "kubernetess" in e.msg and '"file"' in e.msg
 
 
-def test_whereabouts_kubernetes_block_needs_an_explicit_datastore() -> None:
-    k8s = {"range": "10.0.0.0/24", "kubernetes": {"kubeconfig": "/etc/cni/whereabouts.kubeconfig"}}
-    e = error(k8s)
-    assert e.code == UNSUPPORTED_FIELD and "etcd" in e.msg  # never silently node-local
-    assert parse({**k8s, "datastore": "file"}).datastore == "file"
+@pytest.mark.parametrize(
+    ("ipam", "datastore"),
+    [
+        # whereabouts keeps addresses cluster-wide: never node-local unless it says "file".
+        ({"type": "whereabouts"}, "cluster"),
+        ({"type": "whereabouts", "datastore": "kubernetes"}, "cluster"),
+        ({"type": "whereabouts", "kubernetes": {"kubeconfig": "/etc/cni/wb.kubeconfig"}},
+         "cluster"),
+        ({"type": "whereabouts", "dataDir": "/var/lib/x"}, "cluster"),
+        ({"type": "whereabouts", "datastore": "file"}, "file"),
+        ({"type": "whereabouts", "datastore": "etcd", "etcd_host": "e:2379"}, "etcd"),
+        # nodeagent-ipam (and host-local-style fields) keep their documented node-local default.
+        ({"type": "nodeagent-ipam"}, "file"),
+        ({"type": "nodeagent-ipam", "datastore": "kubernetes"}, "cluster"),
+        ({"type": "nodeagent-ipam", "kubernetes": {}}, "cluster"),
+        ({"type": "nodeagent-ipam", "datastore": "local"}, "file"),
+    ],
+)
+def test_which_datastore_a_config_gets(ipam: dict[str, Any], datastore: str) -> None:
+    assert parse({"range": "10.0.0.0/24", **ipam}).datastore == datastore
+
+
+def test_host_local_style_whereabouts_config_is_cluster_wide_too() -> None:
+    c = parse({"type": "whereabouts", "ranges": [[{"subnet": "10.0.0.0/24"}]]})
+    assert c.datastore == "cluster" and c.network == "net1"
 
 
 # -- host-local -----------------------------------------------------------------------------
@@ -368,9 +389,11 @@ def test_bytes_and_str_input() -> None:
 
 
 def test_cni_args() -> None:
-    assert parse_cni_args("A=1; B=x=y;;") == {"A": "1", "B": "x=y"}
-    for bad in ("A", "=1"):
-        with pytest.raises(IpamError) as info:
+    # libcni's reading (pkg/types LoadArgs): nothing trimmed, one "=" per pair
+    assert parse_cni_args("A=1; B=x") == {"A": "1", " B": "x"}
+    assert parse_cni_args("") == {}
+    for bad in ("A", "=1", "B=x=y", "A=1;", "A=1;;B=2"):
+        with pytest.raises(CniError) as info:
             parse_cni_args(bad)
         assert info.value.code == INVALID_ENVIRONMENT
     e = error({"range": "10.0.0.0/24"}, "IP=10.0.0.300")

@@ -9,7 +9,8 @@ import time
 from ipaddress import ip_address
 from typing import Any
 
-from nodeagent.ipam.config import EtcdConfig, EtcdEndpoint, parse_config
+from nodeagent.ipam.config import parse_config
+from nodeagent.ipam.configtypes import EtcdConfig, EtcdEndpoint
 from nodeagent.ipam.etcd import api
 from nodeagent.ipam.etcd.batch import Batcher
 from nodeagent.ipam.etcd.store import WINDOW, EtcdStore, Keys, prefix_end

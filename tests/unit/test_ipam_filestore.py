@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.ipam.allocator import Attachment, Ipam
-from nodeagent.ipam.config import IPAMConfig, parse_config
+from nodeagent.cnitypes.request import Attachment
+from nodeagent.ipam.allocator import Ipam
+from nodeagent.ipam.config import parse_config
+from nodeagent.ipam.configtypes import IPAMConfig
 from nodeagent.ipam.errors import IO_FAILURE, TRY_AGAIN_LATER, IpamError
 from nodeagent.ipam.filestore import LOCK_FILE, STATE_FILE, FileStore
+from tests.waiting import wait_until
 
 SPAWN = multiprocessing.get_context("spawn")  # no inherited threads or sockets
 
@@ -92,7 +95,11 @@ def test_sigkill_mid_allocation_leaves_consistent_state(tmp_path: Path) -> None:
             proc.start()
             procs.append(proc)
             worker += 1
-        time.sleep(0.6 + rand.random() * 0.3)  # spawn start-up, then some allocations
+        # kill only once every child is allocating (start-up is slow on a loaded machine)
+        logs_of = [logs / f"{n}.log" for n in range(worker - 3, worker)]
+        wait_until(lambda logs_of=logs_of: all(
+            p.exists() and p.read_text().count("done ") >= 3 for p in logs_of), timeout=60)
+        time.sleep(rand.random() * 0.3)
         for proc in procs:
             time.sleep(rand.random() * 0.02)
             os.kill(proc.pid, signal.SIGKILL)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 from ipaddress import ip_address, ip_network
 
-from nodeagent.ipam.config import IPRange, parse_config
+from nodeagent.ipam.config import parse_config
+from nodeagent.ipam.configtypes import IPRange
 from nodeagent.ipam.pool import Pool, PoolView
 
 

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from nodeagent import cli
-from nodeagent.ipam.allocator import Attachment, Ipam
+from nodeagent.cnitypes.request import Attachment
+from nodeagent.ipam.allocator import Ipam
 from nodeagent.ipam.config import parse_config
 from tests.k8s_replay import ReplayApiServer
 

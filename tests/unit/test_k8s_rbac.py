@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from nodeagent.ipam.whereabouts import WhereaboutsWatch
 from nodeagent.k8s.client import Backoff, build_client
 from nodeagent.k8s.events import NodeEventRecorder
 from nodeagent.k8s.nodestate import NodeStatePublisher
@@ -40,16 +41,19 @@ def test_the_clusterrole_grants_exactly_the_calls_made() -> None:
         recorder.attach(board)
         recorder.start()
         pods = NodePods(client, NODE).start()
+        whereabouts = WhereaboutsWatch(client).start()
         try:
             api.inject("PUT", CR + "/status", 409)  # the conflict path re-reads
             board.error("provision", "boom")
             board.error("provision", "boom")  # aggregated: a patch
             assert pods.wait_synced(10)
+            assert whereabouts.wait_synced(10)
             assert api.wait_for(lambda calls: sum(
                 c.method == "PATCH" for c in calls) == 1 and sum(
-                c.path == CR + "/status" for c in calls) >= 2 and any(
-                c.query.get("watch") for c in calls))
+                c.path == CR + "/status" for c in calls) >= 2 and sum(
+                bool(c.query.get("watch")) for c in calls) == 3)
         finally:
+            whereabouts.stop()
             pods.stop()
             recorder.stop()
             publisher.stop()
@@ -64,5 +68,7 @@ def test_the_clusterrole_grants_exactly_the_calls_made() -> None:
         ("patch", "", "events"),
         ("list", "", "pods"),
         ("watch", "", "pods"),
+        *((verb, "whereabouts.cni.cncf.io", resource) for verb in ("list", "watch")
+          for resource in ("ippools", "overlappingrangeipreservations")),
     }
     assert used == granted(), "the ClusterRole must grant exactly these, no more"

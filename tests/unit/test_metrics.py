@@ -8,7 +8,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodeagent import __version__
-from nodeagent.ipam.allocator import Attachment, Ipam
+from nodeagent.cnitypes.request import Attachment
+from nodeagent.ipam.allocator import Ipam
 from nodeagent.ipam.config import parse_config
 from nodeagent.metrics import Metrics
 from nodeagent.status import PfStatus, StatusBoard
@@ -76,7 +77,8 @@ def test_ipam_usage_follows_allocations_and_releases(tmp_path: Path) -> None:
     m = Metrics()
     m.track_ipam(ipam)
     config = parse_config({"cniVersion": "1.1.0", "name": "blue", "ipam": {
-        "type": "whereabouts", "range": "10.60.0.0/29", "gateway": "10.60.0.1"}})
+        "type": "whereabouts", "range": "10.60.0.0/29", "gateway": "10.60.0.1",
+        "datastore": "file"}})
     labels = {"network": "blue", "range": "10.60.0.0/29"}
     name = "nodeagent_ipam_pool_addresses"
 
@@ -97,10 +99,10 @@ def test_networks_sharing_a_store_namespace_are_reported_each(tmp_path: Path) ->
     m = Metrics()
     m.track_ipam(ipam)
     blue = parse_config({"cniVersion": "1.1.0", "name": "blue", "ipam": {
-        "type": "whereabouts", "range": "10.60.0.0/29"}})
+        "type": "whereabouts", "range": "10.60.0.0/29", "datastore": "file"}})
     red = parse_config({"cniVersion": "1.1.0", "name": "red", "ipam": {
-        "type": "whereabouts", "range": "10.61.0.0/24", "range_start": "10.61.0.10",
-        "range_end": "10.61.0.19"}})
+        "type": "whereabouts", "datastore": "file", "range": "10.61.0.0/24",
+        "range_start": "10.61.0.10", "range_end": "10.61.0.19"}})
     assert blue.network == red.network, "both in whereabouts' default namespace"
     ipam.allocate(blue, Attachment("c1", "net1"))
     for n in range(3):

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from nodeagent.ipam.config import EtcdConfig
+from nodeagent.ipam.configtypes import EtcdConfig
 from nodeagent.ipam.etcd.api import rpc, services
 
 _OPTIONS = [

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodeagent.ipam.config import IPAddress
+from nodeagent.ipam.configtypes import IPAddress
 from nodeagent.ipam.errors import TRY_AGAIN_LATER, IpamError, unavailable
 from nodeagent.ipam.etcd import api as pb
 from nodeagent.ipam.etcd.batch import Batcher

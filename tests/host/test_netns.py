@@ -1,0 +1,85 @@
+"""Namespace work runs on dedicated threads; one that cannot switch back is discarded."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from nodeagent import netns
+from tests.waiting import wait_until
+
+CAP_SYS_ADMIN = 21
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def drop_sys_admin() -> None:
+    """Take CAP_SYS_ADMIN from the calling thread only (capabilities are per thread): from
+    then on the kernel refuses it any setns(2)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_Data * 2)()
+    assert libc.capget(ctypes.byref(header), data) == 0, os.strerror(ctypes.get_errno())
+    data[0].effective &= ~(1 << CAP_SYS_ADMIN)
+    assert libc.capset(ctypes.byref(header), data) == 0, os.strerror(ctypes.get_errno())
+
+
+def ns_inode() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def test_work_runs_in_the_namespace_and_the_caller_never_moves(test_netns: str) -> None:
+    pod = os.stat(f"/run/netns/{test_netns}").st_ino
+    home = ns_inode()
+    assert netns.run(test_netns, ns_inode) == pod
+    assert netns.run(None, ns_inode) == home
+    assert ns_inode() == home
+    with ThreadPoolExecutor(8) as pool:  # concurrent callers each get their namespace
+        seen = list(pool.map(lambda i: netns.run(test_netns if i % 2 else None, ns_inode),
+                             range(64)))
+    assert seen == [pod if i % 2 else home for i in range(64)]
+
+
+def test_errors_are_the_callers(test_netns: str) -> None:
+    def fail() -> None:
+        raise ValueError("inside")
+
+    with pytest.raises(ValueError, match="inside"):
+        netns.run(test_netns, fail)
+    with pytest.raises(FileNotFoundError):
+        netns.run(test_netns + "-missing", ns_inode)
+
+
+def test_a_thread_that_cannot_switch_back_is_discarded(
+    test_netns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(netns, "_stranded", 0)  # restored after the test
+    reports: list[str] = []
+    monkeypatch.setattr(netns, "_listeners", [reports.append])
+    pod = os.stat(f"/run/netns/{test_netns}").st_ino
+
+    def strand_me() -> tuple[int, int]:
+        drop_sys_admin()
+        return threading.get_native_id(), ns_inode()
+
+    native_id, seen = netns.run(test_netns, strand_me)
+    assert seen == pod  # the work itself was done, in the namespace
+    assert not netns.healthy() and netns.stranded() == 1
+    assert reports and "discarded" in reports[0]
+    assert wait_until(lambda: not os.path.exists(f"/proc/self/task/{native_id}"), 5), \
+        "the stranded thread is still alive"
+    # The stranded thread would fail every later setns (no CAP_SYS_ADMIN): none is given to it.
+    for _ in range(3 * netns.MAX_IDLE):
+        assert netns.run(test_netns, ns_inode) == pod
