@@ -12,15 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from cni import ipam
-from cni.context import Context
+from cni.context import Context, Netlink
 from cni.protocol import CniRequest
-from nodeagent import netns as netns_mod
 from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, CniError
 from nodeagent.cnitypes.result import Result
-from nodeagent.rtnl import Rtnl
 
 log = logging.getLogger(__name__)
-
 
 
 @contextlib.contextmanager
@@ -33,14 +30,14 @@ def kernel_errors(what: str) -> Iterator[None]:
         raise CniError(code, f"{what}: {exc.strerror}", f"errno {exc.errno}") from None
 
 
-def configure(pod: Rtnl, netns: str, ifname: str, index: int, result: Result) -> None:
+def configure(pod: Netlink, ifname: str, index: int, result: Result) -> None:
     """Addresses, announcements, link up, then routes (a route needs its subnet up)."""
     for ip in result.ips:
         family = socket.AF_INET if ip.address.version == 4 else socket.AF_INET6
         with kernel_errors(f"adding address {ip.address}"):
             pod.address_add(index, str(ip.address.ip), ip.address.network.prefixlen, family,
                             nodad=family == socket.AF_INET6)
-    announce_on_up(netns, ifname)
+    announce_on_up(pod, ifname)
     with kernel_errors("bringing the interface up"):
         pod.link_set(index, up=True)
     for route in result.routes:
@@ -56,39 +53,34 @@ def configure(pod: Rtnl, netns: str, ifname: str, index: int, result: Result) ->
                           scope=route.scope)
 
 
-def address(ctx: Context, request: CniRequest, pod: Rtnl, index: int) -> Result:
+def address(ctx: Context, request: CniRequest, pod: Netlink, index: int) -> Result:
     """IPAM for the attachment, then its addresses and routes on ``index`` in the pod; the
     addresses are released again if the kernel refuses any of it."""
     result = ipam.add(ctx, request)
     try:
-        configure(pod, request.netns, request.ifname, index, result)
+        configure(pod, request.ifname, index, result)
     except BaseException:
         ipam.delete(ctx, request)
         raise
     return result
 
 
-def announce_on_up(netns: str, ifname: str) -> None:
+def announce_on_up(pod: Netlink, ifname: str) -> None:
     """Have the kernel send a gratuitous ARP and unsolicited neighbour advertisements when
     the interface comes up (``arp_notify``, ``ndisc_notify``), so peers drop stale entries.
 
     Sending them ourselves needs an AF_PACKET socket, whose release waits for an RCU grace
     period (~14 ms measured here): more than a whole ADD. Best effort: a failure is logged.
     """
-    def enable() -> None:  # /proc/sys/net shows the namespace of the thread that opens it
-        for path in (f"/proc/sys/net/ipv4/conf/{ifname}/arp_notify",
-                     f"/proc/sys/net/ipv6/conf/{ifname}/ndisc_notify"):
-            try:
-                with open(path, "w") as f:
-                    f.write("1")
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:  # no IPv6 in this kernel: nothing to announce
-                    log.warning("cannot enable %s: %s", path, exc)
-
-    netns_mod.run(netns, enable)
+    for key in (f"net/ipv4/conf/{ifname}/arp_notify", f"net/ipv6/conf/{ifname}/ndisc_notify"):
+        try:
+            pod.set_sysctl(key, "1")
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # no IPv6 in this kernel: nothing to announce
+                log.warning("cannot enable %s: %s", key, exc)
 
 
-def check_addresses(pod: Rtnl, index: int, result: Result, ifname: str) -> None:
+def check_addresses(pod: Netlink, index: int, result: Result, ifname: str) -> None:
     """CHECK: every address of the previous result is on the interface."""
     present = set()
     for msg in pod.addresses():
@@ -108,7 +100,7 @@ def require_prev_result(request: CniRequest) -> Result:
     return prev
 
 
-def require_link(pod: Rtnl, request: CniRequest, kind: str) -> Any:
+def require_link(pod: Netlink, request: CniRequest, kind: str) -> Any:
     link = pod.link(name=request.ifname)
     if link is None:
         raise CniError(IO_FAILURE, f"{request.ifname} does not exist in {request.netns}")
@@ -123,11 +115,11 @@ def require_link(pod: Rtnl, request: CniRequest, kind: str) -> Any:
     return link
 
 
-def delete_in_netns(request: CniRequest) -> None:
+def delete_in_netns(ctx: Context, request: CniRequest) -> None:
     """Remove the pod's interface; nothing to do when the namespace or the link is gone."""
     if not request.netns or not os.path.exists(request.netns):
         return
-    with Rtnl(request.netns) as pod:
+    with ctx.pod(request.netns) as pod:
         index = pod.link_index(request.ifname)
         if index is not None:
             with kernel_errors(f"deleting {request.ifname}"):

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni import ipam, links
-from cni.context import Context, master_index, retry_if_master_moved
+from cni.context import FIELDS, Context, Netlink, master_index, retry_if_master_moved
+from cni.kinds import Handler
 from cni.protocol import CniRequest
-from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, CniError, config_error
+from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, CniError
 from nodeagent.cnitypes.result import Interface, Result
-from nodeagent.rtnl import Rtnl
 
 
 @dataclass(frozen=True)
@@ -34,24 +34,29 @@ class StackedLink:
 
 
 def common_fields(request: CniRequest) -> dict[str, Any]:
-    """``master``, ``mtu`` and ``linkInContainer``, as every stacked type names them."""
+    """``master``, ``mtu`` and ``linkInContainer``, as every stacked type names them (the
+    reference plugins' meaning: no master: the IPv4 default route's link; mtu 0: the
+    master's)."""
     c = request.config
-    master = c.get("master")
-    if master is not None and (not isinstance(master, str) or not master):
-        raise config_error("master", "must be a non-empty string")
-    mtu = c.get("mtu", 0)
-    if not isinstance(mtu, int) or isinstance(mtu, bool) or not 0 <= mtu <= 65535:
-        raise config_error("mtu", f"{mtu!r} is not an integer from 0 to 65535")
-    link_in_container = c.get("linkInContainer", False)
-    if not isinstance(link_in_container, bool):
-        raise config_error("linkInContainer", "must be true or false")
-    return {"master": master, "mtu": mtu, "link_in_container": link_in_container}
+    return {
+        "master": FIELDS.string(c, "master", "", None, max_len=15),
+        "mtu": FIELDS.integer(c, "mtu", "", 0, 65535, default=0),
+        "link_in_container": FIELDS.boolean(c, "linkInContainer", "", default=False),
+    }
+
+
+def mode(request: CniRequest, modes: dict[str, int], default: str) -> int:
+    """The ``mode`` field of macvlan and ipvlan: one of ``modes`` (``default`` when absent or
+    empty, as the reference plugins read it)."""
+    if request.config.get("mode") == "":
+        return modes[default]
+    return FIELDS.choice(request.config, "mode", "", modes, default=modes[default])
 
 
 def add(ctx: Context, request: CniRequest, spec: StackedLink) -> Result:
     netns_fd = os.open(request.netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with Rtnl(request.netns) as pod:
+        with ctx.pod(request.netns) as pod:
             creator = pod if spec.link_in_container else ctx.host
 
             def create() -> None:
@@ -71,7 +76,7 @@ def add(ctx: Context, request: CniRequest, spec: StackedLink) -> Result:
         os.close(netns_fd)
 
 
-def _configure(ctx: Context, request: CniRequest, pod: Rtnl) -> Result:
+def _configure(ctx: Context, request: CniRequest, pod: Netlink) -> Result:
     link = pod.link(name=request.ifname)
     index = link["index"]
     try:
@@ -101,23 +106,26 @@ def _create_error(exc: OSError, request: CniRequest, spec: StackedLink) -> CniEr
 
 def delete(ctx: Context, request: CniRequest) -> None:
     ipam.delete(ctx, request)
-    links.delete_in_netns(request)
+    links.delete_in_netns(ctx, request)
 
 
 def check(ctx: Context, request: CniRequest, kind: str) -> None:
     prev = links.require_prev_result(request)
-    with Rtnl(request.netns) as pod:
+    with ctx.pod(request.netns) as pod:
         link = links.require_link(pod, request, kind)
         links.check_addresses(pod, link["index"], prev, request.ifname)
     ipam.check(ctx, request)
 
 
-@dataclass(frozen=True)
-class Handler:
-    """The ADD/DEL/CHECK of one stacked link type, given how to parse its configuration."""
+class StackedHandler(Handler[StackedLink]):
+    """The ADD/DEL/CHECK/GC of one stacked link type, given how to parse its configuration."""
 
-    kind: str
-    parse: Callable[[CniRequest], StackedLink]
+    def __init__(self, kind: str, parse: Callable[[CniRequest], StackedLink]) -> None:
+        self.kind = kind
+        self._parse = parse
+
+    def parse(self, request: CniRequest) -> StackedLink:
+        return self._parse(request)
 
     def add(self, ctx: Context, request: CniRequest) -> Result:
         return add(ctx, request, self.parse(request))

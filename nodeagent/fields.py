@@ -26,6 +26,8 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 #: (the device plugin once zero-padded ``0x86`` where the policy refused it).
 PCI_ID = re.compile(r"[0-9a-fA-F]{4}")
 MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+#: A PCI function address with its domain, as sysfs names it: 0000:3b:02.1.
+PCI_ADDRESS = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
 #: ``"0-3,6"``: indexes and inclusive ranges, comma separated (blanks around numbers allowed).
 INDEX_LIST = re.compile(r"\s*\d{1,9}\s*(-\s*\d{1,9}\s*)?(,\s*\d{1,9}\s*(-\s*\d{1,9}\s*)?)*")
 
@@ -193,6 +195,13 @@ class Fields:
         if not PCI_ID.fullmatch(digits):
             self.fail(path, f"must be 4 hex digits such as \"8086\", got {text!r}")
         return digits.lower()
+
+    def pci_address(self, value: Any, path: str) -> str:
+        """A PCI function address (see :data:`PCI_ADDRESS`), lower case."""
+        text = self.text(value, path, max_len=64)
+        if not PCI_ADDRESS.fullmatch(text):
+            self.fail(path, f"{text!r} is not a PCI address such as 0000:3b:02.1")
+        return text.lower()
 
     def mac(self, value: Any, path: str) -> str:
         """A unicast MAC address, lower case."""

@@ -63,9 +63,16 @@ class Netdev:
         }
 
 
+#: IFLA_VF_VLAN_INFO protocols and IFLA_VF_LINK_STATE values, as VF settings spell them.
+VLAN_PROTOS = {0x8100: "802.1Q", 0x88A8: "802.1ad"}
+LINK_STATES = {0: "auto", 1: "enable", 2: "disable"}
+
+
 @dataclass(frozen=True)
 class VfConfig:
-    """PF-side settings of one VF, as the PF reports them over netlink (IFLA_VFINFO_LIST)."""
+    """Observed: the PF-side settings of one VF as the PF reports them (IFLA_VFINFO_LIST, the
+    kernel's ``ndo_get_vf_config``). Its two siblings: :class:`VfDesired` (what a policy or a
+    CNI configuration asks for) and :class:`nodeagent.vfbatch.VfUpdate` (what is sent)."""
 
     mac: str | None = None
     vlan: int = 0
@@ -89,6 +96,24 @@ class VfConfig:
             "maxTxRate": self.max_tx_rate,
             "linkState": self.link_state,
         }
+
+
+@dataclass(frozen=True)
+class VfDesired:
+    """Desired: the PF-side settings of one VF as a node policy or a CNI configuration asks for
+    them; None leaves a setting as it is. ``vlan``, ``qos`` and ``vlan_proto`` are one setting
+    on the wire (IFLA_VF_VLAN_LIST), and so are the two tx rates (IFLA_VF_RATE): when only part
+    of one is given, the rest comes from what the PF reports (or the kernel's defaults)."""
+
+    mac: str | None = None
+    vlan: int | None = None
+    qos: int | None = None
+    vlan_proto: str | None = None
+    spoofchk: bool | None = None
+    trust: bool | None = None
+    min_tx_rate: int | None = None
+    max_tx_rate: int | None = None
+    link_state: str | None = None
 
 
 @dataclass(frozen=True)

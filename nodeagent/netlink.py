@@ -19,7 +19,7 @@ from pyroute2.netlink.devlink import DEVLINK_NAMES, devlinkcmd
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from nodeagent import netns as netns_mod
-from nodeagent.model import VfConfig
+from nodeagent.model import LINK_STATES, VLAN_PROTOS, VfConfig
 from nodeagent.rtnl import RT_TABLE_MAIN, Rtnl
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,6 @@ RTMGRP_IPV6_ROUTE = 0x400
 UNSUPPORTED = 0xFFFFFFFF
 ARPHRD_LOOPBACK = 772
 ESWITCH_MODES = {0: "legacy", 1: "switchdev", 2: "switchdev_inactive"}
-LINK_STATES = {0: "auto", 1: "enable", 2: "disable"}
-VLAN_PROTOS = {0x8100: "802.1Q", 0x88A8: "802.1ad"}
 #: Link kinds whose IFLA_LINK names the lower device they are stacked on.
 STACKED_KINDS = frozenset({"vlan", "macvlan", "macvtap", "ipvlan", "ipvtap"})
 

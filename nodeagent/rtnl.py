@@ -12,6 +12,7 @@ import errno
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST
@@ -21,6 +22,7 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from nodeagent import netns as netns_mod
+from nodeagent import vfbatch
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
@@ -52,6 +54,7 @@ class Rtnl:
     """One rtnetlink socket in one network namespace (the caller's, or ``netns``)."""
 
     def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
         self._sock = netns_mod.run(netns, lambda: socket.socket(
             socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -166,6 +169,20 @@ class Rtnl:
                 return False
             raise
         return True
+
+    def set_vfs(self, pf_index: int, updates: Sequence[vfbatch.VfUpdate]) -> list[vfbatch.VfResult]:
+        """PF-side settings of the PF's VFs, through the native batch setter
+        (nodeagent.vfbatch.apply: its own socket, in this client's namespace)."""
+        return vfbatch.apply(pf_index, updates, netns=self.netns)
+
+    def set_sysctl(self, key: str, value: str) -> None:
+        """Write ``/proc/sys/<key>`` (``net/ipv4/conf/eth0/arp_notify``) as this client's
+        namespace sees it; OSError as the kernel refuses."""
+        def write() -> None:  # /proc/sys/net shows the namespace of the thread that opens it
+            with open(f"/proc/sys/{key}", "w") as f:
+                f.write(value)
+
+        netns_mod.run(self.netns, write)
 
     # -- addresses and routes ---------------------------------------------------------------
 

@@ -1,12 +1,17 @@
 """PF-side VF settings in batches: MAC, VLAN (802.1Q or 802.1ad), spoofchk, trust, tx rates and
 link state for many VFs of one PF over one netlink socket (native/vfset.c, through cffi).
 
+A :class:`VfUpdate` is what is sent to one VF: made from what a policy or a CNI configuration
+asks for (:meth:`VfUpdate.towards` a :class:`~nodeagent.model.VfDesired`, optionally only what
+differs from the observed :class:`~nodeagent.model.VfConfig`), or from what the PF reported
+before (:meth:`VfUpdate.restoring`, which puts a VF back).
+
 Each requested setting is applied on its own terms: every setting the driver accepts is
 applied, and the result names each one it refused with the kernel's errno. Bad input
 (malformed values, a VF index the PF does not have, one VF twice) raises
 :class:`VfBatchError` before anything is sent.
 
-    results = apply(pf_ifindex, [VfSettings(0, mac="02:00:5e:00:53:01", vlan=100), ...])
+    results = apply(pf_ifindex, [VfUpdate(0, mac="02:00:5e:00:53:01", vlan=100), ...])
     for r in results:
         if not r.ok:
             print(r)    # "VF 0: vlan 100 qos 0 (802.1ad): Protocol not supported (EPROTONOSUPPORT)"
@@ -23,8 +28,7 @@ from typing import Any
 
 from nodeagent import netns as netns_mod
 from nodeagent._vfset import ffi, lib
-from nodeagent.model import VfConfig
-from nodeagent.netlink import LINK_STATES, VLAN_PROTOS
+from nodeagent.model import LINK_STATES, VLAN_PROTOS, VfConfig, VfDesired
 
 #: The settings, in the order of the C struct's err[] (and as nodeagent.cni records them).
 SETTINGS = ("mac", "vlan", "spoofchk", "trust", "rate", "link_state")
@@ -35,7 +39,7 @@ MAX_VF = (1 << 31) - 2  # the kernel refuses a VF index of INT_MAX or more
 MAX_RATE = (1 << 32) - 1
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
-__all__ = ["SETTINGS", "SettingError", "VfBatchError", "VfResult", "VfSettings", "apply",
+__all__ = ["SETTINGS", "SettingError", "VfBatchError", "VfResult", "VfUpdate", "apply",
            "apply_on", "encode", "num_vfs"]
 
 
@@ -44,8 +48,8 @@ class VfBatchError(ValueError):
 
 
 @dataclass(frozen=True)
-class VfSettings:
-    """What to set on VF ``vf``; a setting left None is not touched.
+class VfUpdate:
+    """What is sent to VF ``vf``; a setting left None is not touched.
 
     ``vlan`` 0..4095 (0: no VLAN) with ``qos`` 0..7 and ``vlan_proto`` "802.1Q" or "802.1ad";
     ``min_tx_rate``/``max_tx_rate`` in Mb/s travel together (one IFLA_VF_RATE): when only one is
@@ -69,8 +73,36 @@ class VfSettings:
         object.__setattr__(self, "vlan_proto", canonical)  # "802.1q" -> "802.1Q"
 
     @classmethod
-    def from_config(cls, vf: int, config: VfConfig,
-                    only: Iterable[str] = SETTINGS) -> VfSettings:
+    def towards(cls, vf: int, want: VfDesired, have: VfConfig | None = None) -> VfUpdate:
+        """What to send so that VF ``vf`` has the settings ``want`` names. With ``have`` (what
+        the PF reports now) only the settings that differ; a VLAN or rate setting partly given
+        is completed from ``have`` (without it: qos 0, 802.1Q, no rate limit)."""
+        def differs(wanted: object, current: object) -> bool:
+            return wanted is not None and (have is None or wanted != current)
+
+        base = have or VfConfig()
+        mac = want.mac if want.mac is not None and (
+            have is None or want.mac.lower() != (have.mac or "").lower()) else None
+        vlan = any(differs(w, h) for w, h in ((want.vlan, base.vlan), (want.qos, base.qos),
+                                                (want.vlan_proto, base.vlan_proto)))
+        rate = any(differs(w, h) for w, h in ((want.min_tx_rate, base.min_tx_rate),
+                                                (want.max_tx_rate, base.max_tx_rate)))
+        return cls(
+            vf=vf, mac=mac,
+            vlan=(base.vlan if want.vlan is None else want.vlan) if vlan else None,
+            qos=(base.qos if want.qos is None else want.qos) if vlan else 0,
+            vlan_proto=(want.vlan_proto or base.vlan_proto) if vlan else "802.1Q",
+            spoofchk=want.spoofchk if differs(want.spoofchk, base.spoofchk) else None,
+            trust=want.trust if differs(want.trust, base.trust) else None,
+            min_tx_rate=(base.min_tx_rate if want.min_tx_rate is None else want.min_tx_rate)
+            if rate else None,
+            max_tx_rate=(base.max_tx_rate if want.max_tx_rate is None else want.max_tx_rate)
+            if rate else None,
+            link_state=want.link_state if differs(want.link_state, base.link_state) else None,
+        )
+
+    @classmethod
+    def restoring(cls, vf: int, config: VfConfig, only: Iterable[str] = SETTINGS) -> VfUpdate:
         """The settings ``only`` as ``config`` (what the PF reported) has them: what puts them
         back. Settings the PF reports as unsupported (None) are left out, and so is a VLAN
         protocol other than 802.1Q/802.1ad."""
@@ -163,7 +195,7 @@ class VfResult:
         return f"VF {self.vf}: " + "; ".join(str(f) for f in self.failed)
 
 
-def _check(s: VfSettings) -> None:
+def _check(s: VfUpdate) -> None:
     """Raise VfBatchError naming the first malformed field of ``s``."""
     where = f"VF {s.vf!r}"
     if not _is_int(s.vf) or not 0 <= s.vf <= MAX_VF:
@@ -201,7 +233,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _fill(e: Any, s: VfSettings) -> None:
+def _fill(e: Any, s: VfUpdate) -> None:
     """Copy ``s`` into one vfset_vf_t."""
     mask = 0
     for setting in s.requested():
@@ -221,11 +253,11 @@ def _fill(e: Any, s: VfSettings) -> None:
     e.link_state = LINK_STATE_NUMBERS.get(s.link_state or "auto", 0)
 
 
-def _entries(settings: Sequence[VfSettings]) -> Any:
+def _entries(settings: Sequence[VfUpdate]) -> Any:
     seen: set[int] = set()
     for s in settings:
-        if not isinstance(s, VfSettings):
-            raise VfBatchError(f"{s!r} is not a VfSettings")
+        if not isinstance(s, VfUpdate):
+            raise VfBatchError(f"{s!r} is not a VfUpdate")
         if s.vf in seen:
             raise VfBatchError(f"VF {s.vf} appears twice in one batch")
         seen.add(s.vf)
@@ -237,7 +269,7 @@ def _entries(settings: Sequence[VfSettings]) -> Any:
     return entries
 
 
-def encode(pf_index: int, settings: VfSettings, only: Iterable[str] | None = None,
+def encode(pf_index: int, settings: VfUpdate, only: Iterable[str] | None = None,
            seq: int = 1) -> bytes:
     """The RTM_SETLINK message ``apply`` sends for ``settings`` (or just the settings
     ``only``): what tests decode to see what goes on the wire."""
@@ -279,7 +311,7 @@ def num_vfs(pf_index: int, netns: str | None = None) -> int | None:
     return count
 
 
-def apply(pf_index: int, settings: Sequence[VfSettings],
+def apply(pf_index: int, settings: Sequence[VfUpdate],
           netns: str | None = None) -> list[VfResult]:
     """Apply ``settings`` to the VFs of the PF with interface index ``pf_index`` (in ``netns``,
     a name under /run/netns or a path; None: ours). Returns one VfResult per entry, in order.
@@ -299,7 +331,7 @@ def apply(pf_index: int, settings: Sequence[VfSettings],
         os.close(fd)
 
 
-def apply_on(fd: int, pf_index: int, settings: Sequence[VfSettings]) -> list[VfResult]:
+def apply_on(fd: int, pf_index: int, settings: Sequence[VfUpdate]) -> list[VfResult]:
     """``apply`` over an open, bound NETLINK_ROUTE socket (used by one call at a time)."""
     _check_pf(pf_index)
     settings = list(settings)
@@ -323,7 +355,7 @@ def apply_on(fd: int, pf_index: int, settings: Sequence[VfSettings]) -> list[VfR
     return [_result(s, entries[i]) for i, s in enumerate(settings)]
 
 
-def _result(s: VfSettings, entry: Any) -> VfResult:
+def _result(s: VfUpdate, entry: Any) -> VfResult:
     applied: list[str] = []
     failed: list[SettingError] = []
     for setting in s.requested():

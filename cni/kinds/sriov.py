@@ -20,91 +20,78 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from cni import ipam, links
-from cni.context import Context, attachment_mac
+from cni.context import FIELDS, Context, Netlink, attachment_mac
+from cni.kinds import Handler
 from cni.protocol import CniRequest
-from nodeagent import vfbatch
-from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, CniError, config_error
+from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, CniError
 from nodeagent.cnitypes.result import Interface, Result
-from nodeagent.model import VfConfig
+from nodeagent.model import VfConfig, VfDesired
 from nodeagent.netlink import RTEXT_FILTER_VF, vf_configs_from_msg
-from nodeagent.rtnl import Rtnl
-from nodeagent.sysfs import PCI_ADDRESS
-from nodeagent.vfbatch import VfBatchError, VfResult, VfSettings
+from nodeagent.vfbatch import MAX_RATE, VfBatchError, VfResult, VfUpdate
 from nodeagent.vfstate import VfAttachment
 
 log = logging.getLogger(__name__)
 
 DPDK_DRIVERS = frozenset({"vfio-pci", "uio_pci_generic", "igb_uio"})
-VLAN_PROTOS = {"802.1q": 0x8100, "802.1ad": 0x88A8}
-LINK_STATES = {"auto": 0, "enable": 1, "disable": 2}
+#: sriov-cni's spellings (any case) -> the settings' own.
+VLAN_PROTOS = {"802.1q": "802.1Q", "802.1ad": "802.1ad"}
+LINK_STATES = {"auto": "auto", "enable": "enable", "disable": "disable"}
+ON_OFF = {"on": True, "off": False}
 #: Errnos with which a driver refuses a value it does not support: a configuration problem.
 REFUSALS = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.ERANGE})
-ON_OFF = {"on": True, "off": False}
 
 
 @dataclass(frozen=True)
 class SriovConf:
+    """An sriov network configuration: which VF, the PF-side settings it asks for, and the
+    MTU of the VF netdev in the pod (0: leave it)."""
+
     device_id: str
-    mac: str | None
-    vlan: int | None
-    qos: int
-    proto: str
-    spoofchk: bool | None
-    trust: bool | None
-    link_state: str | None
-    min_tx_rate: int | None
-    max_tx_rate: int | None
-    mtu: int
-
-
-def _int(c: dict[str, Any], key: str, low: int, high: int) -> int | None:
-    value = c.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise config_error(key, f"{value!r} is not an integer from {low} to {high}")
-    return value
-
-
-def _choice(c: dict[str, Any], key: str, choices: dict[str, Any]) -> str | None:
-    value = c.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or value.lower() not in choices:
-        raise config_error(key, f"{value!r} is not one of {', '.join(choices)}")
-    return value.lower()
+    pf_side: VfDesired
+    mtu: int = 0
 
 
 def parse(request: CniRequest) -> SriovConf:
+    """sriov-cni's fields with its meaning: ``vlan`` 0-4094 (``vlanQoS`` 0-7 and ``vlanProto``
+    802.1q/802.1ad need it), ``spoofchk`` and ``trust`` "on"/"off", ``link_state``
+    auto/enable/disable, ``min_tx_rate``/``max_tx_rate`` in Mb/s; values in any case."""
     c = request.config
-    device_id = request.runtime_config.get("deviceID") or c.get("deviceID")
-    if not isinstance(device_id, str) or not PCI_ADDRESS.match(device_id.lower()):
-        raise config_error("deviceID", f"{device_id!r} is not a PCI address such as"
-                           " 0000:3b:02.1 (Multus passes the one the device plugin allocated)")
-    vlan = _int(c, "vlan", 0, 4094)
-    qos = _int(c, "vlanQoS", 0, 7)
-    proto = _choice(c, "vlanProto", VLAN_PROTOS)
+    if request.runtime_config.get("deviceID"):
+        device_id = FIELDS.pci_address(request.runtime_config["deviceID"],
+                                       "runtimeConfig.deviceID")
+    elif c.get("deviceID") is not None:
+        device_id = FIELDS.pci_address(c["deviceID"], "deviceID")
+    else:
+        FIELDS.fail("deviceID", "is required: the VF's PCI address such as 0000:3b:02.1"
+                    " (Multus passes the one the device plugin allocated)")
+    vlan = FIELDS.integer(c, "vlan", "", 0, 4094)
+    qos = FIELDS.integer(c, "vlanQoS", "", 0, 7)
+    proto = FIELDS.choice(c, "vlanProto", "", VLAN_PROTOS, fold_case=True)
     if vlan is None and (qos or proto):
-        raise config_error("vlanQoS/vlanProto", "need 'vlan'")
-    spoofchk, trust = _choice(c, "spoofchk", ON_OFF), _choice(c, "trust", ON_OFF)
-    min_rate, max_rate = _int(c, "min_tx_rate", 0, 1 << 31), _int(c, "max_tx_rate", 0, 1 << 31)
+        FIELDS.fail("vlanQoS" if qos else "vlanProto", "needs 'vlan'")
+    if vlan is None:
+        qos = None  # "vlanQoS": 0 alone leaves the VLAN as it is
+    min_rate = FIELDS.integer(c, "min_tx_rate", "", 0, MAX_RATE)
+    max_rate = FIELDS.integer(c, "max_tx_rate", "", 0, MAX_RATE)
     if min_rate and max_rate and min_rate > max_rate:
-        raise config_error("min_tx_rate", f"{min_rate} is above max_tx_rate {max_rate}")
+        FIELDS.fail("min_tx_rate", f"{min_rate} is above max_tx_rate {max_rate}")
     return SriovConf(
-        device_id=device_id.lower(), mac=attachment_mac(request), vlan=vlan, qos=qos or 0,
-        proto=proto or "802.1q",
-        spoofchk=None if spoofchk is None else ON_OFF[spoofchk],
-        trust=None if trust is None else ON_OFF[trust],
-        link_state=_choice(c, "link_state", LINK_STATES), min_tx_rate=min_rate,
-        max_tx_rate=max_rate, mtu=_int(c, "mtu", 0, 65535) or 0,
+        device_id=device_id,
+        pf_side=VfDesired(
+            mac=attachment_mac(request), vlan=vlan, qos=qos, vlan_proto=proto,
+            spoofchk=FIELDS.choice(c, "spoofchk", "", ON_OFF, fold_case=True),
+            trust=FIELDS.choice(c, "trust", "", ON_OFF, fold_case=True),
+            min_tx_rate=min_rate, max_tx_rate=max_rate,
+            link_state=FIELDS.choice(c, "link_state", "", LINK_STATES, fold_case=True),
+        ),
+        mtu=FIELDS.integer(c, "mtu", "", 0, 65535, default=0),
     )
 
 
 # -- ADD --------------------------------------------------------------------------------------
 
 
-def add(ctx: Context, request: CniRequest) -> Result:
-    conf = parse(request)
+def add(ctx: Context, request: CniRequest, conf: SriovConf) -> Result:
     pf, vf_index = _pf_of(ctx, conf.device_id)
     with ctx.vfs.lock(conf.device_id):
         holder = ctx.vfs.holder(conf.device_id)
@@ -173,38 +160,30 @@ def _record(ctx: Context, request: CniRequest, conf: SriovConf, pf: str,
         container_id=request.container_id, ifname=request.ifname, netns=request.netns,
         pci=conf.device_id, pf=pf_name, vf_index=vf_index, dpdk=dpdk, original_name=name,
         original_mtu=mtu, original_mac=mac, pf_side=asdict(pf_side) if pf_side else {},
-        network=request.network, changed=list(_pf_settings(conf, vf_index).requested()),
-    )
-
-
-def _pf_settings(conf: SriovConf, vf_index: int) -> VfSettings:
-    """The PF-side settings the configuration asks for."""
-    return VfSettings(
-        vf=vf_index, mac=conf.mac, vlan=conf.vlan, qos=conf.qos,
-        vlan_proto=conf.proto, spoofchk=conf.spoofchk, trust=conf.trust,
-        min_tx_rate=conf.min_tx_rate, max_tx_rate=conf.max_tx_rate, link_state=conf.link_state,
+        network=request.network,
+        changed=list(VfUpdate.towards(vf_index, conf.pf_side).requested()),
     )
 
 
 def _apply_pf_side(ctx: Context, att: VfAttachment, conf: SriovConf) -> None:
-    settings = _pf_settings(conf, att.vf_index)
-    if not settings.requested():
+    update = VfUpdate.towards(att.vf_index, conf.pf_side)
+    if not update.requested():
         return
-    result = _set_vf(ctx, att, settings)
+    result = _set_vf(ctx, att, update)
     if not result.ok:
         code = INVALID_CONFIG if all(f.errno in REFUSALS for f in result.failed) else IO_FAILURE
         refused = "; ".join(str(f) for f in result.failed)
         raise CniError(code, f"PF {att.pf} refused {refused} for VF {att.vf_index} ({att.pci})")
 
 
-def _set_vf(ctx: Context, att: VfAttachment, settings: VfSettings) -> VfResult:
+def _set_vf(ctx: Context, att: VfAttachment, update: VfUpdate) -> VfResult:
     """One VF's PF-side settings through the batch setter; CniError when nothing could be
     tried (the PF is gone, the VF index is not the PF's)."""
     pf_index = ctx.host.link_index(att.pf)
     if pf_index is None:
         raise CniError(IO_FAILURE, f"PF {att.pf} vanished")
     try:
-        (result,) = vfbatch.apply(pf_index, [settings])
+        (result,) = ctx.host.set_vfs(pf_index, [update])
     except VfBatchError as exc:
         raise CniError(IO_FAILURE, f"VF {att.vf_index} ({att.pci}) of PF {att.pf}: {exc}") from None
     except OSError as exc:
@@ -225,17 +204,18 @@ def _move_into_pod(ctx: Context, request: CniRequest, att: VfAttachment,
             ctx.host.link_set(index, netns_fd=netns_fd)
     finally:
         os.close(netns_fd)
-    with Rtnl(request.netns) as pod:
+    with ctx.pod(request.netns) as pod:
         index = pod.link_index(att.original_name or "")
         with links.kernel_errors(f"renaming the VF to {request.ifname}"):
             pod.link_set(index, name=request.ifname, mtu=conf.mtu or None)
-        if conf.mac and (pod.link(index=index).get("IFLA_ADDRESS") or "").lower() != conf.mac:
-            _adopt_mac(ctx, att, pod, index, conf.mac)
+        mac = conf.pf_side.mac
+        if mac and (pod.link(index=index).get("IFLA_ADDRESS") or "").lower() != mac:
+            _adopt_mac(ctx, att, pod, index, mac)
         result = links.address(ctx, request, pod, index)
         return result, pod.link(index=index).get("IFLA_ADDRESS")
 
 
-def _adopt_mac(ctx: Context, att: VfAttachment, rtnl: Rtnl, index: int, mac: str) -> None:
+def _adopt_mac(ctx: Context, att: VfAttachment, rtnl: Netlink, index: int, mac: str) -> None:
     """Give the VF netdev the MAC set (or about to be set back) on the PF side. Kernel VF
     drivers read the admin MAC only when they probe, and some PFs (igb) refuse an untrusted
     VF's own MAC change once an admin MAC is set: then the VF is trusted for the change, and
@@ -248,13 +228,13 @@ def _adopt_mac(ctx: Context, att: VfAttachment, rtnl: Rtnl, index: int, mac: str
         if exc.errno not in (errno.EADDRNOTAVAIL, errno.EPERM, errno.EINVAL) or trust:
             raise CniError(IO_FAILURE, f"setting MAC {mac} on VF {att.pci}:"
                            f" {exc.strerror}") from None
-    trusted = _set_vf(ctx, att, VfSettings(att.vf_index, trust=True))
+    trusted = _set_vf(ctx, att, VfUpdate(att.vf_index, trust=True))
     try:
         with links.kernel_errors(f"setting MAC {mac} on VF {att.pci} (trusted)"):
             rtnl.link_set(index, mac=mac)
     finally:
         if trusted.ok:
-            _set_vf(ctx, att, VfSettings(att.vf_index, trust=bool(trust)))
+            _set_vf(ctx, att, VfUpdate(att.vf_index, trust=bool(trust)))
 
 
 def _trust(ctx: Context, att: VfAttachment) -> bool | None:
@@ -290,7 +270,7 @@ def _return_netdev(ctx: Context, att: VfAttachment) -> None:
     """Bring the VF netdev home under its original name, MTU and MAC, as far as the driver
     lets us: a refusal is logged, never fails DEL (a failing DEL blocks pod termination)."""
     if att.netns and os.path.exists(att.netns):
-        with Rtnl(att.netns) as pod:
+        with ctx.pod(att.netns) as pod:
             # Under the pod's name, or still under its own when ADD failed before the rename.
             index = pod.link_index(att.ifname) or pod.link_index(att.original_name or "")
             if index is not None:
@@ -337,9 +317,9 @@ def _restore_pf_side(ctx: Context, att: VfAttachment) -> None:
     known = {f.name for f in fields(VfConfig)}
     original = VfConfig(**{k: v for k, v in att.pf_side.items() if k in known})
     # The MAC always: igb records the VF driver's own MAC on the PF side once the VF was up.
-    settings = VfSettings.from_config(att.vf_index, original, ["mac", *att.changed])
+    update = VfUpdate.restoring(att.vf_index, original, ["mac", *att.changed])
     try:
-        result = _set_vf(ctx, att, settings)
+        result = _set_vf(ctx, att, update)
     except CniError as exc:  # DEL must not fail on what it cannot put back
         log.warning("VF %s settings not restored: %s", att.pci, exc.msg)
         return
@@ -354,9 +334,7 @@ def _restore_pf_side(ctx: Context, att: VfAttachment) -> None:
 def gc(ctx: Context, request: CniRequest) -> None:
     """Undo this network's attachments the runtime no longer lists (cni.dev/valid-attachments),
     then let IPAM release their addresses."""
-    valid = {(a.get("containerID"), a.get("ifname"))
-             for a in request.config.get("cni.dev/valid-attachments") or []
-             if isinstance(a, dict)}
+    valid = set(request.valid_attachments)
     for att in ctx.vfs.all():
         if att.network == request.network and (att.container_id, att.ifname) not in valid:
             log.info("GC: detaching VF %s from gone container %s", att.pci, att.container_id)
@@ -368,14 +346,13 @@ def gc(ctx: Context, request: CniRequest) -> None:
 # -- CHECK ------------------------------------------------------------------------------------
 
 
-def check(ctx: Context, request: CniRequest) -> None:
-    conf = parse(request)
+def check(ctx: Context, request: CniRequest, conf: SriovConf) -> None:
     prev = links.require_prev_result(request)
     att = ctx.vfs.load(request.container_id, request.ifname)
     if att is None or att.pci != conf.device_id:
         raise CniError(IO_FAILURE, f"no attachment of VF {conf.device_id} as {request.ifname}")
     if not att.dpdk:
-        with Rtnl(request.netns) as pod:
+        with ctx.pod(request.netns) as pod:
             link = pod.link(name=request.ifname)
             if link is None:
                 raise CniError(IO_FAILURE, f"{request.ifname} is not in {request.netns}")
@@ -383,12 +360,23 @@ def check(ctx: Context, request: CniRequest) -> None:
     ipam.check(ctx, request)
 
 
-class _Handler:
+class SriovHandler(Handler[SriovConf]):
     kind = "sriov"
-    add = staticmethod(add)
-    delete = staticmethod(delete)
-    check = staticmethod(check)
-    gc = staticmethod(gc)
+
+    def parse(self, request: CniRequest) -> SriovConf:
+        return parse(request)
+
+    def add(self, ctx: Context, request: CniRequest) -> Result:
+        return add(ctx, request, self.parse(request))
+
+    def delete(self, ctx: Context, request: CniRequest) -> None:
+        delete(ctx, request)
+
+    def check(self, ctx: Context, request: CniRequest) -> None:
+        check(ctx, request, self.parse(request))
+
+    def gc(self, ctx: Context, request: CniRequest) -> None:
+        gc(ctx, request)
 
 
-HANDLER = _Handler()
+HANDLER = SriovHandler()

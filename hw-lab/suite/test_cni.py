@@ -147,7 +147,7 @@ def test_sriov_mac_on_a_vf_whose_pf_already_set_one(agent, pf: PF, make_vfs, sys
     vf = make_vfs(pf, 1)[0]
     with IPRoute() as ipr:
         pf_index = netns.index(ipr, pf.netdev)
-    (set_mac,) = vfbatch.apply(pf_index, [vfbatch.VfSettings(vf.index, mac="02:00:5e:00:53:30",
+    (set_mac,) = vfbatch.apply(pf_index, [vfbatch.VfUpdate(vf.index, mac="02:00:5e:00:53:30",
                                                              trust=False)])
     assert set_mac.ok, str(set_mac)
     sysfs.bind(vf.pci, pf.spec.vf_driver)  # the driver reads the admin MAC as it probes

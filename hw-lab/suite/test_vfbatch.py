@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 from nodeagent import vfbatch  # noqa: E402
 from nodeagent.model import VfConfig  # noqa: E402
 from nodeagent.netlink import Netlink  # noqa: E402
-from nodeagent.vfbatch import VfBatchError, VfSettings  # noqa: E402
+from nodeagent.vfbatch import VfBatchError, VfUpdate  # noqa: E402
 
 
 def ifindex(netdev: str) -> int:
@@ -50,10 +50,10 @@ def nsim(netdevsims: list[NetdevsimDevice]) -> Iterator[NetdevsimDevice]:
 def test_every_setting_round_trips_on_netdevsim(nsim: NetdevsimDevice) -> None:
     index = ifindex(nsim.netdev)
     batch = [
-        VfSettings(0, mac="02:00:5e:00:53:10", vlan=100, qos=3, vlan_proto="802.1ad",
+        VfUpdate(0, mac="02:00:5e:00:53:10", vlan=100, qos=3, vlan_proto="802.1ad",
                    spoofchk=True, trust=True, min_tx_rate=10, max_tx_rate=200,
                    link_state="disable"),
-        VfSettings(1, mac="02:00:5e:00:53:11", vlan=4000, qos=0, vlan_proto="802.1Q",
+        VfUpdate(1, mac="02:00:5e:00:53:11", vlan=4000, qos=0, vlan_proto="802.1Q",
                    spoofchk=False, trust=False, min_tx_rate=0, max_tx_rate=50,
                    link_state="enable"),
     ]
@@ -70,7 +70,7 @@ def test_every_setting_round_trips_on_netdevsim(nsim: NetdevsimDevice) -> None:
                               spoofchk=False, trust=False, min_tx_rate=0, max_tx_rate=50,
                               link_state="enable")
 
-    (cleared,) = vfbatch.apply(index, [VfSettings(0, vlan=0)])
+    (cleared,) = vfbatch.apply(index, [VfUpdate(0, vlan=0)])
 
     assert cleared.ok
     after = configs(nsim.netdev)
@@ -79,16 +79,16 @@ def test_every_setting_round_trips_on_netdevsim(nsim: NetdevsimDevice) -> None:
 
 
 def test_settings_read_back_put_a_vf_back_as_it_was(nsim: NetdevsimDevice) -> None:
-    """What CNI DEL and provisioning rely on: VfSettings.from_config of what the PF reported
+    """What CNI DEL and provisioning rely on: VfUpdate.restoring of what the PF reported
     restores it, 802.1ad included."""
     index = ifindex(nsim.netdev)
-    vfbatch.apply(index, [VfSettings(1, mac="02:00:5e:00:53:21", vlan=7, qos=2,
+    vfbatch.apply(index, [VfUpdate(1, mac="02:00:5e:00:53:21", vlan=7, qos=2,
                                      vlan_proto="802.1ad", trust=True)])
     before = configs(nsim.netdev)[1]
-    vfbatch.apply(index, [VfSettings(1, mac="02:00:5e:00:53:22", vlan=9, trust=False,
+    vfbatch.apply(index, [VfUpdate(1, mac="02:00:5e:00:53:22", vlan=9, trust=False,
                                      link_state="disable")])
 
-    (restored,) = vfbatch.apply(index, [VfSettings.from_config(1, before)])
+    (restored,) = vfbatch.apply(index, [VfUpdate.restoring(1, before)])
 
     assert restored.ok, str(restored)
     assert configs(nsim.netdev)[1] == before
@@ -100,7 +100,7 @@ def test_a_vf_the_pf_does_not_have_is_refused_before_anything_changes(
     before = configs(nsim.netdev)
 
     with pytest.raises(VfBatchError, match=r"VF 5 out of range: the PF .* has 2 VFs"):
-        vfbatch.apply(index, [VfSettings(0, trust=True), VfSettings(5, trust=True)])
+        vfbatch.apply(index, [VfUpdate(0, trust=True), VfUpdate(5, trust=True)])
 
     assert configs(nsim.netdev) == before
     assert vfbatch.num_vfs(index) == 2
@@ -118,8 +118,8 @@ def test_igb_refuses_8021ad_and_nothing_else_changes(pf: PF, make_vfs) -> None:
     before = configs(pf.netdev)
 
     results = vfbatch.apply(index, [
-        VfSettings(0, vlan=100, vlan_proto="802.1ad"),
-        VfSettings(1, mac="02:00:5e:00:53:31", vlan=200, spoofchk=False, trust=True),
+        VfUpdate(0, vlan=100, vlan_proto="802.1ad"),
+        VfUpdate(1, mac="02:00:5e:00:53:31", vlan=200, spoofchk=False, trust=True),
     ])
 
     refused = results[0].failure("vlan")
@@ -139,7 +139,7 @@ def test_igb_applies_what_it_accepts_and_names_what_it_refused(pf: PF, make_vfs)
     make_vfs(pf, 1)
     index = ifindex(pf.netdev)
 
-    (result,) = vfbatch.apply(index, [VfSettings(0, mac="02:00:5e:00:53:41", vlan=30,
+    (result,) = vfbatch.apply(index, [VfUpdate(0, mac="02:00:5e:00:53:41", vlan=30,
                                                  vlan_proto="802.1ad", trust=True,
                                                  link_state="disable")])
 
@@ -154,7 +154,7 @@ def test_one_batch_configures_every_vf_of_a_pf(pf: PF, make_vfs) -> None:
     count = pf.spec.max_vfs
     make_vfs(pf, count)
     index = ifindex(pf.netdev)
-    batch = [VfSettings(vf, mac=f"02:00:5e:00:54:{vf:02x}", vlan=100 + vf, qos=vf % 8,
+    batch = [VfUpdate(vf, mac=f"02:00:5e:00:54:{vf:02x}", vlan=100 + vf, qos=vf % 8,
                         spoofchk=vf % 2 == 0, trust=vf % 2 == 1) for vf in range(count)]
 
     results = vfbatch.apply(index, batch)

@@ -13,8 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from nodeagent.model import Nic, VfConfig, VirtualFunction
-from nodeagent.provision.policy import KERNEL, VFIO, PfPolicy, vf_mac
+from nodeagent.provision.policy import KERNEL, VFIO, PfPolicy
 from nodeagent.status import APPLYING, BLOCKED, FAILED, IN_SYNC, VERIFY_ONLY
+from nodeagent.vfbatch import VfBatchError, VfUpdate
 
 
 @dataclass(frozen=True)
@@ -46,28 +47,13 @@ class SetNumVfs:
 
 
 @dataclass(frozen=True)
-class VfChange:
-    """PF-side settings of one VF; None: unchanged."""
-
-    index: int
-    mac: str | None = None
-    vlan: int | None = None
-    qos: int | None = None
-    vlan_proto: str | None = None
-    spoofchk: bool | None = None
-    trust: bool | None = None
-
-    def fields(self) -> list[str]:
-        return [k for k in ("mac", "vlan", "qos", "vlan_proto", "spoofchk", "trust")
-                if getattr(self, k) is not None]
-
-
-@dataclass(frozen=True)
 class SetVfs:
-    changes: tuple[VfChange, ...]
+    """PF-side settings of the PF's VFs, sent as one batch (nodeagent.vfbatch)."""
+
+    changes: tuple[VfUpdate, ...]
 
     def describe(self, nic: Nic) -> str:
-        return "; ".join(f"VF {c.index} {', '.join(c.fields())}" for c in self.changes)
+        return "; ".join(f"VF {c.vf} {', '.join(c.requested())}" for c in self.changes)
 
 
 @dataclass(frozen=True)
@@ -115,7 +101,10 @@ def decide(nic: Nic, policy: PfPolicy, facts: Facts) -> Decision:
     if policy.num_vfs > sriov.totalvfs:
         return Decision(FAILED, f"numVfs {policy.num_vfs} exceeds sriov_totalvfs"
                                 f" {sriov.totalvfs}")
-    actions = _actions(nic, policy, facts)
+    try:
+        actions = _actions(nic, policy, facts)
+    except VfBatchError as exc:  # the PF reports a VF setting the batch cannot send back
+        return Decision(FAILED, str(exc))
     described = "; ".join(a.describe(nic) for a in actions)
     if policy.externally_managed:
         if actions:
@@ -150,7 +139,7 @@ def _actions(nic: Nic, policy: PfPolicy, facts: Facts) -> list[Action]:
         if vf.pci.address in facts.in_use:
             continue  # a pod's VF: its settings belong to the attachment now
         change = _vf_change(nic, vf, policy, facts)
-        if change.fields():
+        if change.requested():
             changes.append(change)
         bind = _bind(vf, policy, facts, mac_changed=change.mac is not None)
         if bind is not None:
@@ -166,24 +155,12 @@ def _wants_probe_hold(policy: PfPolicy, index: int) -> bool:
     return settings.mac != "keep" or settings.driver != KERNEL
 
 
-def _vf_change(nic: Nic, vf: VirtualFunction, policy: PfPolicy, facts: Facts) -> VfChange:
-    want = policy.vf_settings(vf.index)
-    have = vf.config or VfConfig()
+def _vf_change(nic: Nic, vf: VirtualFunction, policy: PfPolicy, facts: Facts) -> VfUpdate:
+    """What the VF's PF-side settings lack of the policy's (all of it when the PF reports
+    nothing for the VF)."""
     assert nic.pci is not None
-    mac = vf_mac(want.mac, facts.hostname, nic.pci.address, vf.index)
-    vlan_differs = any(
-        w is not None and w != h for w, h in ((want.vlan, have.vlan), (want.qos, have.qos),
-                                              (want.vlan_proto, have.vlan_proto)))
-    vlan = (want.vlan if want.vlan is not None else have.vlan) if vlan_differs else None
-    return VfChange(
-        index=vf.index,
-        mac=mac if mac is not None and mac != (have.mac or "").lower() else None,
-        vlan=vlan,
-        qos=(want.qos if want.qos is not None else have.qos) if vlan_differs else None,
-        vlan_proto=(want.vlan_proto or have.vlan_proto) if vlan_differs else None,
-        spoofchk=want.spoofchk if want.spoofchk not in (None, have.spoofchk) else None,
-        trust=want.trust if want.trust not in (None, have.trust) else None,
-    )
+    want = policy.vf_settings(vf.index).desired(facts.hostname, nic.pci.address, vf.index)
+    return VfUpdate.towards(vf.index, want, vf.config or VfConfig())
 
 
 def _bind(vf: VirtualFunction, policy: PfPolicy, facts: Facts, mac_changed: bool

@@ -28,7 +28,7 @@ from typing import Any
 
 from nodeagent.documents import DocumentError, parse_json, parse_yaml
 from nodeagent.fields import Fields, join
-from nodeagent.model import Nic
+from nodeagent.model import Nic, VfDesired
 from nodeagent.sysfs import PCI_ADDRESS
 
 KERNEL = "kernel"  # the VF driver the kernel picks for the VF's IDs (iavf, igbvf, mlx5_core...)
@@ -51,22 +51,24 @@ class PolicyError(ValueError):
 
 
 @dataclass(frozen=True)
-class VfSettings:
-    """What a VF should look like before any pod takes it. None: leave as it is."""
+class VfTemplate:
+    """What the policy says a VF should look like before any pod takes it: its driver, its
+    admin MAC scheme, and the other PF-side settings it wants (``pf_side``; None: leave as it
+    is). :meth:`desired` makes it one VF's :class:`~nodeagent.model.VfDesired`."""
 
     driver: str = KERNEL
     mac: str = MAC_KEEP  # keep | derived | a base MAC (VF i gets base + i)
-    vlan: int | None = None
-    qos: int | None = None
-    vlan_proto: str | None = None
-    spoofchk: bool | None = None
-    trust: bool | None = None
+    pf_side: VfDesired = field(default_factory=VfDesired)
+
+    def desired(self, hostname: str, pf_pci: str, index: int) -> VfDesired:
+        """VF ``index``'s PF-side settings, with the MAC its scheme gives it."""
+        return replace(self.pf_side, mac=vf_mac(self.mac, hostname, pf_pci, index))
 
 
 @dataclass(frozen=True)
 class VfGroup:
     vfs: frozenset[int]
-    settings: VfSettings
+    settings: VfTemplate
     resource_name: str | None = None  # the entry's unless the group names its own
 
 
@@ -98,11 +100,11 @@ class PfPolicy:
     mtu: int | None = None
     externally_managed: bool = False
     allow_default_route: bool = False
-    defaults: VfSettings = field(default_factory=VfSettings)
+    defaults: VfTemplate = field(default_factory=VfTemplate)
     groups: tuple[VfGroup, ...] = ()
     resource_name: str | None = None
 
-    def vf_settings(self, index: int) -> VfSettings:
+    def vf_settings(self, index: int) -> VfTemplate:
         """The defaults, overridden by the first group that lists the VF."""
         for group in self.groups:
             if index in group.vfs:
@@ -214,7 +216,7 @@ def _selector(raw: Any, where: str) -> NicSelector:
     return selector
 
 
-def _settings(raw: Any, where: str, base: VfSettings) -> VfSettings:
+def _settings(raw: Any, where: str, base: VfTemplate) -> VfTemplate:
     raw = _obj(raw, where, {"driver", "mac", "vlan", "qos", "vlanProto", "spoofchk", "trust",
                             "vfs"})
     driver = raw.get("driver", base.driver)
@@ -230,17 +232,20 @@ def _settings(raw: Any, where: str, base: VfSettings) -> VfSettings:
         except PolicyError:
             raise PolicyError(f"{where}.mac: must be \"keep\", \"derived\" or a unicast base"
                               f" MAC, got {raw.get('mac')!r}") from None
-    proto = _F.choice(raw, "vlanProto", where, {p: p for p in VLAN_PROTOS}, base.vlan_proto)
+    proto = _F.choice(raw, "vlanProto", where, {p: p for p in VLAN_PROTOS},
+                      base.pf_side.vlan_proto)
     vlan = _F.integer(raw, "vlan", where, 0, 4094)
     qos = _F.integer(raw, "qos", where, 0, 7)
     spoofchk = _F.boolean(raw, "spoofchk", where)
     trust = _F.boolean(raw, "trust", where)
-    return replace(
-        base, driver=driver, mac=mac, vlan_proto=proto,
-        vlan=base.vlan if vlan is None else vlan, qos=base.qos if qos is None else qos,
-        spoofchk=base.spoofchk if spoofchk is None else spoofchk,
-        trust=base.trust if trust is None else trust,
-    )
+    inherited = base.pf_side
+    return VfTemplate(driver, mac, replace(
+        inherited, vlan_proto=proto,
+        vlan=inherited.vlan if vlan is None else vlan,
+        qos=inherited.qos if qos is None else qos,
+        spoofchk=inherited.spoofchk if spoofchk is None else spoofchk,
+        trust=inherited.trust if trust is None else trust,
+    ))
 
 
 def parse_range(text: Any, where: str, limit: int) -> frozenset[int]:
@@ -275,7 +280,7 @@ def _pf(raw: Any, where: str, position: int) -> PfPolicy:
     if "numVfs" not in raw:
         raise PolicyError(f"{where}: numVfs is required")
     num_vfs = _F.int_value(raw["numVfs"], join(where, "numVfs"), 0, 4096)
-    defaults = _settings(raw.get("vfDefaults") or {}, f"{where}.vfDefaults", VfSettings())
+    defaults = _settings(raw.get("vfDefaults") or {}, f"{where}.vfDefaults", VfTemplate())
     if "vfs" in (raw.get("vfDefaults") or {}):
         raise PolicyError(f"{where}.vfDefaults.vfs: VF ranges go in vfGroups")
     if raw.get("vfGroups") is not None and not isinstance(raw["vfGroups"], list):

@@ -23,7 +23,6 @@ from nodeagent.discovery import Scanner, node_name
 from nodeagent.fileio import WatchedFile
 from nodeagent.model import Nic, Node
 from nodeagent.netlink import Netlink
-from nodeagent.provision import vfsettings
 from nodeagent.provision.binding import Binder, kernel_vf_driver
 from nodeagent.provision.errors import ProvisionError
 from nodeagent.provision.inuse import InUse
@@ -166,13 +165,27 @@ class Reconciler:
                     held = self._autoprobe(nic.key, False)
                 self.numvfs.set(nic.key, action.count)
             elif isinstance(action, SetVfs):
-                vfsettings.apply(nic, action.changes)
+                self._set_vfs(nic, action)
             elif isinstance(action, Bind):
                 if action.driver == KERNEL:
                     raise ProvisionError(f"cannot tell which kernel driver VF {action.pci}"
                                          " needs; name it in the policy (driver: <name>)")
                 self.binder.bind(action.pci, action.driver)
         return held
+
+    def _set_vfs(self, nic: Nic, action: SetVfs) -> None:
+        """The planned VF settings as one batch; refusals name VF and setting."""
+        with Rtnl() as rtnl:
+            index = rtnl.link_index(nic.name)
+            if index is None:
+                raise ProvisionError(f"PF netdev {nic.name} is gone")
+            try:
+                results = rtnl.set_vfs(index, action.changes)
+            except (OSError, ValueError) as exc:
+                raise ProvisionError(f"setting VFs of {nic.name}: {exc}") from None
+        refused = [str(r) for r in results if not r.ok]
+        if refused:
+            raise ProvisionError(f"the PF refused: {'; '.join(refused)}")
 
     def _set_link(self, nic: Nic, what: str, **change: Any) -> None:
         with Rtnl() as rtnl:

@@ -57,9 +57,9 @@ def batch_for(count: int, round_no: int) -> Batch:
 
 
 def via_batch(index: int, batch: Batch) -> None:
-    from nodeagent.vfbatch import VfSettings, apply
+    from nodeagent.vfbatch import VfUpdate, apply
 
-    results = apply(index, [VfSettings(vf, mac=mac, vlan=vlan, spoofchk=spoof, trust=trust)
+    results = apply(index, [VfUpdate(vf, mac=mac, vlan=vlan, spoofchk=spoof, trust=trust)
                             for vf, mac, vlan, spoof, trust in batch])
     failed = [str(r) for r in results if not r.ok]
     if failed:

@@ -449,7 +449,7 @@ SRIOV_BAD = [
     ("no such PCI device", {"deviceID": "0000:fe:1f.7"}, "no such PCI device"),
     ("not a VF", {"deviceID": "NOT_A_VF"}, "is not an SR-IOV VF"),
     ("VLAN 4095", {"deviceID": "0000:fe:1f.7", "vlan": 4095}, "vlan"),
-    ("QoS without VLAN", {"deviceID": "0000:fe:1f.7", "vlanQoS": 3}, "need 'vlan'"),
+    ("QoS without VLAN", {"deviceID": "0000:fe:1f.7", "vlanQoS": 3}, "vlanQoS needs 'vlan'"),
     ("vlanProto not 802.1q/802.1ad", {"deviceID": "0000:fe:1f.7", "vlan": 10,
                                       "vlanProto": "802.1x"}, "vlanProto"),
     ("spoofchk not on/off", {"deviceID": "0000:fe:1f.7", "spoofchk": "maybe"}, "spoofchk"),

@@ -13,12 +13,12 @@ from nodeagent.provision.plan import (
     SetNumVfs,
     SetUp,
     SetVfs,
-    VfChange,
     decide,
 )
 from nodeagent.provision.policy import derived_mac, parse
 from nodeagent.status import APPLYING, BLOCKED, FAILED, IN_SYNC, VERIFY_ONLY
 from nodeagent.sysfs import Sysfs
+from nodeagent.vfbatch import VfUpdate
 from tests.sysfs_tree import SysfsTree
 
 PF = "0000:41:00.0"
@@ -56,7 +56,7 @@ def test_settings_batch_then_binds_with_rebind_after_a_new_mac(tree: SysfsTree) 
     assert d.state == APPLYING
     setvfs, *binds = d.actions
     assert setvfs == SetVfs(tuple(
-        VfChange(i, mac=derived_mac("w1", PF, i), trust=True) for i in range(3))), \
+        VfUpdate(i, mac=derived_mac("w1", PF, i), trust=True) for i in range(3))), \
         "only what differs: spoofchk is already on"
     vf = {v.index: v.pci.address for v in nic.sriov.vfs}
     assert binds == [Bind(0, vf[0], "igbvf", "igbvf"),  # igbvf reads its MAC at probe only
@@ -78,7 +78,7 @@ def test_a_matching_pf_needs_nothing(tree: SysfsTree) -> None:
 def test_vlan_change_carries_qos_and_proto(tree: SysfsTree) -> None:
     nic = igb_pf(tree, 1, vlan=7, qos=3)
     (setvfs,) = decide(nic, policy("numVfs: 1, vfDefaults: {vlan: 8}"), FACTS).actions
-    assert setvfs == SetVfs((VfChange(0, vlan=8, qos=3, vlan_proto="802.1Q"),))
+    assert setvfs == SetVfs((VfUpdate(0, vlan=8, qos=3, vlan_proto="802.1Q"),))
 
 
 def test_vfs_in_use_block_a_count_change_and_are_left_alone(tree: SysfsTree) -> None:
@@ -89,7 +89,7 @@ def test_vfs_in_use_block_a_count_change_and_are_left_alone(tree: SysfsTree) -> 
     assert d.state == BLOCKED and not d.actions
     assert held in d.reason and "attached by CNI to abc/net1" in d.reason
     d = decide(nic, policy("numVfs: 3, vfDefaults: {trust: true}"), facts)
-    assert d.actions == (SetVfs((VfChange(0, trust=True), VfChange(2, trust=True))),)
+    assert d.actions == (SetVfs((VfUpdate(0, trust=True), VfUpdate(2, trust=True))),)
 
 
 def test_default_route_pf_is_not_touched_unless_allowed(tree: SysfsTree) -> None:
@@ -133,3 +133,11 @@ def test_a_down_pf_is_brought_up_before_its_vfs_are_made(tree: SysfsTree) -> Non
     down = replace(FACTS, pf_up=False)
     assert decide(nic, policy("numVfs: 2"), down).actions == (SetUp(), SetNumVfs(2, False))
     assert decide(nic, policy("numVfs: 0"), down).state == IN_SYNC, "no VFs: left down"
+
+
+def test_a_vf_setting_the_batch_cannot_send_fails_the_pf_not_the_pass(tree: SysfsTree) -> None:
+    nic = igb_pf(tree, 1, vlan=5, vlan_proto="0x9100")
+
+    d = decide(nic, policy("numVfs: 1, vfDefaults: {qos: 2}"), FACTS)
+
+    assert d.state == FAILED and "vlan_proto '0x9100'" in d.reason and not d.actions

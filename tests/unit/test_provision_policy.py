@@ -40,10 +40,11 @@ def test_example_policy_reads_as_written() -> None:
     assert (front.name, front.num_vfs, front.mtu) == ("fronthaul", 6, 9000)
     assert front.selector.pf_names == ("ens1f0",) and front.selector.vendor == "8086"
     dpdk = front.vf_settings(4)
-    assert (dpdk.driver, dpdk.trust, dpdk.spoofchk, dpdk.vlan, dpdk.qos, dpdk.mac) == (
+    assert (dpdk.driver, dpdk.pf_side.trust, dpdk.pf_side.spoofchk, dpdk.pf_side.vlan,
+            dpdk.pf_side.qos, dpdk.mac) == (
         VFIO, True, True, 100, 2, MAC_DERIVED), "a group inherits the defaults it does not set"
     kernel = front.vf_settings(2)
-    assert (kernel.driver, kernel.trust) == ("kernel", False)
+    assert (kernel.driver, kernel.pf_side.trust) == ("kernel", False)
     assert mid.externally_managed and mid.selector.root_devices == ("0000:81:00.0",)
 
 

@@ -20,14 +20,14 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from nodeagent import vfbatch
-from nodeagent.model import VfConfig
+from nodeagent.model import VfConfig, VfDesired
 from nodeagent.netlink import vf_configs_from_msg
-from nodeagent.vfbatch import VfBatchError, VfSettings
+from nodeagent.vfbatch import VfBatchError, VfUpdate
 
 NATIVE = Path(__file__).resolve().parents[2] / "native"
 RTM_SETLINK, NLM_F_REQUEST_ACK = 19, 0x5
 IFLA_VFINFO_LIST, IFLA_VF_INFO, IFLA_VF_VLAN_LIST = 22, 1, 12
-EVERYTHING = VfSettings(3, mac="02:00:5E:00:53:01", vlan=100, qos=3, vlan_proto="802.1ad",
+EVERYTHING = VfUpdate(3, mac="02:00:5E:00:53:01", vlan=100, qos=3, vlan_proto="802.1ad",
                         spoofchk=True, trust=False, min_tx_rate=10, max_tx_rate=200,
                         link_state="disable")
 
@@ -78,7 +78,7 @@ def test_one_message_per_vf_carries_every_setting() -> None:
 def test_vlan_info_is_the_kernels_16_byte_struct_with_the_protocol_big_endian() -> None:
     """Kernels check IFLA_VF_VLAN_INFO is at least sizeof(struct ifla_vf_vlan_info), 16 bytes
     with its tail padding (pyroute2 packs 14, which the kernel refuses with EINVAL)."""
-    data = vfbatch.encode(7, VfSettings(1, vlan=5, vlan_proto="802.1ad"))
+    data = vfbatch.encode(7, VfUpdate(1, vlan=5, vlan_proto="802.1ad"))
     (vfinfo_list,) = raw_attrs(data, 32, len(data))
     assert vfinfo_list[0] == IFLA_VFINFO_LIST
     (vf_info,) = raw_attrs(vfinfo_list[1], 0, len(vfinfo_list[1]))
@@ -90,7 +90,7 @@ def test_vlan_info_is_the_kernels_16_byte_struct_with_the_protocol_big_endian() 
 
 
 def test_8021q_goes_as_ifla_vf_vlan_which_every_driver_knows() -> None:
-    attrs = vf_attrs(decode(vfbatch.encode(7, VfSettings(2, vlan=100, qos=1))))
+    attrs = vf_attrs(decode(vfbatch.encode(7, VfUpdate(2, vlan=100, qos=1))))
     assert set(attrs) == {"IFLA_VF_VLAN"}
     assert (attrs["IFLA_VF_VLAN"]["vlan"], attrs["IFLA_VF_VLAN"]["qos"]) == (100, 1)
 
@@ -122,7 +122,7 @@ def test_a_vlan_protocol_of_zero_reads_as_8021q() -> None:
 
 
 def test_only_max_tx_rate_sends_min_as_zero() -> None:
-    attrs = vf_attrs(decode(vfbatch.encode(7, VfSettings(0, max_tx_rate=300))))
+    attrs = vf_attrs(decode(vfbatch.encode(7, VfUpdate(0, max_tx_rate=300))))
     assert (attrs["IFLA_VF_RATE"]["min_tx_rate"], attrs["IFLA_VF_RATE"]["max_tx_rate"]) == (0, 300)
 
 
@@ -147,18 +147,18 @@ def test_only_max_tx_rate_sends_min_as_zero() -> None:
 ])
 def test_malformed_settings_are_refused_with_the_field_named(fields, problem) -> None:
     with pytest.raises(VfBatchError, match=re.escape(problem)):
-        VfSettings(**fields)
+        VfUpdate(**fields)
 
 
 def test_one_vf_twice_in_a_batch_is_refused_before_anything_is_sent() -> None:
     with pytest.raises(VfBatchError, match="VF 2 appears twice"):
-        vfbatch.apply(1, [VfSettings(2, trust=True), VfSettings(1), VfSettings(2, mac=None)])
+        vfbatch.apply(1, [VfUpdate(2, trust=True), VfUpdate(1), VfUpdate(2, mac=None)])
 
 
 @pytest.mark.parametrize("pf_index", [0, -3, "eth0"])
 def test_a_pf_that_is_no_interface_index_is_refused(pf_index) -> None:
     with pytest.raises(VfBatchError, match="PF interface index"):
-        vfbatch.apply(pf_index, [VfSettings(0, trust=True)])
+        vfbatch.apply(pf_index, [VfUpdate(0, trust=True)])
 
 
 def c_entry(**fields):
@@ -200,14 +200,14 @@ def test_settings_to_restore_come_from_the_reported_config() -> None:
     reported = VfConfig(mac="02:00:5e:00:53:09", vlan=7, qos=1, vlan_proto="802.1ad",
                         spoofchk=None, trust=True, min_tx_rate=0, max_tx_rate=50,
                         link_state="auto")
-    everything = VfSettings.from_config(4, reported)
+    everything = VfUpdate.restoring(4, reported)
     assert everything.requested() == ("mac", "vlan", "trust", "rate", "link_state"), (
         "spoofchk the PF reports as unsupported is left out")
     assert (everything.vlan, everything.qos, everything.vlan_proto) == (7, 1, "802.1ad")
-    some = VfSettings.from_config(4, reported, ["mac", "rate"])
-    assert some == VfSettings(4, mac="02:00:5e:00:53:09", min_tx_rate=0, max_tx_rate=50)
+    some = VfUpdate.restoring(4, reported, ["mac", "rate"])
+    assert some == VfUpdate(4, mac="02:00:5e:00:53:09", min_tx_rate=0, max_tx_rate=50)
     with pytest.raises(VfBatchError, match="unknown VF settings"):
-        VfSettings.from_config(4, reported, ["vlan_qos"])
+        VfUpdate.restoring(4, reported, ["vlan_qos"])
 
 
 # -- against this host's kernel ---------------------------------------------------------------
@@ -228,8 +228,8 @@ def veth_ns() -> Iterator[tuple[str, int]]:
 
 def test_a_link_without_sr_iov_refuses_each_setting_of_each_vf(veth_ns) -> None:
     ns, index = veth_ns
-    batch = [EVERYTHING, VfSettings(0, trust=True), VfSettings(1, vlan=10),
-             VfSettings(9)]
+    batch = [EVERYTHING, VfUpdate(0, trust=True), VfUpdate(1, vlan=10),
+             VfUpdate(9)]
 
     results = vfbatch.apply(index, batch, netns=ns)
 
@@ -244,7 +244,7 @@ def test_a_link_without_sr_iov_refuses_each_setting_of_each_vf(veth_ns) -> None:
 
 def test_batches_larger_than_one_send_window_get_every_answer(veth_ns) -> None:
     ns, index = veth_ns
-    batch = [VfSettings(vf, mac="02:00:5e:00:53:01", vlan=vf % 4096, spoofchk=True, trust=True)
+    batch = [VfUpdate(vf, mac="02:00:5e:00:53:01", vlan=vf % 4096, spoofchk=True, trust=True)
              for vf in range(300)]
 
     results = vfbatch.apply(index, batch, netns=ns)
@@ -256,7 +256,7 @@ def test_batches_larger_than_one_send_window_get_every_answer(veth_ns) -> None:
 def test_a_link_that_does_not_exist_is_enodev(veth_ns) -> None:
     ns, index = veth_ns
     with pytest.raises(OSError) as caught:
-        vfbatch.apply(index + 1000, [VfSettings(0, trust=True)], netns=ns)
+        vfbatch.apply(index + 1000, [VfUpdate(0, trust=True)], netns=ns)
     assert caught.value.errno == errno.ENODEV and f"index {index + 1000}" in str(caught.value)
 
 
@@ -276,3 +276,29 @@ def test_cdef_matches_header() -> None:
 def test_c_source_compiles_without_warnings(tmp_path: Path) -> None:
     cmd = ["cc", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-c", str(NATIVE / "vfset.c")]
     subprocess.run([*cmd, "-o", str(tmp_path / "vfset.o")], check=True)
+
+
+def test_an_update_towards_what_is_desired_sends_only_what_differs() -> None:
+    have = VfConfig(mac="02:00:5e:00:53:09", vlan=7, qos=1, vlan_proto="802.1ad",
+                    spoofchk=True, trust=False, min_tx_rate=0, max_tx_rate=50,
+                    link_state="auto")
+
+    assert VfUpdate.towards(2, VfDesired(mac="02:00:5E:00:53:09", spoofchk=True, vlan=7),
+                            have).requested() == (), "nothing differs (MACs in any case)"
+    qos_only = VfUpdate.towards(2, VfDesired(qos=3, trust=True), have)
+    assert qos_only == VfUpdate(2, vlan=7, qos=3, vlan_proto="802.1ad", trust=True), (
+        "a VLAN setting partly given is completed from what the PF reports")
+    assert VfUpdate.towards(2, VfDesired(min_tx_rate=10), have) == VfUpdate(
+        2, min_tx_rate=10, max_tx_rate=50), "the two rates travel together"
+
+
+def test_an_update_without_the_observed_state_sends_everything_asked() -> None:
+    want = VfDesired(mac="02:00:5e:00:53:09", vlan=7, spoofchk=False, max_tx_rate=100,
+                     link_state="disable")
+
+    update = VfUpdate.towards(0, want)
+
+    assert update == VfUpdate(0, mac="02:00:5e:00:53:09", vlan=7, qos=0, vlan_proto="802.1Q",
+                              spoofchk=False, max_tx_rate=100, min_tx_rate=0,
+                              link_state="disable")
+    assert VfUpdate.towards(0, VfDesired()).requested() == ()
