@@ -110,6 +110,13 @@ class FakeKernel:
         self.open_clients += 1
         return FakeNetlink(self, HOST if netns is None else netns)
 
+    def is_netns(self, path: str) -> bool:
+        """nodeagent.netns.is_netns for this kernel's namespaces, whose files are plain files
+        here: a namespace while its file exists."""
+        if not os.path.exists(path):
+            raise FileNotFoundError(path)
+        return True
+
     def delete_netns(self, netns: str) -> None:
         """What the kernel does when a pod's namespace goes: its virtual links die with it,
         physical ones (VF netdevs) come back to the host namespace."""
@@ -119,6 +126,8 @@ class FakeKernel:
             if link.pci is None:
                 del self.links[link.index]
             else:
+                if self.find(HOST, name=link.name) is not None:
+                    self._rename(link, f"dev{link.index}")  # the kernel's dev%d when taken
                 self._move(link, HOST)
         self.addresses = [a for a in self.addresses if a[0] != netns]
         self.routes = [r for r in self.routes if r["netns"] != netns]
@@ -281,6 +290,8 @@ class FakeNetlink:
         if up is not None:
             link.up = up
         if target is not None and target != link.netns:
+            if self.kernel.find(target, name=link.name) is not None:
+                raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))  # the kernel
             self.kernel._move(link, target)
 
     def link_delete(self, index: int) -> bool:

@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import time
+import zlib
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -23,6 +24,7 @@ from cni import ipam, links
 from cni.context import FIELDS, Context, Netlink, attachment_mac
 from cni.kinds import Handler
 from cni.protocol import CniRequest
+from nodeagent import netns
 from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, CniError
 from nodeagent.cnitypes.result import Interface, Result
 from nodeagent.model import VfConfig, VfDesired
@@ -269,7 +271,7 @@ def _undo(ctx: Context, att: VfAttachment, *, release: bool, request: CniRequest
 def _return_netdev(ctx: Context, att: VfAttachment) -> None:
     """Bring the VF netdev home under its original name, MTU and MAC, as far as the driver
     lets us: a refusal is logged, never fails DEL (a failing DEL blocks pod termination)."""
-    if att.netns and os.path.exists(att.netns):
+    if att.netns and _namespace_left(att.netns):
         with ctx.pod(att.netns) as pod:
             # Under the pod's name, or still under its own when ADD failed before the rename.
             index = pod.link_index(att.ifname) or pod.link_index(att.original_name or "")
@@ -277,6 +279,10 @@ def _return_netdev(ctx: Context, att: VfAttachment) -> None:
                 home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     pod.link_set(index, up=False)
+                    # The host may have a link of the pod's name (another VF the kernel gave
+                    # back when its pod's namespace died): moving under it would fail EEXIST
+                    # on every retry. A name of this VF's own travels instead.
+                    pod.link_set(index, name=transit_name(att.pci))
                     pod.link_set(index, netns_fd=home)
                 finally:
                     os.close(home)
@@ -299,6 +305,19 @@ def _return_netdev(ctx: Context, att: VfAttachment) -> None:
             _adopt_mac(ctx, att, ctx.host, index, att.original_mac)
         except CniError as exc:
             log.warning("restoring the MAC of VF %s: %s", att.pci, exc)
+
+
+def transit_name(pci: str) -> str:
+    """A name only this VF uses, for its way home (15 characters at most)."""
+    return f"vf{zlib.crc32(pci.encode()):08x}"
+
+
+def _namespace_left(path: str) -> bool:
+    """The pod's namespace still exists (not deleted, not a plain file left unmounted)."""
+    try:
+        return netns.is_netns(path)
+    except OSError:
+        return False
 
 
 def _wait_for_netdev(ctx: Context, pci: str, timeout: float = 10.0) -> list[str]:

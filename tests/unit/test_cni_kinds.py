@@ -17,6 +17,7 @@ import pytest
 
 from cni.context import Context
 from cni.dispatch import handle
+from nodeagent import netns
 from nodeagent.ipam.allocator import Ipam
 from nodeagent.model import VfConfig
 from nodeagent.sysfs import Sysfs
@@ -62,10 +63,11 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     tree = SysfsTree(tmp_path / "sys")
     tree.add_pf(PF_PCI, "igb", netdev="ens1f0", numvfs=2, vfio=(1,))
     kernel = FakeKernel(tree)
+    monkeypatch.setattr(netns, "is_netns", kernel.is_netns)  # the pod's file is a plain file
     eth0 = kernel.add_link("eth0", mac="52:54:00:00:00:01", up=True)
     kernel.routes.append({"netns": HOST, "family": 2, "dst": None, "dst_len": 0,
                           "gateway": "192.0.2.1", "oif": eth0.index})
@@ -397,6 +399,21 @@ def test_sriov_del_after_the_pod_namespace_is_gone_finds_the_vf_by_pci(world: Wo
     home = world.kernel.in_netns(HOST)
     assert "net1" not in home and home["ens1f0v0"].mtu == 1500
     assert world.pf.vfs[0] == BEFORE
+    assert world.records() == [] and world.reserved_by("c1") == []
+
+
+def test_sriov_del_when_the_host_has_a_link_of_the_pods_name(world: World) -> None:
+    """Another VF the kernel gave back under "net1" (its pod's namespace died first) must not
+    make this DEL fail EEXIST on every retry, leaving the VF in the pod."""
+    taken = world.kernel.add_link("net1", mac="02:00:00:00:99:99")
+    assert world.cni("ADD", sriov(mtu=9000))[0] == 0
+
+    assert world.cni("DEL", sriov(mtu=9000)) == (0, {})
+
+    home = world.kernel.in_netns(HOST)
+    assert home["ens1f0v0"].pci == VF0 and home["ens1f0v0"].mtu == 1500
+    assert home["net1"] is taken, "the other link is left alone"
+    assert world.kernel.in_netns(world.pod) == {}
     assert world.records() == [] and world.reserved_by("c1") == []
 
 
