@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import IPRoute, netns
 
+from tests import ipam_etcd
+
 #: Every namespace and link a test creates starts with this, so leftovers are recognisable.
 PREFIX = "nat"
 
@@ -32,3 +34,10 @@ def ipr(test_netns: str) -> Iterator[IPRoute]:
     """rtnetlink inside the test namespace; links in it die with the namespace."""
     with IPRoute(netns=test_netns) as ipr:
         yield ipr
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[ipam_etcd.EtcdServer]:
+    """A real etcd (Debian etcd-server) on loopback, one per test module."""
+    with ipam_etcd.EtcdServer() as server:
+        yield server

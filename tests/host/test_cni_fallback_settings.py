@@ -32,11 +32,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[ipam_etcd.EtcdServer]:
-    with ipam_etcd.EtcdServer() as server:
-        yield server
-
 
 def netconf(ipam_type: str, **ipam: object) -> dict:
     return {"cniVersion": "1.1.0", "name": "fbnet", "type": "macvlan",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from ipaddress import ip_address
 from typing import Any
 
@@ -26,11 +26,6 @@ pytestmark = pytest.mark.skipif(
     not ipam_etcd.available(), reason="etcd not installed (Debian package etcd-server)"
 )
 
-
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[ipam_etcd.EtcdServer]:
-    with ipam_etcd.EtcdServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from ipaddress import ip_address
 from typing import Any
 
@@ -21,11 +20,6 @@ pytestmark = pytest.mark.skipif(
     not ipam_etcd.available(), reason="etcd not installed (Debian package etcd-server)"
 )
 
-
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[ipam_etcd.EtcdServer]:
-    with ipam_etcd.EtcdServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -34,11 +34,6 @@ pytestmark = pytest.mark.skipif(
 CID = "4f9ec6a1d9b4c1d7e1b0c8f2a3e4d5c6b7a8f9e0d1c2b3a4f5e6d7c8b9a0f1e2"
 
 
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[ipam_etcd.EtcdServer]:
-    with ipam_etcd.EtcdServer() as server:
-        yield server
-
 
 @pytest.fixture
 def settings(etcd: ipam_etcd.EtcdServer, request: pytest.FixtureRequest,
