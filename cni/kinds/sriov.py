@@ -273,8 +273,10 @@ def _return_netdev(ctx: Context, att: VfAttachment) -> None:
     lets us: a refusal is logged, never fails DEL (a failing DEL blocks pod termination)."""
     if att.netns and _namespace_left(att.netns):
         with ctx.pod(att.netns) as pod:
-            # Under the pod's name, or still under its own when ADD failed before the rename.
-            index = pod.link_index(att.ifname) or pod.link_index(att.original_name or "")
+            # Under the pod's name, still under its own when ADD failed before the rename, or
+            # under its transit name when an earlier DEL stopped just before the move.
+            index = (pod.link_index(att.ifname) or pod.link_index(att.original_name or "")
+                     or pod.link_index(transit_name(att.pci)))
             if index is not None:
                 home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                 try:

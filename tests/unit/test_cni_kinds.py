@@ -417,6 +417,21 @@ def test_sriov_del_when_the_host_has_a_link_of_the_pods_name(world: World) -> No
     assert world.records() == [] and world.reserved_by("c1") == []
 
 
+def test_sriov_del_retried_after_stopping_between_the_transit_rename_and_the_move(
+        world: World) -> None:
+    """Found by the soak (agent killed mid-DEL): the retry must still find the VF in the pod
+    under its transit name, or the VF comes home later under that name for good."""
+    assert world.cni("ADD", sriov())[0] == 0
+    world.kernel.fail("link_set", errno.EIO, when=lambda r: r.args.get("netns") == HOST)
+
+    assert world.cni("DEL", sriov())[0] == 1
+    assert world.cni("DEL", sriov()) == (0, {})
+
+    assert world.kernel.in_netns(world.pod) == {}
+    assert world.kernel.in_netns(HOST)["ens1f0v0"].pci == VF0
+    assert world.records() == []
+
+
 def test_sriov_del_without_a_record_only_releases_addresses(world: World) -> None:
     assert world.cni("DEL", sriov()) == (0, {})
     assert world.kernel.requests == []
