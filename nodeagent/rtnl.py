@@ -25,6 +25,7 @@ from nodeagent import netns as netns_mod
 from nodeagent import vfbatch
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
+RTM_DELLINKPROP = 109
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -156,7 +157,29 @@ class Rtnl:
         if name:
             attrs.append(("IFLA_IFNAME", name))
         msg["attrs"] = attrs + _link_attrs(mtu=mtu, mac=mac, netns_fd=netns_fd)
-        self.request(msg, RTM_NEWLINK)
+        try:
+            self.request(msg, RTM_NEWLINK)
+        except OSError as exc:
+            # udev gives a renamed link its predictable name as an altname, and the kernel
+            # refuses a name any link holds, its own altname too (EEXIST): renaming a link
+            # back to that name drops the altname first.
+            if exc.errno != errno.EEXIST or not name or name not in self.altnames(index):
+                raise
+            self.drop_altname(index, name)
+            self.link_set(index, up=up, name=name, mtu=mtu, mac=mac, netns_fd=netns_fd,
+                          extra=extra)
+
+    def altnames(self, index: int) -> list[str]:
+        """The link's alternative names (``ip link property``), [] if it has none or is gone."""
+        link = self.link(index=index)
+        props = link.get_attr("IFLA_PROP_LIST") if link is not None else None
+        return [] if props is None else list(props.get_attrs("IFLA_ALT_IFNAME"))
+
+    def drop_altname(self, index: int, name: str) -> None:
+        msg = ifinfmsg()
+        msg["index"] = index
+        msg["attrs"] = [("IFLA_PROP_LIST", {"attrs": [("IFLA_ALT_IFNAME", name)]})]
+        self.request(msg, RTM_DELLINKPROP)
 
     def link_delete(self, index: int) -> bool:
         """Delete a link; False if it was already gone."""

@@ -152,6 +152,15 @@ class Agent:
                 proc.kill()
                 proc.wait()
 
+    def lines_about(self, text: str, most: int = 12) -> list[str]:
+        """The daemon's last log lines (of every run) that mention ``text``."""
+        try:
+            found = [line for line in self.log.read_text(errors="replace").splitlines()
+                     if text in line]
+        except OSError:
+            return []
+        return found[-most:]
+
     def tail(self, lines: int = 8) -> str:
         try:
             return " | ".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -648,6 +657,7 @@ def lab_soak(cycles: int) -> None:
             if host_names[vf.pci] != [vf.netdev] or sysfs.driver(vf.pci) != drivers[vf.pci]:
                 rt.tally.notes.append(f"VF {vf.pci} ({vf.netdev}) ends as {host_names[vf.pci]}"
                                       f" on {sysfs.driver(vf.pci)}")
+                rt.tally.notes += [f"  daemon: {line[:300]}" for line in agent.lines_about(vf.pci)]
         emit_common("sriov_lab", rt, wall, leaks)
         emit(bench="soak_sriov_lab_vfs", value=len(vfs), unit=COUNT)
 
