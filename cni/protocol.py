@@ -123,7 +123,7 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
     )
     if command in ("ADD", "CHECK"):
         _check_netns(request)
-    elif command == "DEL" and request.netns and not _netns_usable(request.netns):
+    elif command == "DEL" and request.netns and not netns.usable(request.netns):
         # Gone, or left behind as a plain file (unmounted, not yet removed): DEL cleans up
         # everything but the pod side, as after a deleted namespace.
         request = replace(request, netns="")
@@ -178,13 +178,6 @@ def _check_config(config: dict[str, Any], command: str) -> None:
     runtime = config.get("runtimeConfig")
     if runtime is not None and not isinstance(runtime, dict):
         raise config_error("runtimeConfig", "must be an object")
-
-
-def _netns_usable(path: str) -> bool:
-    try:
-        return netns.is_netns(path)
-    except OSError:
-        return False
 
 
 def _check_netns(request: CniRequest) -> None:

@@ -63,6 +63,14 @@ def is_netns(path: str) -> bool:
         os.close(fd)
 
 
+def usable(path: str) -> bool:
+    """A network namespace is at ``path`` now: not deleted, not a plain file left unmounted."""
+    try:
+        return is_netns(path)
+    except OSError:
+        return False
+
+
 def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()

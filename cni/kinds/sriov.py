@@ -271,7 +271,7 @@ def _undo(ctx: Context, att: VfAttachment, *, release: bool, request: CniRequest
 def _return_netdev(ctx: Context, att: VfAttachment) -> None:
     """Bring the VF netdev home under its original name, MTU and MAC, as far as the driver
     lets us: a refusal is logged, never fails DEL (a failing DEL blocks pod termination)."""
-    if att.netns and _namespace_left(att.netns):
+    if att.netns and netns.usable(att.netns):
         with ctx.pod(att.netns) as pod:
             # Under the pod's name, still under its own when ADD failed before the rename, or
             # under its transit name when an earlier DEL stopped just before the move.
@@ -312,14 +312,6 @@ def _return_netdev(ctx: Context, att: VfAttachment) -> None:
 def transit_name(pci: str) -> str:
     """A name only this VF uses, for its way home (15 characters at most)."""
     return f"vf{zlib.crc32(pci.encode()):08x}"
-
-
-def _namespace_left(path: str) -> bool:
-    """The pod's namespace still exists (not deleted, not a plain file left unmounted)."""
-    try:
-        return netns.is_netns(path)
-    except OSError:
-        return False
 
 
 def _wait_for_netdev(ctx: Context, pci: str, timeout: float = 10.0) -> list[str]:

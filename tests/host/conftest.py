@@ -36,6 +36,21 @@ def ipr(test_netns: str) -> Iterator[IPRoute]:
         yield ipr
 
 
+@pytest.fixture
+def master() -> Iterator[str]:
+    """A veth in the host namespace to hang macvlans on; removed even if the test fails."""
+    name, peer = unique("mst"), unique("mpr")
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=name, kind="veth", peer=peer)
+        try:
+            for n in (name, peer):
+                ipr.link("set", index=ipr.link_lookup(ifname=n)[0], state="up")
+            yield name
+        finally:
+            for index in ipr.link_lookup(ifname=name):
+                ipr.link("del", index=index)
+
+
 @pytest.fixture(scope="module")
 def etcd() -> Iterator[ipam_etcd.EtcdServer]:
     """A real etcd (Debian etcd-server) on loopback, one per test module."""

@@ -49,21 +49,6 @@ def agent(tmp_path_factory) -> Iterator[dict]:
 
 
 @pytest.fixture
-def master() -> Iterator[str]:
-    """A veth in the host namespace to hang macvlans on; removed even if the test fails."""
-    name, peer = unique("mst"), unique("mpr")
-    with IPRoute() as ipr:
-        ipr.link("add", ifname=name, kind="veth", peer=peer)
-        try:
-            for n in (name, peer):
-                ipr.link("set", index=ipr.link_lookup(ifname=n)[0], state="up")
-            yield name
-        finally:
-            for index in ipr.link_lookup(ifname=name):
-                ipr.link("del", index=index)
-
-
-@pytest.fixture
 def pod(test_netns: str) -> str:
     return f"/run/netns/{test_netns}"
 

@@ -23,7 +23,7 @@ from cni.server import CniServer
 from cni.wire import Request, Response, WireError, encode_request, read_response
 from nodeagent.ipam.allocator import Ipam
 from nodeagent.vfstate import VfState
-from tests.waiting import wait_until
+from tests.waiting import alive, wait_until
 
 VERSION = Request("macvlan", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.1.0"}')
 
@@ -47,14 +47,6 @@ def answers(path: Path) -> bool:
     try:
         return ask(path, VERSION, timeout=1).exit_status == 0
     except (OSError, WireError):
-        return False
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
         return False
 
 

@@ -4,7 +4,6 @@ again later" (agent gone) gets a real macvlan from the restored reference plugin
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,24 +12,9 @@ from pyroute2 import IPRoute
 from cni.install import install, uninstall
 from cni.shim import shim_path
 from tests.host.cni_helpers import REFERENCE_BIN, run_plugin
-from tests.host.conftest import unique
 
 pytestmark = pytest.mark.skipif(not (REFERENCE_BIN / "macvlan").exists(),
                                 reason="reference CNI plugins not in /usr/lib/cni")
-
-
-@pytest.fixture
-def master() -> Iterator[str]:
-    name, peer = unique("mst"), unique("mpr")
-    with IPRoute() as ipr:
-        ipr.link("add", ifname=name, kind="veth", peer=peer)
-        try:
-            for n in (name, peer):
-                ipr.link("set", index=ipr.link_lookup(ifname=n)[0], state="up")
-            yield name
-        finally:
-            for index in ipr.link_lookup(ifname=name):
-                ipr.link("del", index=index)
 
 
 def test_restored_macvlan_attaches_a_pod_where_the_shim_said_try_again(

@@ -28,7 +28,6 @@ from tests.host import test_cni_macvlan as macvlan_tests
 from tests.host.cni_helpers import Outcome, run_plugin
 from tests.host.conftest import unique
 
-master = macvlan_tests.master  # a veth in the host namespace, removed after the test
 pod = macvlan_tests.pod  # a fresh network namespace
 
 NETWORK = "metricsnet"

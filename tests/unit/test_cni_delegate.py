@@ -28,7 +28,7 @@ from cni.wire import Request, encode_request, read_response
 from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, CniError
 from nodeagent.ipam.allocator import Ipam
 from nodeagent.vfstate import VfState
-from tests.waiting import wait_until
+from tests.waiting import alive, wait_until
 
 
 def plugin(bin_dir: Path, name: str, body: str) -> Path:
@@ -45,14 +45,6 @@ def request(bin_dir: Path, ipam_type: str, *, kind: str = "macvlan", command: st
                       netns="/var/run/netns/x", ifname="net1", path=(str(bin_dir),),
                       env={"CNI_COMMAND": command, **(env or {})},
                       stdin=json.dumps(config).encode())
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture
