@@ -15,7 +15,15 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST
+from pyroute2.netlink import (
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+)
+from pyroute2.netlink.rtnl.fibmsg import fibmsg
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
@@ -28,6 +36,8 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_DELLINKPROP = 109
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
+FR_ACT_TO_TBL = 1
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFF_UP = 0x1
 RT_TABLE_UNSPEC, RT_TABLE_MAIN = 0, 254
@@ -263,3 +273,96 @@ class Rtnl:
             attrs.append(("RTA_METRICS", {"attrs": metrics}))
         msg["attrs"] = attrs
         self.request(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL)
+
+    # -- policy routing: rules, and routes copied between tables ----------------------------
+
+    def rules(self, family: int = socket.AF_UNSPEC) -> list[Any]:
+        """The routing policy rules (``ip rule``), every family unless ``family`` is given."""
+        msg = fibmsg()
+        msg["family"] = family
+        return self.dump(msg, RTM_GETRULE)
+
+    def rule_add(self, family: int, src: str, src_len: int, *, table: int,
+                 priority: int | None = None) -> None:
+        """``ip rule add from SRC/LEN lookup TABLE [priority N]``; without ``priority`` the
+        kernel puts the rule just before the first existing rule after 0, as ip-rule does."""
+        self.request(_rule_msg(family, src, src_len, table, priority), RTM_NEWRULE,
+                     NLM_F_CREATE | NLM_F_EXCL)
+
+    def rule_delete(self, family: int, src: str, src_len: int, *, table: int,
+                    priority: int | None = None) -> bool:
+        """Delete the rule matching what is given; False if there was none."""
+        try:
+            self.request(_rule_msg(family, src, src_len, table, priority), RTM_DELRULE)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ESRCH):
+                return False
+            raise
+        return True
+
+    def route_replace(self, family: int, dst: str | None, dst_len: int, *, table: int,
+                      gateway: str | None = None, oif: int | None = None,
+                      scope: int | None = None, priority: int | None = None,
+                      prefsrc: str | None = None, proto: int | None = None,
+                      metrics: dict[str, int] | None = None) -> None:
+        """Create or replace a unicast route (``ip route replace``): a route as a dump
+        reported it, put into ``table`` with its gateway, source hint, protocol, scope,
+        metric and metrics (``RTAX_MTU``, ...)."""
+        msg = rtmsg()
+        msg["family"] = family
+        msg["dst_len"] = dst_len
+        msg["table"] = table if table < 256 else RT_TABLE_UNSPEC
+        msg["proto"] = RTPROT_BOOT if proto is None else proto
+        msg["scope"] = (RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK) if scope is None else scope
+        msg["type"] = RTN_UNICAST
+        attrs: list[tuple[str, Any]] = [("RTA_TABLE", table)]
+        if dst_len:
+            attrs.append(("RTA_DST", dst))
+        for name, value in (("RTA_GATEWAY", gateway), ("RTA_OIF", oif),
+                            ("RTA_PRIORITY", priority), ("RTA_PREFSRC", prefsrc)):
+            if value is not None:
+                attrs.append((name, value))
+        if metrics:
+            attrs.append(("RTA_METRICS", {"attrs": sorted(metrics.items())}))
+        msg["attrs"] = attrs
+        self.request(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE)
+
+    def route_delete(self, family: int, dst: str | None, dst_len: int, *, table: int,
+                     gateway: str | None = None, oif: int | None = None,
+                     priority: int | None = None) -> bool:
+        """Delete the route matching what is given; False if there was none."""
+        msg = rtmsg()
+        msg["family"] = family
+        msg["dst_len"] = dst_len
+        msg["table"] = table if table < 256 else RT_TABLE_UNSPEC
+        msg["scope"] = 255  # RT_SCOPE_NOWHERE: any scope, as ip-route del asks
+        attrs: list[tuple[str, Any]] = [("RTA_TABLE", table)]
+        if dst_len:
+            attrs.append(("RTA_DST", dst))
+        for name, value in (("RTA_GATEWAY", gateway), ("RTA_OIF", oif),
+                            ("RTA_PRIORITY", priority)):
+            if value is not None:
+                attrs.append((name, value))
+        msg["attrs"] = attrs
+        try:
+            self.request(msg, RTM_DELROUTE)
+        except OSError as exc:
+            if exc.errno in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
+                return False
+            raise
+        return True
+
+
+def _rule_msg(family: int, src: str, src_len: int, table: int, priority: int | None) -> Any:
+    msg = fibmsg()
+    msg["family"] = family
+    msg["src_len"] = src_len
+    msg["table"] = table if table < 256 else RT_TABLE_UNSPEC  # larger: FRA_TABLE only
+    msg["action"] = FR_ACT_TO_TBL
+    attrs: list[tuple[str, Any]] = [("FRA_TABLE", table)]
+    if src_len:
+        attrs.append(("FRA_SRC", src))
+    if priority is not None:
+        attrs.append(("FRA_PRIORITY", priority))
+    msg["attrs"] = attrs
+    return msg
