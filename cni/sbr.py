@@ -47,6 +47,7 @@ FIRST_TABLE = 100
 RESERVED_TABLES = frozenset({0, 253, 254, 255})
 RT_TABLE_MAIN = 254
 RT_SCOPE_LINK = 253
+RTPROT_BOOT = 3
 RTN_UNICAST = 1
 MAX_TABLE = 0xFFFFFFFF
 #: The route metrics a copied route keeps (RTA_METRICS), as the kernel reports them.
@@ -300,7 +301,8 @@ def _keep_subnets_with_hints(pod: Netlink, index: int, ips: list[IPConfig],
     for ip in ips:
         net = ip.address.network
         hinted = KernelRoute(_family(ip), str(net.network_address), net.prefixlen, RT_TABLE_MAIN,
-                             index, None, str(ip.address.ip), RT_SCOPE_LINK, 4, None, ())
+                             index, None, str(ip.address.ip), RT_SCOPE_LINK, RTPROT_BOOT, None,
+                             ())
         before = next((r for r in routes if (r.dst, r.dst_len) == (hinted.dst, hinted.dst_len)
                        and r.gateway is None), None)
         try:
