@@ -24,11 +24,13 @@ undoes what was done, in reverse order, before the error is raised.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,6 +203,22 @@ def _host_len(ip: IPConfig) -> int:
 # -- ADD ----------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def serialised(netns: str | None) -> Iterator[None]:
+    """One source-based routing change at a time in a namespace, across the agent's threads
+    and fallback processes alike (table numbers are picked from what the namespace holds): a
+    lock on the namespace's file, as the reference plugin takes."""
+    if not netns:
+        yield
+        return
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
 class _Undo:
     """What was done, to be undone in reverse order if a later step fails."""
 
@@ -229,15 +247,16 @@ def apply(pod: Netlink, ifname: str, index: int, result: Result, conf: SbrConf) 
         raise CniError(INVALID_CONFIG, f"source-based routing for {ifname}: no address of the"
                        " result is on it", ", ".join(str(ip.address) for ip in result.ips))
     undo = _Undo()
-    try:
-        if conf.table is not None:
-            for ip in ips:
-                _add_rule(pod, ip, conf.table, undo)
-        else:
-            _own_tables(pod, index, ips, conf, undo)
-    except BaseException:
-        undo.run()
-        raise
+    with serialised(pod.netns):
+        try:
+            if conf.table is not None:
+                for ip in ips:
+                    _add_rule(pod, ip, conf.table, undo)
+            else:
+                _own_tables(pod, index, ips, conf, undo)
+        except BaseException:
+            undo.run()
+            raise
 
 
 def _add_rule(pod: Netlink, ip: IPConfig, table: int, undo: _Undo) -> None:
@@ -331,6 +350,11 @@ def remove(pod: Netlink, ifname: str, conf: SbrConf, result: Result | None = Non
     """Remove the rules from the interface's addresses (to ``conf.table`` when given; when the
     interface is gone, from the result's addresses on it), and, without ``table``, the routes
     left in the tables they named. Idempotent: what is already gone is fine."""
+    with serialised(pod.netns):
+        _remove(pod, ifname, conf, result)
+
+
+def _remove(pod: Netlink, ifname: str, conf: SbrConf, result: Result | None) -> None:
     index = pod.link_index(ifname)
     sources: set[str] = set()
     if index is not None:

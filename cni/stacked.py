@@ -113,11 +113,14 @@ def delete(ctx: Context, request: CniRequest) -> None:
     links.delete_in_netns(ctx, request)
 
 
-def check(ctx: Context, request: CniRequest, kind: str) -> None:
+def check(ctx: Context, request: CniRequest, kind: str,
+          routing: sbr.SbrConf | None = None) -> None:
     prev = links.require_prev_result(request)
     with ctx.pod(request.netns) as pod:
         link = links.require_link(pod, request, kind)
         links.check_addresses(pod, link["index"], prev, request.ifname)
+        if routing is not None:
+            sbr.verify(pod, request.ifname, link["index"], prev, routing)
     ipam.check(ctx, request)
 
 
@@ -138,8 +141,7 @@ class StackedHandler(Handler[StackedLink]):
         delete(ctx, request)
 
     def check(self, ctx: Context, request: CniRequest) -> None:
-        self.parse(request)
-        check(ctx, request, self.kind)
+        check(ctx, request, self.kind, self.parse(request).sbr)
 
     def gc(self, ctx: Context, request: CniRequest) -> None:
         """Links die with their pod's namespace: only IPAM has anything to collect."""

@@ -379,6 +379,8 @@ def check(ctx: Context, request: CniRequest, conf: SriovConf) -> None:
             if link is None:
                 raise CniError(IO_FAILURE, f"{request.ifname} is not in {request.netns}")
             links.check_addresses(pod, link["index"], prev, request.ifname)
+            if conf.sbr is not None:
+                sbr.verify(pod, request.ifname, link["index"], prev, conf.sbr)
     ipam.check(ctx, request)
 
 

@@ -284,6 +284,12 @@ def test_the_option_routes_the_new_interface_by_source(world) -> None:
     ops = world.kernel.ops(world.pod)
     assert ops.index("address_add") < ops.index("rule_add"), "after the addresses"
     assert world.cni("CHECK", {**macvlan(True), "prevResult": result}, ifname="net3")[0] == 0
+    with world.kernel.open(world.pod) as pod:
+        pod.rule_delete(socket.AF_INET, "10.83.0.5", 32, table=100)
+    _, error = world.cni("CHECK", {**macvlan(True), "prevResult": result}, ifname="net3")
+    assert error["code"] == 5 and "no rule from 10.83.0.5" in error["msg"]
+    world.kernel.rules.append({"netns": world.pod, "family": 2, "src": "10.83.0.5",
+                               "src_len": 32, "table": 100, "priority": 32765})
 
     assert world.cni("DEL", macvlan(True), ifname="net3")[0] == 0
     assert world.rules() == [] and net3.index not in world.kernel.links
