@@ -16,6 +16,7 @@ import select
 import socket
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -420,3 +421,22 @@ def test_route_in_a_table_with_a_rule_carries_traffic(agent, nets) -> None:
     assert echo(nets, V4) == "A"
     ip("-n", ns(nets.pod), "rule", "add", "from", V4.b(5), "lookup", "77")
     assert echo(nets, V4) == "B"
+
+
+def test_concurrent_attachments_of_one_pod_get_their_own_tables(agent, nets) -> None:
+    """The agent serves requests in parallel: two ADDs with sbr in one pod pick different
+    tables (one change at a time per namespace)."""
+    confs = [(macvlan(nets.master_a, addresses=[{"address": f"{V4.a(6)}/24",
+                                                  "gateway": V4.a(1)}], sbr=True), "net3"),
+             (macvlan(nets.master_b, addresses=[{"address": f"{V4.b(5)}/24",
+                                                  "gateway": V4.b(1)}], sbr=True), "net2")]
+    for _ in range(3):
+        with ThreadPoolExecutor(2) as pool:
+            outs = list(pool.map(lambda c: cni(agent, "macvlan", "ADD", c[0], nets.pod, c[1]),
+                                 confs))
+        assert all(o.status == 0 for o in outs), [o.stdout for o in outs]
+        tables = sorted(int(r.rsplit(" ", 1)[1]) for r in rules(nets.pod, V4))
+        assert tables == [100, 101]
+        for c, ifname in confs:
+            assert cni(agent, "macvlan", "DEL", c, nets.pod, ifname).status == 0
+        assert rules(nets.pod, V4) == []
