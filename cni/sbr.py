@@ -347,23 +347,21 @@ def _keep_subnets_with_hints(pod: Netlink, index: int, ips: list[IPConfig],
 
 
 def remove(pod: Netlink, ifname: str, conf: SbrConf, result: Result | None = None) -> None:
-    """Remove the rules from the interface's addresses (to ``conf.table`` when given; when the
-    interface is gone, from the result's addresses on it), and, without ``table``, the routes
-    left in the tables they named. Idempotent: what is already gone is fine."""
+    """Remove the rules from the interface's addresses and the result's addresses on it (to
+    ``conf.table`` when given), and, without ``table``, the routes the interface has left in
+    the tables they named. Idempotent: what is already gone is fine."""
     with serialised(pod.netns):
         _remove(pod, ifname, conf, result)
 
 
 def _remove(pod: Netlink, ifname: str, conf: SbrConf, result: Result | None) -> None:
     index = pod.link_index(ifname)
-    sources: set[str] = set()
+    sources = {str(ip.address.ip) for ip in addresses_of(result, ifname)} if result else set()
     if index is not None:
         for msg in pod.addresses():
             if msg["index"] == index:
                 address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
                 sources.add(str(ipaddress.ip_address(address)))
-    elif result is not None:
-        sources = {str(ip.address.ip) for ip in addresses_of(result, ifname)}
     emptied = set()
     for rule in _rules(pod):
         if str(ipaddress.ip_address(rule.src)) not in sources:

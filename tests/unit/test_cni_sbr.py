@@ -328,3 +328,24 @@ def test_the_option_failing_removes_the_link_and_releases_the_addresses(world) -
     reserved = [p.read_text() for p in (world.tmp / "ipam").rglob("reservations.json")]
     assert all("c1" not in text for text in reserved), "the address is released"
     assert world.kernel.in_netns(HOST)["eth0"] is world.eth0
+
+
+@pytest.mark.parametrize("kind,fields", [("ipvlan", {}), ("vlan", {"vlanId": 7})])
+def test_every_stacked_kind_takes_the_option(world, kind, fields) -> None:
+    c = {**macvlan({"table": 9}), "type": kind, **fields}
+
+    status, result = world.cni("ADD", c, ifname="net3")
+
+    assert status == 0, result
+    assert world.rules() == [("10.83.0.5/32", 9, 32765)]
+    assert world.cni("CHECK", {**c, "prevResult": result}, ifname="net3")[0] == 0
+    assert world.cni("DEL", c, ifname="net3")[0] == 0
+    assert world.rules() == []
+
+
+def test_del_without_the_addresses_on_the_link_uses_the_previous_result(world) -> None:
+    assert world.cni("ADD", chained(world))[0] == 0
+    world.kernel.addresses = []
+
+    assert world.cni("DEL", chained(world))[0] == 0
+    assert world.rules() == []
