@@ -20,6 +20,7 @@ from cni.dispatch import handle
 from cni.sbr import KernelRoute
 from nodeagent import netns
 from nodeagent.ipam.allocator import Ipam
+from nodeagent.status import StatusBoard
 from nodeagent.vfstate import VfState
 from tests.fake_netlink import HOST, FakeKernel, FakeLink
 
@@ -349,3 +350,18 @@ def test_del_without_the_addresses_on_the_link_uses_the_previous_result(world) -
 
     assert world.cni("DEL", chained(world))[0] == 0
     assert world.rules() == []
+
+
+def test_the_chained_plugin_leaves_the_attachment_record_to_the_first(world) -> None:
+    board = StatusBoard()
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "net3",
+           "CNI_NETNS": world.pod, "CNI_PATH": "/nonexistent"}
+    first = handle(world.ctx, env, json.dumps(macvlan(False)).encode(), status=board)
+    assert first.exit_status == 0
+    prev = json.loads(first.stdout)
+    c = {"cniVersion": "1.1.0", "name": "net-c", "type": "sbr", "prevResult": prev}
+
+    assert handle(world.ctx, env, json.dumps(c).encode(), status=board).exit_status == 0
+
+    (record,) = board.snapshot()["allocations"].values()
+    assert record["type"] == "macvlan" and record["ips"] == ["10.83.0.5/24"]
