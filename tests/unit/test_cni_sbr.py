@@ -5,6 +5,7 @@ root: requests through the dispatcher, netlink through the recording double
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import os
 import socket
@@ -15,14 +16,15 @@ from typing import Any
 
 import pytest
 
-from cni.context import Context
+from cni.context import Context, Netlink
 from cni.dispatch import handle
 from cni.sbr import KernelRoute
 from nodeagent import netns
 from nodeagent.ipam.allocator import Ipam
+from nodeagent.rtnl import Rtnl
 from nodeagent.status import StatusBoard
 from nodeagent.vfstate import VfState
-from tests.fake_netlink import HOST, FakeKernel, FakeLink
+from tests.fake_netlink import HOST, FakeKernel, FakeLink, FakeNetlink
 
 RTPROT_KERNEL = 2
 SCOPE_LINK = 253
@@ -365,3 +367,14 @@ def test_the_chained_plugin_leaves_the_attachment_record_to_the_first(world) -> 
 
     (record,) = board.snapshot()["allocations"].values()
     assert record["type"] == "macvlan" and record["ips"] == ["10.83.0.5/24"]
+
+
+@pytest.mark.parametrize("name", ["rules", "rule_add", "rule_delete", "route_replace",
+                                  "route_delete"])
+def test_the_client_and_the_double_take_the_calls_as_the_protocol_says(name) -> None:
+    """cni.sbr's calls: the real client and the double have the Protocol's parameters."""
+    def params(cls: type) -> list[tuple[str, Any, Any]]:
+        sig = inspect.signature(getattr(cls, name))
+        return [(p.name, p.kind, p.default) for p in sig.parameters.values()]
+
+    assert params(Rtnl) == params(Netlink) == params(FakeNetlink)
