@@ -362,24 +362,35 @@ def _remove(pod: Netlink, ifname: str, conf: SbrConf, result: Result | None) -> 
             if msg["index"] == index:
                 address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
                 sources.add(str(ipaddress.ip_address(address)))
+    failed: CniError | None = None  # as the reference: go on, report the last refusal
+
+    def attempt(what: str, step: Callable[[], object]) -> None:
+        nonlocal failed
+        try:
+            with kernel_errors(what):
+                step()
+        except CniError as exc:
+            failed = exc
+
     emptied = set()
     for rule in _rules(pod):
         if str(ipaddress.ip_address(rule.src)) not in sources:
             continue
         if conf.table is not None and rule.table != conf.table:
             continue
-        with kernel_errors(f"deleting the rule from {rule.src} to table {rule.table}"):
-            rule.remove(pod)
+        attempt(f"deleting the rule from {rule.src} to table {rule.table}",
+                lambda r=rule: r.remove(pod))
         emptied.add(rule.table)
-    if conf.table is not None or index is None:
-        return  # a given table is the configuration's; a gone link took its routes along
-    still_used = {rule.table for rule in _rules(pod)}
-    for msg in pod.routes():
-        route = KernelRoute.from_msg(msg)
-        if (route.table in emptied - still_used - RESERVED_TABLES and route.oif == index
-                and msg["type"] == RTN_UNICAST):
-            with kernel_errors(f"deleting route {route.describe()}"):
-                route.remove(pod, route.table)
+    if conf.table is None and index is not None:  # a given table is the configuration's
+        still_used = {rule.table for rule in _rules(pod)}
+        for msg in pod.routes():
+            route = KernelRoute.from_msg(msg)
+            if (route.table in emptied - still_used - RESERVED_TABLES and route.oif == index
+                    and msg["type"] == RTN_UNICAST):
+                attempt(f"deleting route {route.describe()}",
+                        lambda r=route: r.remove(pod, r.table))
+    if failed is not None:
+        raise failed
 
 
 # -- CHECK --------------------------------------------------------------------------------------
@@ -434,7 +445,8 @@ def attach(ctx: Context, request: CniRequest, pod: Netlink, index: int, result: 
 def detach(ctx: Context, request: CniRequest) -> None:
     """DEL of a kind with the ``sbr`` option, before its link goes: its rules and tables. DEL
     needs no valid configuration: an unreadable option removes every rule from the link's
-    addresses."""
+    addresses. A refusal is logged, never fails DEL (the link goes anyway, and a failing DEL
+    blocks the pod's termination)."""
     if not request.config.get("sbr") or not request.netns or not os.path.exists(request.netns):
         return
     try:
@@ -442,4 +454,7 @@ def detach(ctx: Context, request: CniRequest) -> None:
     except CniError:
         conf = SbrConf()
     with ctx.pod(request.netns) as pod:
-        remove(pod, request.ifname, conf, request.prev_result)
+        try:
+            remove(pod, request.ifname, conf, request.prev_result)
+        except CniError as exc:
+            log.warning("DEL %s: source-based routing left behind: %s", request.ifname, exc)

@@ -378,3 +378,23 @@ def test_the_client_and_the_double_take_the_calls_as_the_protocol_says(name) -> 
         return [(p.name, p.kind, p.default) for p in sig.parameters.values()]
 
     assert params(Rtnl) == params(Netlink) == params(FakeNetlink)
+
+
+def test_del_goes_on_past_a_refusal_and_reports_it(world) -> None:
+    assert world.cni("ADD", chained(world))[0] == 0
+    world.kernel.fail("rule_delete", errno.EPERM, when=lambda r: r.args["table"] == 100)
+
+    status, error = world.cni("DEL", chained(world))
+
+    assert status != 0 and "deleting the rule from 10.82.0.5" in error["msg"], error
+    assert world.rules() == [("10.82.0.5/32", 100, 32765)], "the other rule went"
+    assert world.cni("DEL", chained(world))[0] == 0, "a retry finishes"
+    assert world.rules() == []
+
+
+def test_the_option_never_fails_del_over_its_rules(world) -> None:
+    assert world.cni("ADD", macvlan(True), ifname="net3")[0] == 0
+    world.kernel.fail("rule_delete", errno.EPERM)
+
+    assert world.cni("DEL", macvlan(True), ifname="net3")[0] == 0
+    assert "net3" not in world.kernel.in_netns(world.pod)
