@@ -21,7 +21,7 @@ from nodeagent.cnitypes.errors import INVALID_CONFIG, CniError, config_error
 from nodeagent.fields import Fields
 from nodeagent.ipam.allocator import Ipam
 from nodeagent.netlink import default_route_oifs
-from nodeagent.rtnl import Rtnl
+from nodeagent.rtnl import LinkBrief, Rtnl
 from nodeagent.sysfs import Sysfs
 from nodeagent.vfbatch import VfResult, VfUpdate
 from nodeagent.vfstate import VfState
@@ -57,6 +57,7 @@ class Netlink(Protocol):
                   mtu: int | None = None, advmss: int | None = None) -> None: ...
     def set_vfs(self, pf_index: int, updates: Sequence[VfUpdate]) -> list[VfResult]: ...
     def set_sysctl(self, key: str, value: str) -> None: ...
+    def link_brief(self, name: str) -> LinkBrief | None: ...
 
 
 @dataclass
