@@ -30,6 +30,7 @@ from cni.context import Context
 from cni.delegates import DEPTH_VARIABLE
 from cni.dispatch import handle
 from cni.wire import Request, WireError, encode_response, parse_request
+from nodeagent import netns
 from nodeagent.status import StatusBoard
 
 if TYPE_CHECKING:
@@ -350,6 +351,8 @@ class CniServer:
             conn, pid, request = item
             try:
                 self._serve(conn, pid, request)
+            except netns.Stranded:
+                return  # left in a pod's namespace: this worker ends (netns logged it)
             except Exception:
                 log.exception("serving a CNI request from pid %d", pid)
             finally:

@@ -116,10 +116,10 @@ class Rtnl:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        # In another namespace, sysctl directories are opened in the same visit: set_sysctl
-        # then needs no second one (a thread hand-off and two setns calls per key).
-        self._sock, self._sysctl_dirs = netns_mod.run(netns, lambda: _open_in_netns(
-            netns is not None))
+        # Opened on this thread (no hand-off to a namespace thread), sysctl directories in the
+        # same visit: set_sysctl then needs no visit of its own.
+        self._sock, self._sysctl_dirs = netns_mod.run_on_this_thread(
+            netns, lambda: _open_in_netns(netns is not None))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._sock.bind((0, 0))
         self._marshal = MarshalRtnl()

@@ -83,3 +83,48 @@ def test_a_thread_that_cannot_switch_back_is_discarded(
     # The stranded thread would fail every later setns (no CAP_SYS_ADMIN): none is given to it.
     for _ in range(3 * netns.MAX_IDLE):
         assert netns.run(test_netns, ns_inode) == pod
+
+
+def test_work_on_the_callers_thread_comes_back_home(test_netns: str) -> None:
+    pod = os.stat(f"/run/netns/{test_netns}").st_ino
+    home = ns_inode()
+    caller = threading.get_native_id()
+    assert netns.run_on_this_thread(
+        test_netns, lambda: (threading.get_native_id(), ns_inode())) == (caller, pod)
+    assert ns_inode() == home
+
+    def fail() -> None:
+        raise ValueError("inside")
+
+    with pytest.raises(ValueError, match="inside"):
+        netns.run_on_this_thread(test_netns, fail)
+    assert ns_inode() == home
+    with pytest.raises(FileNotFoundError):
+        netns.run_on_this_thread(test_netns + "-missing", ns_inode)
+    with ThreadPoolExecutor(8) as pool:
+        seen = list(pool.map(lambda i: netns.run_on_this_thread(
+            test_netns if i % 2 else None, ns_inode), range(64)))
+    assert seen == [pod if i % 2 else home for i in range(64)]
+
+
+def test_a_caller_that_cannot_switch_back_is_told_to_end(
+    test_netns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(netns, "_stranded", 0)  # restored after the test
+    reports: list[str] = []
+    monkeypatch.setattr(netns, "_listeners", [reports.append])
+    outcome: list[BaseException] = []
+
+    def caller() -> None:  # a thread of its own: it stays in the pod's namespace
+        try:
+            netns.run_on_this_thread(test_netns, drop_sys_admin)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    thread.join()
+    assert len(outcome) == 1 and isinstance(outcome[0], netns.Stranded)
+    assert not isinstance(outcome[0], Exception)  # `except Exception` lets it through
+    assert not netns.healthy() and netns.stranded() == 1
+    assert reports and "discarded" in reports[0]
