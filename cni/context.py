@@ -21,7 +21,7 @@ from nodeagent.cnitypes.errors import INVALID_CONFIG, CniError, config_error
 from nodeagent.fields import Fields
 from nodeagent.ipam.allocator import Ipam
 from nodeagent.netlink import default_route_oifs
-from nodeagent.rtnl import Rtnl
+from nodeagent.rtnl import LinkBrief, Rtnl
 from nodeagent.sysfs import Sysfs
 from nodeagent.vfbatch import VfResult, VfUpdate
 from nodeagent.vfstate import VfState
@@ -70,6 +70,7 @@ class Netlink(Protocol):
     def route_delete(self, family: int, dst: str | None, dst_len: int, *, table: int,
                      gateway: str | None = None, oif: int | None = None,
                      priority: int | None = None) -> bool: ...
+    def link_brief(self, name: str) -> LinkBrief | None: ...
 
 
 @dataclass

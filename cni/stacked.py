@@ -79,16 +79,19 @@ def add(ctx: Context, request: CniRequest, spec: StackedLink) -> Result:
 
 
 def _configure(ctx: Context, request: CniRequest, pod: Netlink, spec: StackedLink) -> Result:
-    link = pod.link(name=request.ifname)
-    index = link["index"]
+    link = pod.link_brief(request.ifname)
+    if link is None:  # gone already: the pod's namespace is being torn down
+        raise CniError(IO_FAILURE, f"{request.ifname} vanished from {request.netns} as it was"
+                       " created")
+    index = link.index
     try:
         result = links.address(ctx, request, pod, index)
         sbr.attach(ctx, request, pod, index, result, spec.sbr)
     except BaseException:
         pod.link_delete(index)
         raise
-    result.interfaces = [Interface(request.ifname, mac=link.get("IFLA_ADDRESS"),
-                                   sandbox=request.netns, mtu=link.get("IFLA_MTU"))]
+    result.interfaces = [Interface(request.ifname, mac=link.mac, sandbox=request.netns,
+                                   mtu=link.mtu)]
     for ip in result.ips:
         ip.interface = 0
     return result

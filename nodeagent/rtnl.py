@@ -8,12 +8,14 @@ on a netlink socket: about 0.15 ms each, from any thread (one request at a time 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
+import struct
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyroute2.netlink import (
     NLM_F_ACK,
@@ -48,6 +50,64 @@ IFA_F_NODAD = 0x02
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 
 
+_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
+_ERRNO = struct.Struct("=i")
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_NLATTR = struct.Struct("=HH")
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_EXT_MASK = 1, 3, 4, 29
+NLA_TYPE_MASK = 0x3FFF
+
+
+class LinkBrief(NamedTuple):
+    """What a caller usually wants of a link, without decoding the rest of it."""
+
+    index: int
+    name: str
+    mac: str | None
+    mtu: int | None
+
+
+#: sysctl directories opened in a client's namespace, so set_sysctl can write the entries
+#: below them from any thread (a lookup under a /proc/sys directory stays in the namespace
+#: it was opened in; /proc/sys/net itself resolves per thread, hence the deeper ones).
+SYSCTL_DIRS = ("net/ipv4/conf/", "net/ipv6/conf/")
+
+
+def _open_in_netns(sysctls: bool) -> tuple[socket.socket, dict[str, int]]:
+    """A NETLINK_ROUTE socket of the calling thread's namespace, and (``sysctls``) its
+    SYSCTL_DIRS that exist."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         socket.NETLINK_ROUTE)
+    dirs: dict[str, int] = {}
+    for prefix in SYSCTL_DIRS if sysctls else ():
+        with contextlib.suppress(OSError):
+            dirs[prefix] = os.open(f"/proc/sys/{prefix}",
+                                   os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return sock, dirs
+
+
+def _link_brief(data: bytes) -> LinkBrief:
+    """Index, name, MAC and MTU of one RTM_NEWLINK message (header included)."""
+    at = _NLMSGHDR.size
+    _family, _type, index, _flags, _change = _IFINFOMSG.unpack_from(data, at)
+    at += _IFINFOMSG.size
+    name, mac, mtu = "", None, None
+    while at + _NLATTR.size <= len(data):
+        length, kind = _NLATTR.unpack_from(data, at)
+        if length < _NLATTR.size:
+            break
+        payload = data[at + _NLATTR.size:at + length]
+        kind &= NLA_TYPE_MASK
+        if kind == IFLA_IFNAME:
+            name = payload.split(b"\0", 1)[0].decode("utf-8", "replace")
+        elif kind == IFLA_ADDRESS:
+            mac = ":".join(f"{b:02x}" for b in payload)
+        elif kind == IFLA_MTU and len(payload) >= 4:
+            (mtu,) = struct.unpack_from("=I", payload)
+        at += (length + 3) & ~3
+    return LinkBrief(index, name, mac, mtu)
+
+
 def _link_attrs(*, mtu: int | None, mac: str | None, netns_fd: int | None
                 ) -> list[tuple[str, Any]]:
     """The optional link attributes RTM_NEWLINK takes both when creating and when changing."""
@@ -66,8 +126,10 @@ class Rtnl:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._sock = netns_mod.run(netns, lambda: socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE))
+        # Opened on this thread (no hand-off to a namespace thread), sysctl directories in the
+        # same visit: set_sysctl then needs no visit of its own.
+        self._sock, self._sysctl_dirs = netns_mod.run_on_this_thread(
+            netns, lambda: _open_in_netns(netns is not None))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._sock.bind((0, 0))
         self._marshal = MarshalRtnl()
@@ -76,6 +138,9 @@ class Rtnl:
 
     def close(self) -> None:
         self._sock.close()
+        for fd in self._sysctl_dirs.values():
+            os.close(fd)
+        self._sysctl_dirs = {}
 
     def __enter__(self) -> Rtnl:
         return self
@@ -94,22 +159,34 @@ class Rtnl:
             msg["header"]["flags"] = flags | NLM_F_REQUEST | NLM_F_ACK
             msg["header"]["sequence_number"] = seq
             msg.encode()
-            self._sock.send(msg.data)
-            replies: list[Any] = []
-            while True:
-                for reply in self._marshal.parse(self._sock.recv(1 << 20)):
-                    if reply["header"]["sequence_number"] != seq:
-                        continue  # a late answer to an abandoned request
-                    kind = reply["header"]["type"]
+            raw = self._exchange(msg.data, seq)
+        # Only answers with content are decoded: the acknowledgement alone (most requests)
+        # is read in _exchange without building pyroute2 messages.
+        return [reply for data in raw for reply in self._marshal.parse(data)]
+
+    def _exchange(self, data: bytes, seq: int) -> list[bytes]:
+        """Send one encoded request (``seq``); the raw answers up to its NLMSG_DONE or
+        acknowledgement. Raises OSError(errno) on a negative acknowledgement."""
+        self._sock.send(data)
+        replies: list[bytes] = []
+        while True:
+            chunk = self._sock.recv(1 << 20)
+            at = 0
+            while at + _NLMSGHDR.size <= len(chunk):
+                length, kind, _flags, reply_seq, _pid = _NLMSGHDR.unpack_from(chunk, at)
+                if length < _NLMSGHDR.size or at + length > len(chunk):
+                    raise OSError(errno.EBADMSG, "truncated netlink message")
+                if reply_seq == seq:  # else a late answer to an abandoned request
                     if kind == NLMSG_DONE:
                         return replies
                     if kind == NLMSG_ERROR:
-                        code = reply["error"] or 0
+                        (code,) = _ERRNO.unpack_from(chunk, at + _NLMSGHDR.size)
                         if code:
                             code = abs(code)
                             raise OSError(code, os.strerror(code))
                         return replies
-                    replies.append(reply)
+                    replies.append(chunk[at:at + length])
+                at += (length + 3) & ~3
 
     def dump(self, msg: Any, msg_type: int) -> list[Any]:
         return self.request(msg, msg_type, NLM_F_DUMP)
@@ -211,6 +288,9 @@ class Rtnl:
     def set_sysctl(self, key: str, value: str) -> None:
         """Write ``/proc/sys/<key>`` (``net/ipv4/conf/eth0/arp_notify``) as this client's
         namespace sees it; OSError as the kernel refuses."""
+        if self._set_sysctl_here(key, value):
+            return
+
         def write() -> None:  # /proc/sys/net shows the namespace of the thread that opens it
             with open(f"/proc/sys/{key}", "w") as f:
                 f.write(value)
@@ -273,6 +353,47 @@ class Rtnl:
             attrs.append(("RTA_METRICS", {"attrs": metrics}))
         msg["attrs"] = attrs
         self.request(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL)
+
+    def link_brief(self, name: str) -> LinkBrief | None:
+        """Index, name, MAC and MTU of the link ``name``, or None if there is none: one
+        RTM_GETLINK, its answer read without pyroute2 (a fifth of the time of :meth:`link`)."""
+        payload = name.encode() + b"\0"
+        attrs = (_NLATTR.pack(_NLATTR.size + len(payload), IFLA_IFNAME)
+                 + payload.ljust((len(payload) + 3) & ~3, b"\0")
+                 + _NLATTR.pack(_NLATTR.size + 4, IFLA_EXT_MASK)
+                 + struct.pack("=I", RTEXT_FILTER_SKIP_STATS))
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attrs
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK,
+                                    NLM_F_REQUEST | NLM_F_ACK, seq, 0)
+            try:
+                replies = self._exchange(header + body, seq)
+            except OSError as exc:
+                if exc.errno in (errno.ENODEV, errno.ENOENT):
+                    return None
+                raise
+        links = [r for r in replies if _NLMSGHDR.unpack_from(r)[1] == RTM_NEWLINK]
+        return _link_brief(links[0]) if links else None
+
+    def _set_sysctl_here(self, key: str, value: str) -> bool:
+        """Write ``key`` below a directory opened in this client's namespace; False when
+        there is none for it or the entry is not found there (set_sysctl then goes to the
+        namespace and gets the final answer)."""
+        prefix = next((p for p in self._sysctl_dirs if key.startswith(p)), None)
+        rest = key[len(prefix):] if prefix else ""
+        if not rest or any(part in ("", ".", "..") for part in rest.split("/")):
+            return False
+        try:
+            fd = os.open(rest, os.O_WRONLY | os.O_CLOEXEC, dir_fd=self._sysctl_dirs[prefix])
+        except FileNotFoundError:
+            return False
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+        return True
 
     # -- policy routing: rules, and routes copied between tables ----------------------------
 

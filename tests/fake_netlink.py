@@ -27,6 +27,7 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from nodeagent.model import LINK_STATES, VLAN_PROTOS, VfConfig
+from nodeagent.rtnl import LinkBrief
 from nodeagent.vfbatch import SettingError, VfResult, VfUpdate
 from tests.sysfs_tree import SysfsTree
 
@@ -392,6 +393,12 @@ class FakeNetlink:
     def set_sysctl(self, key: str, value: str) -> None:
         self._record("set_sysctl", key=key, value=value)
         self.kernel.sysctls[(self._ns, key)] = value
+
+    def link_brief(self, name: str) -> LinkBrief | None:
+        self._record("link", index=0, name=name)
+        found = self.kernel.find(self._ns, 0, name)
+        return None if found is None else LinkBrief(found.index, found.name, found.mac,
+                                                     found.mtu)
 
 
     # -- policy routing ---------------------------------------------------------------------
