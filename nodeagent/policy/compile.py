@@ -1,0 +1,333 @@
+"""One pod's policed attachments -> a rule model -> one nftables transaction.
+
+Compilation is pure: the policies, the pod's attachments and what the controller knows of the
+cluster go in; out come, per interface, the allow rules of each direction (a direction with
+no policy of its type selecting the pod stays open), and the nft script that installs them.
+Kubernetes NetworkPolicy semantics (docs/policy.md): policies are OR-ed, a pod is isolated for
+a direction only if some policy selecting it has that policy type, replies of allowed
+connections pass (conntrack), traffic on other interfaces is untouched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from nodeagent.fields import IPAddress, IPNetwork
+from nodeagent.policy.model import (
+    EGRESS,
+    INGRESS,
+    ClusterView,
+    IPBlock,
+    Peer,
+    PeerRule,
+    Policy,
+    Rule,
+    Target,
+)
+
+TABLE = "nodeagent"
+FAMILY = "inet"
+#: An interface name that can be written between double quotes in an nft script.
+IFNAME = re.compile(r"[^\"\\\s/:']{1,15}")
+#: ICMPv6 neighbour and router discovery: IPv6 does not work without it, so it is never
+#: policed (ARP is not IP and is never seen by an inet table either).
+ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
+
+
+@dataclass(frozen=True, order=True)
+class PortRange:
+    """Destination ports of one protocol: ``first``..``last`` inclusive, None: every port."""
+
+    protocol: str
+    first: int | None = None
+    last: int | None = None
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    """Allow packets whose peer address (source for ingress, destination for egress) is in
+    ``addresses`` (None: any address) and whose protocol/port is in ``ports`` (empty: any)."""
+
+    addresses: tuple[IPNetwork, ...] | None
+    ports: tuple[PortRange, ...] = ()
+
+
+@dataclass(frozen=True)
+class InterfaceProgram:
+    """What is enforced on one interface. ``ingress``/``egress`` None: that direction is not
+    isolated (everything passes); a tuple: only those rules (and replies) pass."""
+
+    ifname: str
+    network: str
+    policies: tuple[str, ...]
+    ingress: tuple[CompiledRule, ...] | None
+    egress: tuple[CompiledRule, ...] | None
+
+
+@dataclass(frozen=True)
+class PodRules:
+    """The compiled rules of one pod. ``script``: one complete nft transaction that replaces
+    the agent's table (an empty table's removal when nothing is policed); ``applied``: the
+    policies enforced per interface; ``unpoliced``: interfaces that cannot be policed (DPDK)."""
+
+    script: str
+    applied: Mapping[str, tuple[str, ...]]
+    rule_count: int
+    unpoliced: tuple[str, ...] = ()
+    programs: Mapping[str, InterfaceProgram] = field(default_factory=dict)
+
+
+def policies_for(target: Target, policies: Iterable[Policy]) -> list[Policy]:
+    """The policies whose policy-for names the target's network and whose podSelector, in the
+    policy's own namespace, selects the target's pod."""
+    return [p for p in policies
+            if target.network in p.networks and p.namespace == target.namespace
+            and p.pod_selector.matches(target.labels)]
+
+
+def compile_pod(targets: Sequence[Target], policies: Iterable[Policy],
+                view: ClusterView) -> PodRules:
+    """The rules of one pod's attachments (all on this node, in one network namespace)."""
+    policies = list(policies)
+    programs: dict[str, InterfaceProgram] = {}
+    unpoliced = []
+    for target in targets:
+        if target.dpdk:
+            unpoliced.append(target.ifname)
+            continue
+        programs[target.ifname] = compile_target(target, policies, view)
+    script, count = render(programs.values())
+    applied = {name: prog.policies for name, prog in programs.items()}
+    return PodRules(script, applied, count, tuple(unpoliced), programs)
+
+
+def deny_all(ifnames: Sequence[str]) -> PodRules:
+    """Rules that drop everything (but IPv6 neighbour discovery) on ``ifnames``, both ways:
+    installed when an attachment appears, until its policies are known (fail closed)."""
+    programs = {name: InterfaceProgram(name, "", (), (), ()) for name in ifnames}
+    script, count = render(programs.values())
+    return PodRules(script, {name: () for name in ifnames}, count, (), programs)
+
+
+def compile_target(target: Target, policies: Sequence[Policy],
+                   view: ClusterView) -> InterfaceProgram:
+    selecting = policies_for(target, policies)
+    directions: dict[str, tuple[CompiledRule, ...] | None] = {}
+    for direction in (INGRESS, EGRESS):
+        chosen = [p for p in selecting if direction in p.policy_types]
+        if not chosen:
+            directions[direction] = None
+            continue
+        rules: list[CompiledRule] = []
+        for policy in chosen:
+            for rule in policy.ingress if direction == INGRESS else policy.egress:
+                rules.extend(_compile_rule(rule, policy, target, view, direction))
+        directions[direction] = _merge(rules)
+    return InterfaceProgram(target.ifname, target.network,
+                            tuple(sorted(p.key for p in selecting)),
+                            directions[INGRESS], directions[EGRESS])
+
+
+def allows(program: InterfaceProgram, direction: str, peer: IPAddress | str, protocol: str,
+           port: int) -> bool:
+    """Whether a new connection is let through: to the pod from ``peer`` (Ingress) or from
+    the pod to ``peer`` (Egress), by ``program`` (the model the script enforces)."""
+    rules = program.ingress if direction == INGRESS else program.egress
+    if rules is None:
+        return True
+    address = ipaddress.ip_address(peer)
+    for rule in rules:
+        if rule.addresses is not None and not any(address in net for net in rule.addresses):
+            continue
+        if not rule.ports or any(r.protocol == protocol and (
+                r.first is None or r.first <= port <= (r.last or r.first)) for r in rule.ports):
+            return True
+    return False
+
+
+# -- compilation ------------------------------------------------------------------------------
+
+def _selected_peers(peer: PeerRule, policy: Policy, target: Target,
+                    view: ClusterView) -> list[Peer]:
+    found = []
+    for pod in view.peers.get(target.network, ()):
+        if peer.namespace_selector is None:
+            if pod.namespace != policy.namespace:
+                continue
+        elif not peer.namespace_selector.matches(view.namespaces.get(pod.namespace, {})):
+            continue
+        if peer.pod_selector is not None and not peer.pod_selector.matches(pod.labels):
+            continue
+        found.append(pod)
+    return found
+
+
+def _block_networks(block: IPBlock) -> list[IPNetwork]:
+    """``cidr`` without its ``except`` ranges, as disjoint prefixes."""
+    nets: list[IPNetwork] = [block.cidr]
+    for ex in block.excepts:
+        out: list[IPNetwork] = []
+        for net in nets:
+            if ex.version != net.version or not net.overlaps(ex):  # type: ignore[arg-type]
+                out.append(net)
+            elif ex.subnet_of(net) and ex != net:  # type: ignore[arg-type]
+                out.extend(net.address_exclude(ex))  # type: ignore[arg-type]
+            # else: net lies inside the excepted range, dropped
+        nets = out
+    return nets
+
+
+def _host(ip: IPAddress) -> IPNetwork:
+    return ipaddress.ip_network(ip)
+
+
+def _compile_rule(rule: Rule, policy: Policy, target: Target, view: ClusterView,
+                  direction: str) -> list[CompiledRule]:
+    """Allow rules for one policy rule (empty: it can match nothing)."""
+    addresses: list[IPNetwork] | None
+    pods: list[Peer] | None  # the peer pods (None: every address; named ports need the pods)
+    if not rule.peers:
+        addresses, pods = None, None
+    else:
+        addresses, pods = [], []
+        for peer in rule.peers:
+            if peer.ip_block is not None:
+                addresses.extend(_block_networks(peer.ip_block))
+            else:
+                selected = _selected_peers(peer, policy, target, view)
+                pods.extend(selected)
+                addresses.extend(_host(ip) for pod in selected for ip in pod.ips)
+    numeric = [PortRange(p.protocol, p.port, p.end_port or p.port)
+               for p in rule.ports if not isinstance(p.port, str)]
+    named = [p for p in rule.ports if isinstance(p.port, str)]
+    out = []
+    if numeric or not rule.ports:
+        out.append(CompiledRule(_collapse(addresses), tuple(sorted(set(numeric)))))
+    if named and direction == INGRESS:
+        # A named port is a port of the policed pod: resolved against its containers.
+        ranges = {PortRange(p.protocol, n, n) for p in named
+                  if (found := target.named_ports.get(p.port)) and found[0] == p.protocol
+                  for n in (found[1],)}
+        if ranges:
+            out.append(CompiledRule(_collapse(addresses), tuple(sorted(ranges))))
+    elif named:
+        # Egress: a named port is a port of each destination pod, resolved pod by pod.
+        candidates = pods if pods is not None else list(view.peers.get(target.network, ()))
+        by_port: dict[PortRange, list[IPNetwork]] = {}
+        for pod in candidates:
+            for p in named:
+                found = pod.named_ports.get(p.port)  # type: ignore[arg-type]
+                if found and found[0] == p.protocol:
+                    by_port.setdefault(PortRange(p.protocol, found[1], found[1]), []).extend(
+                        _host(ip) for ip in pod.ips)
+        out.extend(CompiledRule(_collapse(nets), (rng,)) for rng, nets in sorted(by_port.items()))
+    return [r for r in out if r.addresses is None or r.addresses]
+
+
+def _collapse(nets: Iterable[IPNetwork] | None) -> tuple[IPNetwork, ...] | None:
+    if nets is None:
+        return None
+    nets = list(nets)
+    v4 = ipaddress.collapse_addresses(n for n in nets if n.version == 4)
+    v6 = ipaddress.collapse_addresses(n for n in nets if n.version == 6)
+    return (*v4, *v6)  # type: ignore[return-value]
+
+
+def _merge(rules: list[CompiledRule]) -> tuple[CompiledRule, ...]:
+    """Rules with the same ports become one (their addresses united): fewer nft rules."""
+    by_ports: dict[tuple[PortRange, ...], list[IPNetwork] | None] = {}
+    for rule in rules:
+        if rule.ports in by_ports and by_ports[rule.ports] is None:
+            continue
+        if rule.addresses is None:
+            by_ports[rule.ports] = None
+        else:
+            by_ports.setdefault(rule.ports, []).extend(rule.addresses)  # type: ignore[union-attr]
+    return tuple(CompiledRule(_collapse(nets), ports) for ports, nets in by_ports.items())
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+def render(programs: Iterable[InterfaceProgram]) -> tuple[str, int]:
+    """The nft transaction for ``programs`` and its rule count. It first creates and deletes
+    the table (so the deletion never fails), then defines it anew: one atomic replacement."""
+    lines = [f"add table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}"]
+    body: list[str] = []
+    count = 0
+    hooks: dict[str, list[str]] = {"input": [], "output": []}
+    for index, program in enumerate(programs):
+        if not IFNAME.fullmatch(program.ifname):
+            raise ValueError(f"interface name {program.ifname!r} cannot be policed")
+        for direction, rules in ((INGRESS, program.ingress), (EGRESS, program.egress)):
+            if rules is None:
+                continue
+            chain = f"{'in' if direction == INGRESS else 'out'}_{index}"
+            hook = "input" if direction == INGRESS else "output"
+            hooks[hook].append(f'"{program.ifname}" : jump {chain}')
+            count += _render_chain(body, chain, direction, rules)
+    if not body:
+        return "\n".join(lines) + "\n", 0
+    lines.append(f"table {FAMILY} {TABLE} {{")
+    for hook, entries in hooks.items():
+        if not entries:
+            continue
+        match = "iifname" if hook == "input" else "oifname"
+        lines += [f"  chain {hook} {{",
+                  f"    type filter hook {hook} priority filter; policy accept;",
+                  f"    {match} vmap {{ {', '.join(entries)} }}",
+                  "  }"]
+        count += 1
+    lines += body
+    lines.append("}")
+    return "\n".join(lines) + "\n", count
+
+
+def _render_chain(out: list[str], chain: str, direction: str,
+                  rules: Sequence[CompiledRule]) -> int:
+    field_ = "saddr" if direction == INGRESS else "daddr"
+    statements = ["ct state established,related accept",
+                  f"icmpv6 type {{ {ND_TYPES} }} accept"]
+    for number, rule in enumerate(rules):
+        matches: list[str] = []
+        if rule.addresses is None:
+            matches.append("")
+        else:
+            for version, proto in ((4, "ip"), (6, "ip6")):
+                nets = [n for n in rule.addresses if n.version == version]
+                if not nets:
+                    continue
+                name = f"{chain}_{number}_v{version}"
+                kind = "ipv4_addr" if version == 4 else "ipv6_addr"
+                out += [f"  set {name} {{",
+                        f"    type {kind}; flags interval;",
+                        f"    elements = {{ {', '.join(map(str, nets))} }}",
+                        "  }"]
+                matches.append(f"{proto} {field_} @{name} ")
+        for match in matches:
+            for ports in _port_matches(rule.ports):
+                statements.append(f"{match}{ports}accept")
+    statements.append("drop")
+    out.append(f"  chain {chain} {{")
+    out += [f"    {s}" for s in statements]
+    out.append("  }")
+    return len(statements)
+
+
+def _port_matches(ports: Sequence[PortRange]) -> list[str]:
+    if not ports:
+        return [""]
+    by_proto: dict[str, list[PortRange]] = {}
+    for r in ports:
+        by_proto.setdefault(r.protocol, []).append(r)
+    out = []
+    for proto, ranges in by_proto.items():
+        if any(r.first is None for r in ranges):
+            out.append(f"meta l4proto {proto} ")
+            continue
+        items = sorted({f"{r.first}" if r.first == r.last else f"{r.first}-{r.last}"
+                        for r in ranges})
+        out.append(f"{proto} dport {{ {', '.join(items)} }} ")
+    return out
