@@ -1,0 +1,594 @@
+"""The MultiNetworkPolicy controller: API caches -> affected local pods -> nft in their netns.
+
+Four reflectors (MultiNetworkPolicies, Pods, Namespaces, NetworkAttachmentDefinitions, all
+namespaces) feed one coordinator thread. Each change marks the local pods it can affect (a
+policy: the pods of its namespace on the networks it names; a pod: itself when it is local,
+and the local pods on the policed networks it is attached to, since it is a peer there; a
+namespace's labels: every policed local pod; a NetworkAttachmentDefinition: the pods on it).
+The coordinator takes the marked pods in batches, builds the cluster view once per batch and
+compiles and applies each pod on a worker pool; a pod whose script did not change is skipped.
+
+The CNI side calls :meth:`PolicyController.attached` at the end of an ADD, before it returns:
+a network no policy names costs a set lookup (and the attachment record); a policed one gets
+its pod's rules applied at once, or, before the caches are synced, rules that drop everything
+on the pod's interfaces until they are (fail closed). Failing to apply fails the ADD.
+See docs/policy-sync.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodeagent.policy import nft
+from nodeagent.policy.attachments import (
+    STATUS_ANNOTATION,
+    AttachmentRecord,
+    AttachmentRegistry,
+    annotations,
+    nad_network_name,
+    parse_network_status,
+    pod_interfaces,
+)
+from nodeagent.policy.compile import PodRules, compile_pod, deny_all
+from nodeagent.policy.model import (
+    PROTOCOLS,
+    ClusterView,
+    Peer,
+    Policy,
+    PolicyError,
+    Target,
+    parse_policy,
+)
+
+log = logging.getLogger(__name__)
+
+GROUP = "k8s.cni.cncf.io"
+POLICIES_PATH = f"/apis/{GROUP}/v1beta1/multi-networkpolicies"
+NADS_PATH = f"/apis/{GROUP}/v1/network-attachment-definitions"
+PODS_PATH = "/api/v1/pods"
+NAMESPACES_PATH = "/api/v1/namespaces"
+#: A pod whose rules could not be applied is tried again after this many seconds.
+RETRY_DELAY = 5.0
+
+
+class PolicyApplyError(Exception):
+    """The rules of a new attachment could not be put in place (the ADD must fail)."""
+
+
+# -- what the caches keep of each object -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the controller needs of one pod (any node)."""
+
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    interfaces: Mapping[str, str]  # ifname -> "ns/nad"
+    ips: Mapping[str, tuple[str, ...]]  # "ns/nad" -> addresses (network-status)
+    named_ports: Mapping[str, tuple[str, int]]
+    node: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def pod_view(obj: Mapping[str, Any]) -> PodView:
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    ns = str(meta.get("namespace") or "")
+    ips: dict[str, tuple[str, ...]] = {}
+    for s in parse_network_status(annotations(obj).get(STATUS_ANNOTATION, ""), ns):
+        if not s.default and s.ips:
+            ips[s.network] = ips.get(s.network, ()) + s.ips
+    ports: dict[str, tuple[str, int]] = {}
+    for container in spec.get("containers") or ():
+        for p in (container.get("ports") or ()) if isinstance(container, dict) else ():
+            if isinstance(p, dict) and isinstance(p.get("name"), str) \
+                    and isinstance(p.get("containerPort"), int):
+                proto = PROTOCOLS.get(str(p.get("protocol") or "TCP"), "tcp")
+                ports[p["name"]] = (proto, p["containerPort"])
+    labels = meta.get("labels") or {}
+    return PodView(ns, str(meta.get("name") or ""),
+                   {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict)
+                   else {}, pod_interfaces(obj), ips, ports, str(spec.get("nodeName") or ""))
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """A MultiNetworkPolicy as parsed: the policy, or why it is not enforced."""
+
+    key: str
+    policy: Policy | None
+    error: str = ""
+
+
+def policy_entry(obj: Mapping[str, Any]) -> PolicyEntry:
+    meta = obj.get("metadata") or {}
+    key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+    try:
+        return PolicyEntry(key, parse_policy(obj))
+    except PolicyError as exc:
+        return PolicyEntry(key, None, str(exc))
+    except (ValueError, TypeError, AttributeError) as exc:  # never let one object stop us
+        return PolicyEntry(key, None, f"unreadable: {exc}")
+
+
+def namespace_labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+
+
+# -- pure decisions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalAttachment:
+    """A local attachment with the NetworkAttachmentDefinition it was resolved to."""
+
+    record: AttachmentRecord
+    network: str  # "ns/nad", "" when unresolved
+
+    @property
+    def pod_key(self) -> str:
+        return self.record.pod_key
+
+
+def affected_by_policy(old: Policy | None, new: Policy | None,
+                       local: Iterable[LocalAttachment]) -> set[str]:
+    """Local pods a policy's change can affect: those in its namespace on a network it names
+    (before or after the change)."""
+    scopes = {(p.namespace, n) for p in (old, new) if p is not None for n in p.networks}
+    return {a.pod_key for a in local if (a.record.namespace, a.network) in scopes}
+
+
+def affected_by_pod(old: PodView | None, new: PodView | None,
+                    local: Iterable[LocalAttachment], policed: Iterable[str]) -> set[str]:
+    """Local pods a pod's change can affect: the pod itself when it is local (its labels
+    choose its policies), and the local pods on the policed networks it is (or was) attached
+    to, for which it is a peer. A change that touches neither labels, interfaces, addresses
+    nor named ports affects nobody."""
+    pod = new or old
+    if pod is None:
+        return set()
+    if old is not None and new is not None and (old.labels, old.interfaces, old.ips,
+                                                 old.named_ports) == (
+            new.labels, new.interfaces, new.ips, new.named_ports):
+        return set()
+    networks = {n for p in (old, new) if p is not None
+                for n in (*p.interfaces.values(), *p.ips)} & set(policed)
+    return {a.pod_key for a in local if a.pod_key == pod.key or a.network in networks}
+
+
+# -- the controller --------------------------------------------------------------------------
+
+
+@dataclass
+class PodState:
+    """What is in place in one pod's namespace, and how it went."""
+
+    digest: str | None  # of the script applied; None: unknown (a previous agent's)
+    applied: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    rule_count: int = 0
+    unpoliced: tuple[str, ...] = ()
+    deny_all: bool = False
+    error: str = ""
+    at: float = 0.0
+
+
+def _digest(script: str) -> str:
+    return hashlib.sha256(script.encode()).hexdigest()
+
+
+Reporter = Callable[[dict[str, Any]], None]
+
+
+class PolicyController:
+    """Keeps the nft rules of every local pod in line with the API's policies.
+
+    ``api``: a :class:`nodeagent.k8s.client.KubeClient`, or None for a controller without
+    caches (tests of the CNI hook; every policed ADD then fails closed). ``report``: called
+    with the status section after each batch and error (see :meth:`status`).
+    """
+
+    def __init__(self, api: Any, registry: AttachmentRegistry, *, node_name: str = "",
+                 workers: int = 8, report: Reporter | None = None,
+                 apply: Callable[[str | None, str], None] = nft.apply,
+                 watch_timeout: int = 300) -> None:
+        self.registry = registry
+        self.node_name = node_name
+        self.report = report
+        self._apply_script = apply
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._dirty: set[str] = set()
+        self._retry: dict[str, float] = {}
+        self._states: dict[str, PodState] = {}
+        self._pod_locks: dict[str, threading.Lock] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers),
+                                        thread_name_prefix="policy")
+        self._policed: frozenset[str] = frozenset()  # "ns/nad" some valid policy names
+        self._policed_names: frozenset[str] = frozenset()  # their CNI network names
+        self._view: tuple[int, ClusterView] | None = None
+        self._all_synced = False
+        self.errors: dict[str, str] = {}  # policy key -> why it is not enforced
+        self.last_sync: dict[str, Any] = {}
+        self.syncs = 0
+        self.reflectors: list[Any] = []
+        if api is not None:
+            from nodeagent.k8s.client import Backoff
+            from nodeagent.k8s.reflector import Reflector
+
+            def make(path: str, transform: Any, handler: Any, **kw: Any) -> Any:
+                return Reflector(api, path, transform=transform, on_event=handler,
+                                 watch_timeout=watch_timeout, backoff=Backoff(0.5, 30.0), **kw)
+
+            self.policies = make(POLICIES_PATH, policy_entry, self._policy_event,
+                                 name="multi-networkpolicies", missing_ok=True)
+            self.pods = make(PODS_PATH, pod_view, self._pod_event, name="policy-pods")
+            self.namespaces = make(NAMESPACES_PATH, namespace_labels, self._namespace_event,
+                                   name="policy-namespaces")
+            self.nads = make(NADS_PATH, nad_network_name, self._nad_event,
+                             name="network-attachment-definitions", missing_ok=True)
+            self.reflectors = [self.policies, self.pods, self.namespaces, self.nads]
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> PolicyController:
+        loaded = self.registry.load()
+        with self._lock:  # a previous agent's tables may be there: never trust them
+            for key in self.registry.pods():
+                self._states[key] = PodState(None)
+        log.info("policy: %d attachment records from the previous run", loaded)
+        for r in self.reflectors:
+            r.start()
+        self._thread = threading.Thread(target=self._loop, name="policy-sync", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        for r in self.reflectors:
+            r.stop(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def synced(self) -> bool:
+        if not self._all_synced and self.reflectors \
+                and all(r.synced for r in self.reflectors):
+            self._all_synced = True
+        return self._all_synced
+
+    def wait_synced(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.synced:
+            if time.monotonic() > deadline or self._stop.is_set():
+                return False
+            time.sleep(0.01)
+        return True
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Until no pod is marked and no batch runs (tests, the benchmark)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._dirty and not self._busy:
+                    return True
+            time.sleep(0.005)
+        return False
+
+    _busy = False
+
+    # -- the CNI hook -----------------------------------------------------------------------
+
+    def attached(self, record: AttachmentRecord) -> None:
+        """An ADD configured its link: record it and, if a policy may apply, put the pod's
+        rules in place now. Raises PolicyApplyError (the ADD fails and is rolled back)."""
+        self.registry.add(record)
+        if record.dpdk:
+            return  # no netdev: nothing the kernel could filter
+        if self.synced and record.network not in self._policed_names:
+            with self._lock:
+                state = self._states.get(record.pod_key)
+            if state is None or not state.rule_count:
+                return  # the common case: no policy for this network, nothing to replace
+        try:
+            self._program(record.pod_key, fresh=record)
+        except Exception as exc:
+            self.registry.remove(*record.key)
+            raise PolicyApplyError(f"network policy for {record.pod_key} interface "
+                                   f"{record.ifname} could not be applied: {exc}") from exc
+
+    def detached(self, container_id: str, ifname: str) -> None:
+        """A DEL: forget the attachment; the pod's other interfaces are reprogrammed."""
+        record = self.registry.remove(container_id, ifname)
+        if record is not None:
+            self._mark([record.pod_key])
+
+    def collected(self, network: str, keep: Iterable[tuple[str, str]]) -> None:
+        """A GC of ``network``: forget its attachments not in ``keep``."""
+        gone = self.registry.gc(network, keep)
+        self._mark(r.pod_key for r in gone)
+
+    # -- cache events (reflector threads) ---------------------------------------------------
+
+    def _policy_event(self, etype: str, key: str, old: PolicyEntry | None,
+                      new: PolicyEntry | None) -> None:
+        if new is not None and new.error:
+            if self.errors.get(key) != new.error:
+                log.warning("MultiNetworkPolicy %s is not enforced: %s", key, new.error)
+            self.errors[key] = new.error
+        else:
+            self.errors.pop(key, None)
+        self._refresh_policed()
+        if not self.synced:
+            return
+        self._mark(affected_by_policy(old.policy if old else None,
+                                      new.policy if new else None, self._local()))
+        self._publish()
+
+    def _pod_event(self, etype: str, key: str, old: PodView | None,
+                   new: PodView | None) -> None:
+        self._view = None
+        if self.synced:
+            self._mark(affected_by_pod(old, new, self._local(), self._policed))
+
+    def _namespace_event(self, etype: str, key: str, old: Any, new: Any) -> None:
+        self._view = None
+        if self.synced and old != new:
+            self._mark(a.pod_key for a in self._local() if a.network in self._policed)
+
+    def _nad_event(self, etype: str, key: str, old: str | None, new: str | None) -> None:
+        self._refresh_policed()
+        if self.synced:
+            names = {n for n in (old, new) if n}
+            self._mark(a.pod_key for a in self._local()
+                       if a.network == key or a.record.network in names)
+
+    def _refresh_policed(self) -> None:
+        policed = frozenset(n for e in self.policies.values() if e.policy is not None
+                            for n in e.policy.networks)
+        names = set()
+        for network in policed:
+            name = self.nads.get(network)
+            names.add(name if name else network.rsplit("/", 1)[-1])
+        self._policed, self._policed_names = policed, frozenset(names)
+
+    # -- resolution and views ---------------------------------------------------------------
+
+    def resolve(self, record: AttachmentRecord, pod: PodView | None = None) -> str:
+        """The ``ns/nad`` of an attachment: the pod's Multus annotations, else the only
+        NetworkAttachmentDefinition whose CNI network name is the attachment's ("" if none
+        or several)."""
+        pod = pod or (self.pods.get(record.pod_key) if self.reflectors else None)
+        if pod is not None:
+            network = pod.interfaces.get(record.ifname)
+            if network:
+                return network
+        if not self.reflectors:
+            return ""
+        candidates = [k for k, name in self.nads.items().items() if name == record.network]
+        if len(candidates) > 1:
+            same = [k for k in candidates if k.startswith(record.namespace + "/")]
+            candidates = same if len(same) == 1 else candidates
+        return candidates[0] if len(candidates) == 1 else ""
+
+    def _local(self) -> list[LocalAttachment]:
+        return [LocalAttachment(r, self.resolve(r)) for r in self.registry.all()]
+
+    def view(self) -> ClusterView:
+        """Namespaces' labels and every pod's addresses per network (the pods' network-status,
+        plus what this node's records know of local pods Multus has not annotated yet)."""
+        version = self.pods.version + self.namespaces.version * 1_000_003
+        cached = self._view
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        peers: dict[str, list[Peer]] = {}
+        known: set[tuple[str, str]] = set()
+        for pod in self.pods.values():
+            for network, ips in pod.ips.items():
+                addrs = _addresses(ips)
+                if addrs:
+                    peers.setdefault(network, []).append(
+                        Peer(pod.namespace, pod.name, pod.labels, addrs, pod.named_ports))
+                    known.add((pod.key, network))
+        for a in self._local():
+            if a.network and (a.pod_key, a.network) not in known:
+                pod = self.pods.get(a.pod_key)
+                if pod is not None and a.record.ips:
+                    peers.setdefault(a.network, []).append(Peer(
+                        pod.namespace, pod.name, pod.labels, _addresses(a.record.ips),
+                        pod.named_ports))
+        view = ClusterView(self.namespaces.items(), peers)
+        self._view = (version, view)
+        return view
+
+    # -- programming ------------------------------------------------------------------------
+
+    def _mark(self, pods: Iterable[str]) -> None:
+        with self._wake:
+            before = len(self._dirty)
+            self._dirty.update(pods)
+            if len(self._dirty) != before:
+                self._wake.notify()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set() and not self.synced:
+            self._stop.wait(0.02)
+        if self._stop.is_set():
+            return
+        self._refresh_policed()
+        self._mark(self.registry.pods())  # everything, once the caches are complete
+        for key in list(self._states):
+            self._mark([key])
+        while not self._stop.is_set():
+            with self._wake:
+                now = time.monotonic()
+                due = [k for k, at in self._retry.items() if at <= now]
+                for k in due:
+                    del self._retry[k]
+                self._dirty.update(due)
+                if not self._dirty:
+                    wait = min((at - now for at in self._retry.values()), default=1.0)
+                    self._wake.wait(max(0.01, min(wait, 1.0)))
+                    continue
+                batch, self._dirty = self._dirty, set()
+                self._busy = True
+            try:
+                self._run_batch(batch)
+            finally:
+                with self._lock:
+                    self._busy = False
+
+    def _run_batch(self, batch: set[str]) -> None:
+        started = time.perf_counter()
+        self.view()  # once, before the workers share it
+        results = list(self._pool.map(self._program_quietly, sorted(batch)))
+        seconds = time.perf_counter() - started
+        self.syncs += 1
+        self.last_sync = {"pods": len(batch), "applied": sum(r == "applied" for r in results),
+                          "unchanged": sum(r == "unchanged" for r in results),
+                          "failed": sum(r == "failed" for r in results),
+                          "seconds": round(seconds, 6), "at": time.time()}
+        log.debug("policy sync: %s", self.last_sync)
+        self._publish()
+
+    def _program_quietly(self, pod_key: str) -> str:
+        try:
+            return self._program(pod_key)
+        except Exception as exc:
+            log.warning("policy for pod %s not applied: %s", pod_key, exc)
+            with self._lock:
+                self._retry[pod_key] = time.monotonic() + RETRY_DELAY
+            return "failed"
+
+    def _pod_lock(self, pod_key: str) -> threading.Lock:
+        with self._lock:
+            lock = self._pod_locks.get(pod_key)
+            if lock is None:
+                lock = self._pod_locks[pod_key] = threading.Lock()
+            return lock
+
+    def _program(self, pod_key: str, fresh: AttachmentRecord | None = None) -> str:
+        """Compile and apply one pod's rules; "applied", "unchanged" or "gone"."""
+        with self._pod_lock(pod_key):
+            records = self.registry.for_pod(pod_key)
+            if not records:
+                with self._lock:
+                    self._states.pop(pod_key, None)
+                    self._pod_locks.pop(pod_key, None)
+                return "gone"
+            netns = (fresh or records[0]).netns
+            if fresh is None and not os.path.exists(netns):
+                with self._lock:  # the pod went without a DEL (yet): nothing to program
+                    self._states.pop(pod_key, None)
+                return "gone"
+            policeable = [r for r in records if not r.dpdk]
+            if not self.synced:
+                rules = deny_all([r.ifname for r in policeable])
+                return self._install(pod_key, netns, rules, deny=True)
+            pod = self.pods.get(pod_key)
+            if pod is None and fresh is not None:
+                pod = self._fetch_pod(fresh)
+            if pod is None:
+                return "unchanged"  # not in the API (any more): leave what is there
+            targets = [Target(pod.namespace, pod.name, pod.labels, self.resolve(r, pod),
+                              r.ifname, _addresses(r.ips), r.dpdk, pod.named_ports)
+                       for r in records]
+            policies = [e.policy for e in self.policies.values() if e.policy is not None]
+            rules = compile_pod([t for t in targets if t.network], policies, self.view())
+            return self._install(pod_key, netns, rules)
+
+    def _install(self, pod_key: str, netns: str, rules: PodRules, deny: bool = False) -> str:
+        digest = _digest(rules.script)
+        with self._lock:
+            state = self._states.get(pod_key)
+        if state is not None and state.digest == digest and not state.error:
+            return "unchanged"
+        if state is None and rules.rule_count == 0:
+            # Nothing was installed here, and nothing is to be: no table to write.
+            self._set_state(pod_key, PodState(digest, rules.applied, 0, rules.unpoliced))
+            return "unchanged"
+        try:
+            self._apply_script(netns, rules.script)
+        except Exception as exc:
+            self._set_state(pod_key, PodState(
+                state.digest if state else None, state.applied if state else {},
+                state.rule_count if state else 0, rules.unpoliced, deny, str(exc), time.time()))
+            raise
+        self._set_state(pod_key, PodState(digest, rules.applied, rules.rule_count,
+                                          rules.unpoliced, deny, "", time.time()))
+        return "applied"
+
+    def _set_state(self, pod_key: str, state: PodState) -> None:
+        with self._lock:
+            self._states[pod_key] = state
+
+    def _fetch_pod(self, record: AttachmentRecord) -> PodView | None:
+        """A pod the cache has not seen yet (its ADD can come before the watch event)."""
+        from nodeagent.k8s.client import ApiError
+
+        try:
+            obj = self.pods.api.request(
+                "GET", f"/api/v1/namespaces/{record.namespace}/pods/{record.pod}")
+        except ApiError as exc:
+            if exc.code == 404:
+                return None
+            raise
+        return pod_view(obj)
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The ``policy`` section of the status: per attachment the policies that apply and
+        the pod's rule count, the last sync, the policies not enforced and why."""
+        with self._lock:
+            states = dict(self._states)
+        attachments = {}
+        for r in self.registry.all():
+            state = states.get(r.pod_key)
+            attachments[f"{r.container_id}/{r.ifname}"] = {
+                "pod": r.pod_key, "ifname": r.ifname, "network": r.network,
+                "policies": list(state.applied.get(r.ifname, ())) if state else [],
+                "rules": state.rule_count if state else 0,
+                "state": ("unpoliced" if r.dpdk else "deny-all" if state and state.deny_all
+                          else "error" if state and state.error else
+                          "policed" if state and state.applied.get(r.ifname) else "open"),
+                **({"error": state.error} if state and state.error else {}),
+            }
+        return {"synced": self.synced, "attachments": attachments,
+                "lastSync": dict(self.last_sync), "syncs": self.syncs,
+                "policyErrors": dict(sorted(self.errors.items()))}
+
+    def _publish(self) -> None:
+        if self.report is not None:
+            try:
+                self.report(self.status())
+            except Exception:
+                log.exception("reporting policy status")
+
+
+def _addresses(ips: Iterable[str]) -> tuple[Any, ...]:
+    out = []
+    for text in ips:
+        try:
+            out.append(ipaddress.ip_address(text.split("/", 1)[0]))
+        except ValueError:
+            continue
+    return tuple(out)
