@@ -37,7 +37,7 @@ IFNAME = re.compile(r"[^\"\\\s/:']{1,15}")
 ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class PortRange:
     """Destination ports of one protocol: ``first``..``last`` inclusive, None: every port."""
 
@@ -205,14 +205,14 @@ def _compile_rule(rule: Rule, policy: Policy, target: Target, view: ClusterView,
     named = [p for p in rule.ports if isinstance(p.port, str)]
     out = []
     if numeric or not rule.ports:
-        out.append(CompiledRule(_collapse(addresses), tuple(sorted(set(numeric)))))
+        out.append(CompiledRule(_collapse(addresses), _ports(numeric)))
     if named and direction == INGRESS:
         # A named port is a port of the policed pod: resolved against its containers.
         ranges = {PortRange(p.protocol, n, n) for p in named
                   if (found := target.named_ports.get(p.port)) and found[0] == p.protocol
                   for n in (found[1],)}
         if ranges:
-            out.append(CompiledRule(_collapse(addresses), tuple(sorted(ranges))))
+            out.append(CompiledRule(_collapse(addresses), _ports(ranges)))
     elif named:
         # Egress: a named port is a port of each destination pod, resolved pod by pod.
         candidates = pods if pods is not None else list(view.peers.get(target.network, ()))
@@ -223,8 +223,16 @@ def _compile_rule(rule: Rule, policy: Policy, target: Target, view: ClusterView,
                 if found and found[0] == p.protocol:
                     by_port.setdefault(PortRange(p.protocol, found[1], found[1]), []).extend(
                         _host(ip) for ip in pod.ips)
-        out.extend(CompiledRule(_collapse(nets), (rng,)) for rng, nets in sorted(by_port.items()))
+        out.extend(CompiledRule(_collapse(nets), (rng,)) for rng, nets in by_port.items())
     return [r for r in out if r.addresses is None or r.addresses]
+
+
+def _ports(ranges: Iterable[PortRange]) -> tuple[PortRange, ...]:
+    """Sorted, without duplicates; a protocol with every port allowed keeps only that."""
+    ranges = set(ranges)
+    whole = {r.protocol for r in ranges if r.first is None}
+    kept = {r for r in ranges if r.first is None or r.protocol not in whole}
+    return tuple(sorted(kept, key=lambda r: (r.protocol, r.first or 0, r.last or 0)))
 
 
 def _collapse(nets: Iterable[IPNetwork] | None) -> tuple[IPNetwork, ...] | None:
