@@ -216,6 +216,7 @@ class PolicyController:
         self._states: dict[str, PodState] = {}
         self._pod_locks: dict[str, threading.Lock] = {}
         self._stop = threading.Event()
+        self._started = threading.Event()  # the first full pass after the sync is queued
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers),
                                         thread_name_prefix="policy")
@@ -288,7 +289,7 @@ class PolicyController:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                if not self._dirty and not self._busy:
+                if self._started.is_set() and not self._dirty and not self._busy:
                     return True
             time.sleep(0.005)
         return False
@@ -437,6 +438,7 @@ class PolicyController:
         self._mark(self.registry.pods())  # everything, once the caches are complete
         for key in list(self._states):
             self._mark([key])
+        self._started.set()
         while not self._stop.is_set():
             with self._wake:
                 now = time.monotonic()

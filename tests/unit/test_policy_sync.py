@@ -167,6 +167,7 @@ def test_unpoliced_networks_cost_no_apply_and_unchanged_scripts_are_skipped(
     assert recorded.count() == 0
     ctl.attached(record("server-0"))
     assert recorded.count() == 1
+    assert ctl.wait_idle(5)
     before = ctl.syncs
     pod = api.get("", "pods", "server-0", "telco")
     pod["metadata"]["labels"]["unrelated"] = "x"  # still selected the same way
