@@ -203,12 +203,14 @@ class PolicyController:
 
     def __init__(self, api: Any, registry: AttachmentRegistry, *, node_name: str = "",
                  workers: int = 8, report: Reporter | None = None,
-                 apply: Callable[[str | None, str], None] = nft.apply,
+                 apply: Callable[[str | None, str], Any] = nft.apply,
+                 release: Callable[[str | None], None] = nft.release,
                  watch_timeout: int = 300) -> None:
         self.registry = registry
         self.node_name = node_name
         self.report = report
         self._apply_script = apply
+        self._release = release
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._dirty: set[str] = set()
@@ -320,12 +322,21 @@ class PolicyController:
         """A DEL: forget the attachment; the pod's other interfaces are reprogrammed."""
         record = self.registry.remove(container_id, ifname)
         if record is not None:
-            self._mark([record.pod_key])
+            self._forget(record)
 
     def collected(self, network: str, keep: Iterable[tuple[str, str]]) -> None:
         """A GC of ``network``: forget its attachments not in ``keep``."""
-        gone = self.registry.gc(network, keep)
-        self._mark(r.pod_key for r in gone)
+        for record in self.registry.gc(network, keep):
+            self._forget(record)
+
+    def _forget(self, record: AttachmentRecord) -> None:
+        if not self.registry.for_pod(record.pod_key):
+            # The pod's last attachment: its namespace goes; a kept nft context would hold it.
+            with self._lock:
+                self._states.pop(record.pod_key, None)
+            self._release(record.netns)
+        else:
+            self._mark([record.pod_key])
 
     # -- cache events (reflector threads) ---------------------------------------------------
 
@@ -500,6 +511,7 @@ class PolicyController:
             if fresh is None and not os.path.exists(netns):
                 with self._lock:  # the pod went without a DEL (yet): nothing to program
                     self._states.pop(pod_key, None)
+                self._release(netns)
                 return "gone"
             policeable = [r for r in records if not r.dpdk]
             if not self.synced:
