@@ -126,6 +126,7 @@ def _context(netns: str | None) -> _Context:
             return ctx
     if ctx is not None:  # the path now holds another namespace: the old one is gone
         _drop(key, ctx)
+    _make_room()
     made = netns_mod.run(netns, lambda: _new_context(identity))
     evicted = []
     with _contexts_lock:
@@ -212,3 +213,26 @@ def show(netns: str | None) -> str | None:
         if "No such file or directory" in str(exc):
             return None
         raise
+
+
+#: libnftables 1.0.x waits on its netlink socket with select(): a socket numbered FD_SETSIZE
+#: (1024) or above aborts the whole process (glibc's fortified FD_SET), and the agent raises
+#: its descriptor limit. A context is made only while the lowest free descriptor is below
+#: this; the least recently used contexts are closed to make room.
+FD_CEILING = 1000
+
+
+def _lowest_free_fd() -> int:
+    fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    os.close(fd)
+    return fd
+
+
+def _make_room() -> None:
+    while _lowest_free_fd() >= FD_CEILING:
+        with _contexts_lock:
+            if not _contexts:
+                raise NftError(f"{FD_CEILING} file descriptors are open: libnftables cannot use"
+                               " a socket numbered 1024 or above (it would abort the agent)")
+            _, ctx = _contexts.popitem(last=False)
+        ctx.free()
