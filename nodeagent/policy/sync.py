@@ -170,6 +170,35 @@ def affected_by_pod(old: PodView | None, new: PodView | None,
     return {a.pod_key for a in local if a.pod_key == pod.key or a.network in networks}
 
 
+@dataclass(frozen=True)
+class Plan:
+    """One pod's rules as compiled from its ``records``."""
+
+    records: list[AttachmentRecord]
+    netns: str
+    rules: PodRules
+    deny: bool = False
+
+
+class Compiler:
+    """compile_pod over one set of policies and one cluster view, remembering its results.
+
+    A pod's rules depend on its namespace, labels, named ports and interfaces, never on its
+    own addresses: the replicas of one workload share one compilation per batch."""
+
+    def __init__(self, policies: list[Policy], view: ClusterView) -> None:
+        self.policies, self.view = policies, view
+        self._done: dict[tuple[Any, ...], PodRules] = {}
+
+    def compile(self, targets: list[Target]) -> PodRules:
+        key = tuple((t.namespace, frozenset(t.labels.items()), t.network, t.ifname, t.dpdk,
+                     frozenset(t.named_ports.items())) for t in targets)
+        rules = self._done.get(key)
+        if rules is None:
+            rules = self._done[key] = compile_pod(targets, self.policies, self.view)
+        return rules
+
+
 # -- the controller --------------------------------------------------------------------------
 
 
@@ -312,7 +341,7 @@ class PolicyController:
             if state is None or not state.rule_count:
                 return  # the common case: no policy for this network, nothing to replace
         try:
-            self._program(record.pod_key, fresh=record)
+            self._program(record.pod_key, record)
         except Exception as exc:
             self.registry.remove(*record.key)
             raise PolicyApplyError(f"network policy for {record.pod_key} interface "
@@ -470,9 +499,26 @@ class PolicyController:
                     self._busy = False
 
     def _run_batch(self, batch: set[str]) -> None:
+        """Compile on this thread (pure Python: threads would only contend for the GIL), and
+        apply on the pool (libnftables and the kernel run without it)."""
         started = time.perf_counter()
-        self.view()  # once, before the workers share it
-        results = list(self._pool.map(self._program_quietly, sorted(batch)))
+        compiler = Compiler(self._policies(), self.view())
+        results: list[str] = []
+        pending = []
+        for key in sorted(batch):
+            try:
+                plan = self._plan(key, None, compiler)
+            except Exception as exc:
+                results.append(self._failed(key, exc))
+                continue
+            if isinstance(plan, str):
+                results.append(plan)
+            elif self._unchanged(key, plan.rules):
+                results.append("unchanged")
+            else:
+                pending.append(self._pool.submit(self._apply_planned, key, plan, compiler))
+        for future in pending:
+            results.append(future.result())
         seconds = time.perf_counter() - started
         self.syncs += 1
         self.last_sync = {"pods": len(batch), "applied": sum(r == "applied" for r in results),
@@ -482,14 +528,28 @@ class PolicyController:
         log.debug("policy sync: %s", self.last_sync)
         self._publish()
 
-    def _program_quietly(self, pod_key: str) -> str:
+    def _apply_planned(self, pod_key: str, plan: Plan, compiler: Compiler) -> str:
         try:
-            return self._program(pod_key)
+            with self._pod_lock(pod_key):
+                if self.registry.for_pod(pod_key) != plan.records:  # an ADD or DEL came
+                    again = self._plan(pod_key, None, compiler)
+                    if isinstance(again, str):
+                        return again
+                    plan = again
+                return self._install(pod_key, plan.netns, plan.rules, plan.deny)
         except Exception as exc:
-            log.warning("policy for pod %s not applied: %s", pod_key, exc)
-            with self._lock:
-                self._retry[pod_key] = time.monotonic() + RETRY_DELAY
-            return "failed"
+            return self._failed(pod_key, exc)
+
+    def _failed(self, pod_key: str, exc: Exception) -> str:
+        log.warning("policy for pod %s not applied: %s", pod_key, exc)
+        with self._lock:
+            self._retry[pod_key] = time.monotonic() + RETRY_DELAY
+        return "failed"
+
+    def _unchanged(self, pod_key: str, rules: PodRules) -> bool:
+        with self._lock:
+            state = self._states.get(pod_key)
+        return state is not None and not state.error and state.digest == _digest(rules.script)
 
     def _pod_lock(self, pod_key: str) -> threading.Lock:
         with self._lock:
@@ -498,36 +558,44 @@ class PolicyController:
                 lock = self._pod_locks[pod_key] = threading.Lock()
             return lock
 
+    def _policies(self) -> list[Policy]:
+        return [e.policy for e in self.policies.values() if e.policy is not None]
+
     def _program(self, pod_key: str, fresh: AttachmentRecord | None = None) -> str:
-        """Compile and apply one pod's rules; "applied", "unchanged" or "gone"."""
+        """Compile and apply one pod's rules now; "applied", "unchanged" or "gone"."""
         with self._pod_lock(pod_key):
-            records = self.registry.for_pod(pod_key)
-            if not records:
-                with self._lock:
-                    self._states.pop(pod_key, None)
-                    self._pod_locks.pop(pod_key, None)
-                return "gone"
-            netns = (fresh or records[0]).netns
-            if fresh is None and not os.path.exists(netns):
-                with self._lock:  # the pod went without a DEL (yet): nothing to program
-                    self._states.pop(pod_key, None)
-                self._release(netns)
-                return "gone"
-            policeable = [r for r in records if not r.dpdk]
-            if not self.synced:
-                rules = deny_all([r.ifname for r in policeable])
-                return self._install(pod_key, netns, rules, deny=True)
-            pod = self.pods.get(pod_key)
-            if pod is None and fresh is not None:
-                pod = self._fetch_pod(fresh)
-            if pod is None:
-                return "unchanged"  # not in the API (any more): leave what is there
-            targets = [Target(pod.namespace, pod.name, pod.labels, self.resolve(r, pod),
-                              r.ifname, _addresses(r.ips), r.dpdk, pod.named_ports)
-                       for r in records]
-            policies = [e.policy for e in self.policies.values() if e.policy is not None]
-            rules = compile_pod([t for t in targets if t.network], policies, self.view())
-            return self._install(pod_key, netns, rules)
+            plan = self._plan(pod_key, fresh, None)
+            if isinstance(plan, str):
+                return plan
+            return self._install(pod_key, plan.netns, plan.rules, plan.deny)
+
+    def _plan(self, pod_key: str, fresh: AttachmentRecord | None,
+              compiler: Compiler | None) -> Plan | str:
+        """The rules one pod needs, or what to report when there is nothing to apply."""
+        records = self.registry.for_pod(pod_key)
+        if not records:
+            with self._lock:
+                self._states.pop(pod_key, None)
+            return "gone"
+        netns = (fresh or records[0]).netns
+        if fresh is None and not os.path.exists(netns):
+            with self._lock:  # the pod went without a DEL (yet): nothing to program
+                self._states.pop(pod_key, None)
+            self._release(netns)
+            return "gone"
+        if not self.synced:
+            return Plan(records, netns, deny_all([r.ifname for r in records if not r.dpdk]),
+                        deny=True)
+        pod = self.pods.get(pod_key)
+        if pod is None and fresh is not None:
+            pod = self._fetch_pod(fresh)
+        if pod is None:
+            return "unchanged"  # not in the API (any more): leave what is there
+        targets = [Target(pod.namespace, pod.name, pod.labels, self.resolve(r, pod),
+                          r.ifname, _addresses(r.ips), r.dpdk, pod.named_ports)
+                   for r in records]
+        compiler = compiler or Compiler(self._policies(), self.view())
+        return Plan(records, netns, compiler.compile([t for t in targets if t.network]))
 
     def _install(self, pod_key: str, netns: str, rules: PodRules, deny: bool = False) -> str:
         digest = _digest(rules.script)
