@@ -125,7 +125,7 @@ def main() -> None:
                                lambda: api.put_policy("telco", "allow-clients", "macnet", SPEC))
             emit(bench="policy_create", pods=args.pods, workers=args.workers,
                  converge_seconds=round(seconds, 3), target_seconds=1.0,
-                 last_batch=ctl.last_sync)
+                 last_batch=ctl.last_sync, load_average=os.getloadavg()[0])
 
             changed = json.loads(json.dumps(SPEC))
             changed["ingress"][0]["ports"] = [{"protocol": "TCP", "port": 9090}]
@@ -134,7 +134,7 @@ def main() -> None:
                                                       changed))
             emit(bench="policy_change", pods=args.pods, workers=args.workers,
                  converge_seconds=round(seconds, 3), target_seconds=1.0,
-                 last_batch=ctl.last_sync)
+                 last_batch=ctl.last_sync, load_average=os.getloadavg()[0])
 
             # A peer on another node moves to a new address: every pod's rules name it.
             moved = ip_of(args.pods + 20)
