@@ -88,6 +88,10 @@ class Daemon:
         self.metrics.track_ipam(ipam)
         self.inventory = LiveInventory(self.sysfs, udev=cfg.sysfs_root == "/sys")
         self.policy = self._policy_controller() if cfg.network_policy else None
+        if self.policy is None:  # the fallback must not fail closed for an agent that won't
+            from nodeagent.policy.attachments import AttachmentRegistry
+
+            AttachmentRegistry(settings.state_dir).set_enforcing(False)
         self.cni = CniServer(cfg.socket, workers=cfg.workers,
                              context=Context(ipam=ipam, vfs=self.vfstate,
                                              attachments=self.policy),

@@ -165,6 +165,21 @@ class AttachmentRegistry:
             self.remove(*r.key)
         return gone
 
+    #: Present while the agent enforces policies: the CNI fallback fails closed then.
+    ENFORCING = ".enforcing"
+
+    def set_enforcing(self, on: bool) -> None:
+        marker = self.dir / self.ENFORCING
+        if on:
+            make_private_dir(self.dir)
+            self._dir_ready = True
+            replace_file(marker, b"", mode=0o600, durable=False)
+        else:
+            marker.unlink(missing_ok=True)
+
+    def enforcing(self) -> bool:
+        return (self.dir / self.ENFORCING).exists()
+
     def _index(self, record: AttachmentRecord) -> None:
         with self._lock:
             old = self._records.get(record.key)

@@ -287,6 +287,7 @@ class PolicyController:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> PolicyController:
+        self.registry.set_enforcing(True)  # the fallback fails closed while we are down
         loaded = self.registry.load()
         with self._lock:  # a previous agent's tables may be there: never trust them
             for key in self.registry.pods():
@@ -691,3 +692,34 @@ def _parsed(ips: tuple[str, ...]) -> tuple[Any, ...]:
         except ValueError:
             continue
     return tuple(out)
+
+
+class OfflineHook:
+    """The attachments hook of the in-process CNI fallback (the agent is down): it records
+    every attachment, so the agent polices it when it is back, and, if the agent enforces
+    policies, drops everything on the pod's interfaces until then (fail closed, as before
+    the caches are synced)."""
+
+    def __init__(self, registry: AttachmentRegistry,
+                 apply: Callable[[str | None, str], Any] = nft.apply) -> None:
+        self.registry = registry
+        self._apply = apply
+
+    def attached(self, record: AttachmentRecord) -> None:
+        self.registry.load()  # the pod's other interfaces, which the agent attached
+        self.registry.add(record)
+        if record.dpdk or not self.registry.enforcing():
+            return
+        ifnames = [r.ifname for r in self.registry.for_pod(record.pod_key) if not r.dpdk]
+        try:
+            self._apply(record.netns, deny_all(ifnames).script)
+        except Exception as exc:
+            self.registry.remove(*record.key)
+            raise PolicyApplyError(f"network policy for {record.pod_key} interface "
+                                   f"{record.ifname} could not be applied: {exc}") from exc
+
+    def detached(self, container_id: str, ifname: str) -> None:
+        self.registry.remove(container_id, ifname)
+
+    def collected(self, network: str, keep: Iterable[tuple[str, str]]) -> None:
+        self.registry.gc(network, keep)

@@ -243,3 +243,29 @@ def test_an_add_whose_rules_cannot_be_applied_fails_and_leaves_nothing(
     assert agent["controller"].registry.all() == []
     assert not os.listdir(agent["state"] / "attachments")
     assert server.cni("DEL").status == 0
+
+
+def test_while_the_agent_is_down_the_fallback_records_and_fails_closed(
+        agent: dict, api: ReplayApiServer, master: str, namespaces, tmp_path: Path) -> None:
+    agent["controller"].stop()  # it marked the state dir: this node enforces policies
+    down = {**agent, "socket": str(tmp_path / "nobody-listens.sock")}
+    server = Pod(down, api, master, namespaces(), "server-0", "10.77.0.5", {"app": "server"})
+    other = Pod(down, api, master, namespaces(), "other-0", "10.77.0.10", {"role": "other"})
+    server.add()
+    other.add()
+    listener = server.listen()
+    try:
+        assert not other.connects(server)  # no policy known: nothing passes yet
+        # The agent is back: it finds the records and, no policy naming the network, opens.
+        again = PolicyController(build_client(host=api.url, timeout=(1.0, 2.0)),
+                                 AttachmentRegistry(agent["state"])).start()
+        try:
+            assert wait_until(lambda: other.connects(server))
+            assert again.status()["attachments"]["cid-server-0/net1"]["state"] == "open"
+        finally:
+            again.stop()
+    finally:
+        listener.close()
+        for p in (server, other):
+            assert p.cni("DEL").status == 0
+    assert AttachmentRegistry(agent["state"]).load() == 0
