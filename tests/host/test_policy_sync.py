@@ -241,7 +241,7 @@ def test_an_add_whose_rules_cannot_be_applied_fails_and_leaves_nothing(
     with IPRoute(netns=server.ns) as ipr:
         assert [link.get("IFLA_IFNAME") for link in ipr.get_links()] == ["lo"]
     assert agent["controller"].registry.all() == []
-    assert not os.listdir(agent["state"] / "attachments")
+    assert not list((agent["state"] / "attachments").glob("*.json"))
     assert server.cni("DEL").status == 0
 
 
