@@ -6,7 +6,6 @@ them are allowed or blocked as the policies say."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path

@@ -221,3 +221,46 @@ def test_an_apply_failure_fails_the_attachment_and_drops_its_record(
     with pytest.raises(PolicyApplyError, match="telco/server-0 interface net1"):
         ctl.attached(record("server-0"))
     assert ctl.registry.all() == []
+
+
+def test_status_metrics_and_the_status_screen_show_the_policy_section(
+        api: ReplayApiServer, tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from nodeagent.metrics import Metrics
+    from nodeagent.status import StatusBoard
+    from nodeagent.statusview import status_screen
+
+    board = StatusBoard()
+    metrics = Metrics(board)
+
+    def report(section: dict) -> None:
+        board.set_policy(section)
+        metrics.policy_synced(section)
+
+    api.put_pod(pod_obj("server-0", {"app": "server"}))
+    api.put_policy("telco", "allow-clients", "macnet", ALLOW_CLIENTS)
+    api.put_policy("telco", "broken", "macnet", {"podSelector": {"matchLabels": 5}})
+    ctl = PolicyController(build_client(host=api.url, timeout=(1.0, 2.0)),
+                           AttachmentRegistry(tmp_path), apply=Recorded(), report=report)
+    try:
+        ctl.start()
+        assert ctl.wait_synced(5)
+        ctl.attached(record("server-0"))
+        api.put_pod(pod_obj("client-0", {"role": "client"}, {"telco/macnet": "10.77.0.9"},
+                            node="worker-2"))
+        assert wait_until(lambda: ctl.syncs >= 1 and ctl.wait_idle(0.1))
+        snap = board.snapshot()
+        assert snap["policy"]["attachments"]["c-server-0/net1"]["state"] == "policed"
+        screen = status_screen(snap)
+        assert "NETWORK POLICY" in screen and "telco/allow-clients" in screen
+        assert "not enforced: telco/broken: spec.podSelector.matchLabels" in screen
+        samples = {(s.name, frozenset(s.labels.items())): s.value for family in
+                   text_string_to_metric_families(generate_latest(metrics.registry).decode())
+                   for s in family.samples}
+        assert samples[("nodeagent_policy_attachments", frozenset({("state", "policed")}))] == 1
+        assert samples[("nodeagent_policy_invalid", frozenset())] == 1
+        assert samples[("nodeagent_policy_sync_duration_seconds_count", frozenset())] >= 1
+    finally:
+        ctl.stop()
