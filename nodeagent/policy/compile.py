@@ -80,6 +80,10 @@ class PodRules:
     rule_count: int
     unpoliced: tuple[str, ...] = ()
     programs: Mapping[str, InterfaceProgram] = field(default_factory=dict)
+    #: The script's sets: name -> (flags, elements), and the script without the elements:
+    #: what :func:`update_script` compares.
+    sets: Mapping[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    skeleton: str = ""
 
 
 def policies_for(target: Target, policies: Iterable[Policy]) -> list[Policy]:
@@ -101,17 +105,45 @@ def compile_pod(targets: Sequence[Target], policies: Iterable[Policy],
             unpoliced.append(target.ifname)
             continue
         programs[target.ifname] = compile_target(target, policies, view)
-    script, count = render(programs.values())
+    out = render(programs.values())
     applied = {name: prog.policies for name, prog in programs.items()}
-    return PodRules(script, applied, count, tuple(unpoliced), programs)
+    return PodRules(out.script, applied, out.rule_count, tuple(unpoliced), programs, out.sets,
+                    out.skeleton)
 
 
 def deny_all(ifnames: Sequence[str]) -> PodRules:
     """Rules that drop everything (but IPv6 neighbour discovery) on ``ifnames``, both ways:
     installed when an attachment appears, until its policies are known (fail closed)."""
     programs = {name: InterfaceProgram(name, "", (), (), ()) for name in ifnames}
-    script, count = render(programs.values())
-    return PodRules(script, {name: () for name in ifnames}, count, (), programs)
+    out = render(programs.values())
+    return PodRules(out.script, {name: () for name in ifnames}, out.rule_count, (), programs,
+                    out.sets, out.skeleton)
+
+
+def update_script(installed: PodRules, wanted: PodRules) -> str:
+    """The cheapest transaction from ``installed`` (what the namespace has now) to ``wanted``:
+    "" when nothing changes; element additions and deletions when only the pod IPs of peers
+    changed (the usual event: a peer pod came or went); else ``wanted.script``. If the
+    namespace's table is not what ``installed`` says, the element update fails (NftError):
+    apply ``wanted.script`` then."""
+    if installed.script == wanted.script:
+        return ""
+    if installed.skeleton != wanted.skeleton or installed.sets.keys() != wanted.sets.keys():
+        return wanted.script
+    lines = []
+    for name, (flags, elements) in wanted.sets.items():
+        old_flags, old_elements = installed.sets[name]
+        if old_elements == elements:
+            continue
+        if flags or old_flags:  # interval sets: prefixes may merge and split, replace all
+            return wanted.script
+        gone = sorted(set(old_elements) - set(elements))
+        new = sorted(set(elements) - set(old_elements))
+        if gone:
+            lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {', '.join(gone)} }}")
+        if new:
+            lines.append(f"add element {FAMILY} {TABLE} {name} {{ {', '.join(new)} }}")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def compile_target(target: Target, policies: Sequence[Policy],
@@ -291,11 +323,23 @@ def _merge(rules: list[CompiledRule]) -> tuple[CompiledRule, ...]:
 
 # -- rendering --------------------------------------------------------------------------------
 
-def render(programs: Iterable[InterfaceProgram]) -> tuple[str, int]:
-    """The nft transaction for ``programs`` and its rule count. It first creates and deletes
-    the table (so the deletion never fails), then defines it anew: one atomic replacement."""
+@dataclass(frozen=True)
+class Rendered:
+    script: str
+    rule_count: int
+    sets: Mapping[str, tuple[str, tuple[str, ...]]]
+    skeleton: str
+
+
+ELEMENTS = "elements = "
+
+
+def render(programs: Iterable[InterfaceProgram]) -> Rendered:
+    """The nft transaction for ``programs``. It first creates and deletes the table (so the
+    deletion never fails), then defines it anew: one atomic replacement."""
     lines = [f"add table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}"]
     body: list[str] = []
+    sets: dict[str, tuple[str, tuple[str, ...]]] = {}
     count = 0
     hooks: dict[str, list[str]] = {"input": [], "output": []}
     for index, program in enumerate(programs):
@@ -307,9 +351,10 @@ def render(programs: Iterable[InterfaceProgram]) -> tuple[str, int]:
             chain = f"{'in' if direction == INGRESS else 'out'}_{index}"
             hook = "input" if direction == INGRESS else "output"
             hooks[hook].append(f'"{program.ifname}" : jump {chain}')
-            count += _render_chain(body, chain, direction, rules)
+            count += _render_chain(body, sets, chain, direction, rules)
     if not body:
-        return "\n".join(lines) + "\n", 0
+        script = "\n".join(lines) + "\n"
+        return Rendered(script, 0, {}, script)
     lines.append(f"table {FAMILY} {TABLE} {{")
     for hook, entries in hooks.items():
         if not entries:
@@ -322,11 +367,13 @@ def render(programs: Iterable[InterfaceProgram]) -> tuple[str, int]:
         count += 1
     lines += body
     lines.append("}")
-    return "\n".join(lines) + "\n", count
+    script = "\n".join(lines) + "\n"
+    skeleton = "\n".join(line for line in lines if not line.lstrip().startswith(ELEMENTS))
+    return Rendered(script, count, sets, skeleton)
 
 
-def _render_chain(out: list[str], chain: str, direction: str,
-                  rules: Sequence[CompiledRule]) -> int:
+def _render_chain(out: list[str], sets: dict[str, tuple[str, tuple[str, ...]]], chain: str,
+                  direction: str, rules: Sequence[CompiledRule]) -> int:
     field_ = "saddr" if direction == INGRESS else "daddr"
     statements = ["ct state established,related accept",
                   f"icmpv6 type {{ {ND_TYPES} }} accept"]
@@ -342,9 +389,10 @@ def _render_chain(out: list[str], chain: str, direction: str,
                 name = f"{chain}_{number}_v{version}"
                 kind = "ipv4_addr" if version == 4 else "ipv6_addr"
                 flags, items = _elements(tuple(nets))
+                sets[name] = (flags, tuple(items.split(", ")))
                 out += [f"  set {name} {{",
                         f"    type {kind};{flags}",
-                        f"    elements = {{ {items} }}",
+                        f"    {ELEMENTS}{{ {items} }}",
                         "  }"]
                 matches.append(f"{proto} {field_} @{name} ")
         for match in matches:

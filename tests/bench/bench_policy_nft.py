@@ -4,7 +4,8 @@ N pod namespaces (default 1,000) with one policed interface each; one policy all
 from every pod of a network of 1,000 peers (IPv4 and IPv6) and egress to a /16 except a /24.
 Measured, as the controller does it after a peer change: compile_pod for every pod, then
 nft.apply of every pod's script, sequentially from one thread, for the first apply (a new
-libnftables context per namespace) and for a re-apply (the kept context). Prints one JSON
+libnftables context per namespace) and for a re-apply (the kept context); then a peer pod
+comes and every pod is recompiled and updated element-wise (update_script). Prints one JSON
 object per line (ms in total and per pod).
 """
 
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from nodeagent.policy import nft  # noqa: E402
-from nodeagent.policy.compile import compile_pod  # noqa: E402
+from nodeagent.policy.compile import compile_pod, update_script  # noqa: E402
 from nodeagent.policy.model import (  # noqa: E402
     POLICY_FOR,
     ClusterView,
@@ -74,6 +75,17 @@ def main() -> int:
             took = time.perf_counter() - start
             emit(bench="policy_nft", step=step, pods=args.pods,
                  ms_total=round(took * 1000, 1), ms_per_pod=round(took * 1000 / args.pods, 3))
+        # A peer pod comes: every pod's rules are recompiled, and updated element-wise.
+        newcomer = Peer("bench", "new", {}, (ipaddress.ip_address("10.200.0.1"),
+                                             ipaddress.ip_address("fd02::1")))
+        grown = ClusterView({"bench": {}}, {NET: [*peers, newcomer]})
+        start = time.perf_counter()
+        for name in names:
+            new = compile_pod(targets[name], [policy], grown)
+            nft.apply(name, update_script(scripts[name], new))
+        took = time.perf_counter() - start
+        emit(bench="policy_nft", step="peer_added_compile_and_update", pods=args.pods,
+             ms_total=round(took * 1000, 1), ms_per_pod=round(took * 1000 / args.pods, 3))
     finally:
         for name in names:
             nft.release(name)
