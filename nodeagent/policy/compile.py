@@ -10,7 +10,6 @@ connections pass (conntrack), traffic on other interfaces is untouched.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 import weakref
@@ -382,14 +381,11 @@ def _render_chain(out: list[str], sets: dict[str, tuple[str, tuple[str, ...]]], 
         if rule.addresses is None:
             matches.append("")
         else:
-            for version, proto in ((4, "ip"), (6, "ip6")):
-                nets = [n for n in rule.addresses if n.version == version]
-                if not nets:
-                    continue
+            for version, flags, items, elements in _families(rule.addresses):
+                proto = "ip" if version == 4 else "ip6"
                 name = f"{chain}_{number}_v{version}"
                 kind = "ipv4_addr" if version == 4 else "ipv6_addr"
-                flags, items = _elements(tuple(nets))
-                sets[name] = (flags, tuple(items.split(", ")))
+                sets[name] = (flags, elements)
                 out += [f"  set {name} {{",
                         f"    type {kind};{flags}",
                         f"    {ELEMENTS}{{ {items} }}",
@@ -405,13 +401,33 @@ def _render_chain(out: list[str], sets: dict[str, tuple[str, tuple[str, ...]]], 
     return len(statements)
 
 
-@functools.lru_cache(maxsize=1024)
-def _elements(nets: tuple[IPNetwork, ...]) -> tuple[str, str]:
-    """A set's flags and elements (the same peers recur in every pod's script). Hosts only
-    (pod IPs): a hash set, which nft builds about twice as fast as an interval set."""
-    if all(n.prefixlen == n.max_prefixlen for n in nets):
-        return "", ", ".join(str(n.network_address) for n in nets)
-    return " flags interval;", ", ".join(map(str, nets))
+_Family = tuple[int, str, str, tuple[str, ...]]  # version, set flags, elements text and list
+#: id(addresses) -> (addresses, their sets): the same peer tuples (shared through the view's
+#: memo) recur in every pod's script; keyed by identity, as hashing 2,000 addresses per pod
+#: would cost more than it saves. The tuple is kept, so its id is not reused while cached.
+_families_memo: dict[int, tuple[tuple[IPNetwork, ...], list[_Family]]] = {}
+
+
+def _families(addresses: tuple[IPNetwork, ...]) -> list[_Family]:
+    """Per address family present: the set's flags and elements. Hosts only (pod IPs): a
+    hash set, which nft builds about twice as fast as an interval set."""
+    cached = _families_memo.get(id(addresses))
+    if cached is not None and cached[0] is addresses:
+        return cached[1]
+    out = []
+    for version in (4, 6):
+        nets = [n for n in addresses if n.version == version]
+        if not nets:
+            continue
+        if all(n.prefixlen == n.max_prefixlen for n in nets):
+            flags, elements = "", tuple(str(n.network_address) for n in nets)
+        else:
+            flags, elements = " flags interval;", tuple(map(str, nets))
+        out.append((version, flags, ", ".join(elements), elements))
+    if len(_families_memo) >= 4096:
+        _families_memo.clear()
+    _families_memo[id(addresses)] = (addresses, out)
+    return out
 
 
 def _port_matches(ports: Sequence[PortRange]) -> list[str]:
