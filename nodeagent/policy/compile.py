@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -78,6 +79,10 @@ class PodRules:
     rule_count: int
     unpoliced: tuple[str, ...] = ()
     programs: Mapping[str, InterfaceProgram] = field(default_factory=dict)
+    #: The script's sets: name -> (flags, elements), and the script without the elements:
+    #: what :func:`update_script` compares.
+    sets: Mapping[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    skeleton: str = ""
 
 
 def policies_for(target: Target, policies: Iterable[Policy]) -> list[Policy]:
@@ -99,17 +104,45 @@ def compile_pod(targets: Sequence[Target], policies: Iterable[Policy],
             unpoliced.append(target.ifname)
             continue
         programs[target.ifname] = compile_target(target, policies, view)
-    script, count = render(programs.values())
+    out = render(programs.values())
     applied = {name: prog.policies for name, prog in programs.items()}
-    return PodRules(script, applied, count, tuple(unpoliced), programs)
+    return PodRules(out.script, applied, out.rule_count, tuple(unpoliced), programs, out.sets,
+                    out.skeleton)
 
 
 def deny_all(ifnames: Sequence[str]) -> PodRules:
     """Rules that drop everything (but IPv6 neighbour discovery) on ``ifnames``, both ways:
     installed when an attachment appears, until its policies are known (fail closed)."""
     programs = {name: InterfaceProgram(name, "", (), (), ()) for name in ifnames}
-    script, count = render(programs.values())
-    return PodRules(script, {name: () for name in ifnames}, count, (), programs)
+    out = render(programs.values())
+    return PodRules(out.script, {name: () for name in ifnames}, out.rule_count, (), programs,
+                    out.sets, out.skeleton)
+
+
+def update_script(installed: PodRules, wanted: PodRules) -> str:
+    """The cheapest transaction from ``installed`` (what the namespace has now) to ``wanted``:
+    "" when nothing changes; element additions and deletions when only the pod IPs of peers
+    changed (the usual event: a peer pod came or went); else ``wanted.script``. If the
+    namespace's table is not what ``installed`` says, the element update fails (NftError):
+    apply ``wanted.script`` then."""
+    if installed.script == wanted.script:
+        return ""
+    if installed.skeleton != wanted.skeleton or installed.sets.keys() != wanted.sets.keys():
+        return wanted.script
+    lines = []
+    for name, (flags, elements) in wanted.sets.items():
+        old_flags, old_elements = installed.sets[name]
+        if old_elements == elements:
+            continue
+        if flags or old_flags:  # interval sets: prefixes may merge and split, replace all
+            return wanted.script
+        gone = sorted(set(old_elements) - set(elements))
+        new = sorted(set(elements) - set(old_elements))
+        if gone:
+            lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {', '.join(gone)} }}")
+        if new:
+            lines.append(f"add element {FAMILY} {TABLE} {name} {{ {', '.join(new)} }}")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def compile_target(target: Target, policies: Sequence[Policy],
@@ -150,12 +183,12 @@ def allows(program: InterfaceProgram, direction: str, peer: IPAddress | str, pro
 
 # -- compilation ------------------------------------------------------------------------------
 
-def _selected_peers(peer: PeerRule, policy: Policy, target: Target,
+def _selected_peers(peer: PeerRule, namespace: str, network: str,
                     view: ClusterView) -> list[Peer]:
     found = []
-    for pod in view.peers.get(target.network, ()):
+    for pod in view.peers.get(network, ()):
         if peer.namespace_selector is None:
-            if pod.namespace != policy.namespace:
+            if pod.namespace != namespace:
                 continue
         elif not peer.namespace_selector.matches(view.namespaces.get(pod.namespace, {})):
             continue
@@ -184,35 +217,57 @@ def _host(ip: IPAddress) -> IPNetwork:
     return ipaddress.ip_network(ip)
 
 
-def _compile_rule(rule: Rule, policy: Policy, target: Target, view: ClusterView,
-                  direction: str) -> list[CompiledRule]:
-    """Allow rules for one policy rule (empty: it can match nothing)."""
-    addresses: list[IPNetwork] | None
-    pods: list[Peer] | None  # the peer pods (None: every address; named ports need the pods)
+_Peers = tuple[tuple[IPNetwork, ...] | None, tuple[Peer, ...] | None]
+#: Per ClusterView (dropped with it): the peers of a rule on a network are the same for every
+#: pod the rule applies to, so a view's 1,000 pods compute them once.
+_memo: dict[int, dict[tuple[str, Rule, str], _Peers]] = {}
+
+
+def _peers_of(rule: Rule, policy: Policy, network: str, view: ClusterView) -> _Peers:
+    """The addresses a rule's peers have on ``network`` (None: every address), and the peer
+    pods (None: no peer list, every pod; named ports need the pods)."""
+    memo = _memo.get(id(view))
+    if memo is None:
+        memo = _memo[id(view)] = {}
+        weakref.finalize(view, _memo.pop, id(view), None)
+    key = (policy.namespace, rule, network)
+    found = memo.get(key)
+    if found is not None:
+        return found
     if not rule.peers:
-        addresses, pods = None, None
+        found = (None, None)
     else:
-        addresses, pods = [], []
+        addresses: list[IPNetwork] = []
+        pods: list[Peer] = []
         for peer in rule.peers:
             if peer.ip_block is not None:
                 addresses.extend(_block_networks(peer.ip_block))
             else:
-                selected = _selected_peers(peer, policy, target, view)
+                selected = _selected_peers(peer, policy.namespace, network, view)
                 pods.extend(selected)
                 addresses.extend(_host(ip) for pod in selected for ip in pod.ips)
+        found = (_collapse(addresses), tuple(pods))
+    memo[key] = found
+    return found
+
+
+def _compile_rule(rule: Rule, policy: Policy, target: Target, view: ClusterView,
+                  direction: str) -> list[CompiledRule]:
+    """Allow rules for one policy rule (empty: it can match nothing)."""
+    addresses, pods = _peers_of(rule, policy, target.network, view)
     numeric = [PortRange(p.protocol, p.port, p.end_port or p.port)
                for p in rule.ports if not isinstance(p.port, str)]
     named = [p for p in rule.ports if isinstance(p.port, str)]
     out = []
     if numeric or not rule.ports:
-        out.append(CompiledRule(_collapse(addresses), _ports(numeric)))
+        out.append(CompiledRule(addresses, _ports(numeric)))
     if named and direction == INGRESS:
         # A named port is a port of the policed pod: resolved against its containers.
         ranges = {PortRange(p.protocol, n, n) for p in named
                   if (found := target.named_ports.get(p.port)) and found[0] == p.protocol
                   for n in (found[1],)}
         if ranges:
-            out.append(CompiledRule(_collapse(addresses), _ports(ranges)))
+            out.append(CompiledRule(addresses, _ports(ranges)))
     elif named:
         # Egress: a named port is a port of each destination pod, resolved pod by pod.
         candidates = pods if pods is not None else list(view.peers.get(target.network, ()))
@@ -236,9 +291,13 @@ def _ports(ranges: Iterable[PortRange]) -> tuple[PortRange, ...]:
 
 
 def _collapse(nets: Iterable[IPNetwork] | None) -> tuple[IPNetwork, ...] | None:
+    """Disjoint, sorted networks. Pod IPs alone stay single hosts (not merged into prefixes):
+    their set is a plain hash set, whose elements a peer change can add and delete."""
     if nets is None:
         return None
-    nets = list(nets)
+    nets = set(nets)
+    if all(n.prefixlen == n.max_prefixlen for n in nets):
+        return tuple(sorted(nets, key=lambda n: (n.version, n)))  # type: ignore[arg-type]
     v4 = ipaddress.collapse_addresses(n for n in nets if n.version == 4)
     v6 = ipaddress.collapse_addresses(n for n in nets if n.version == 6)
     return (*v4, *v6)  # type: ignore[return-value]
@@ -246,24 +305,40 @@ def _collapse(nets: Iterable[IPNetwork] | None) -> tuple[IPNetwork, ...] | None:
 
 def _merge(rules: list[CompiledRule]) -> tuple[CompiledRule, ...]:
     """Rules with the same ports become one (their addresses united): fewer nft rules."""
-    by_ports: dict[tuple[PortRange, ...], list[IPNetwork] | None] = {}
+    groups: dict[tuple[PortRange, ...], list[CompiledRule]] = {}
     for rule in rules:
-        if rule.ports in by_ports and by_ports[rule.ports] is None:
-            continue
-        if rule.addresses is None:
-            by_ports[rule.ports] = None
+        groups.setdefault(rule.ports, []).append(rule)
+    out = []
+    for ports, group in groups.items():
+        if len(group) == 1:
+            out.append(group[0])  # its addresses are collapsed already
+        elif any(r.addresses is None for r in group):
+            out.append(CompiledRule(None, ports))
         else:
-            by_ports.setdefault(rule.ports, []).extend(rule.addresses)  # type: ignore[union-attr]
-    return tuple(CompiledRule(_collapse(nets), ports) for ports, nets in by_ports.items())
+            out.append(CompiledRule(_collapse(n for r in group for n in r.addresses or ()),
+                                    ports))
+    return tuple(out)
 
 
 # -- rendering --------------------------------------------------------------------------------
 
-def render(programs: Iterable[InterfaceProgram]) -> tuple[str, int]:
-    """The nft transaction for ``programs`` and its rule count. It first creates and deletes
-    the table (so the deletion never fails), then defines it anew: one atomic replacement."""
+@dataclass(frozen=True)
+class Rendered:
+    script: str
+    rule_count: int
+    sets: Mapping[str, tuple[str, tuple[str, ...]]]
+    skeleton: str
+
+
+ELEMENTS = "elements = "
+
+
+def render(programs: Iterable[InterfaceProgram]) -> Rendered:
+    """The nft transaction for ``programs``. It first creates and deletes the table (so the
+    deletion never fails), then defines it anew: one atomic replacement."""
     lines = [f"add table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}"]
     body: list[str] = []
+    sets: dict[str, tuple[str, tuple[str, ...]]] = {}
     count = 0
     hooks: dict[str, list[str]] = {"input": [], "output": []}
     for index, program in enumerate(programs):
@@ -275,9 +350,10 @@ def render(programs: Iterable[InterfaceProgram]) -> tuple[str, int]:
             chain = f"{'in' if direction == INGRESS else 'out'}_{index}"
             hook = "input" if direction == INGRESS else "output"
             hooks[hook].append(f'"{program.ifname}" : jump {chain}')
-            count += _render_chain(body, chain, direction, rules)
+            count += _render_chain(body, sets, chain, direction, rules)
     if not body:
-        return "\n".join(lines) + "\n", 0
+        script = "\n".join(lines) + "\n"
+        return Rendered(script, 0, {}, script)
     lines.append(f"table {FAMILY} {TABLE} {{")
     for hook, entries in hooks.items():
         if not entries:
@@ -290,11 +366,13 @@ def render(programs: Iterable[InterfaceProgram]) -> tuple[str, int]:
         count += 1
     lines += body
     lines.append("}")
-    return "\n".join(lines) + "\n", count
+    script = "\n".join(lines) + "\n"
+    skeleton = "\n".join(line for line in lines if not line.lstrip().startswith(ELEMENTS))
+    return Rendered(script, count, sets, skeleton)
 
 
-def _render_chain(out: list[str], chain: str, direction: str,
-                  rules: Sequence[CompiledRule]) -> int:
+def _render_chain(out: list[str], sets: dict[str, tuple[str, tuple[str, ...]]], chain: str,
+                  direction: str, rules: Sequence[CompiledRule]) -> int:
     field_ = "saddr" if direction == INGRESS else "daddr"
     statements = ["ct state established,related accept",
                   f"icmpv6 type {{ {ND_TYPES} }} accept"]
@@ -303,15 +381,14 @@ def _render_chain(out: list[str], chain: str, direction: str,
         if rule.addresses is None:
             matches.append("")
         else:
-            for version, proto in ((4, "ip"), (6, "ip6")):
-                nets = [n for n in rule.addresses if n.version == version]
-                if not nets:
-                    continue
+            for version, flags, items, elements in _families(rule.addresses):
+                proto = "ip" if version == 4 else "ip6"
                 name = f"{chain}_{number}_v{version}"
                 kind = "ipv4_addr" if version == 4 else "ipv6_addr"
+                sets[name] = (flags, elements)
                 out += [f"  set {name} {{",
-                        f"    type {kind}; flags interval;",
-                        f"    elements = {{ {', '.join(map(str, nets))} }}",
+                        f"    type {kind};{flags}",
+                        f"    {ELEMENTS}{{ {items} }}",
                         "  }"]
                 matches.append(f"{proto} {field_} @{name} ")
         for match in matches:
@@ -322,6 +399,35 @@ def _render_chain(out: list[str], chain: str, direction: str,
     out += [f"    {s}" for s in statements]
     out.append("  }")
     return len(statements)
+
+
+_Family = tuple[int, str, str, tuple[str, ...]]  # version, set flags, elements text and list
+#: id(addresses) -> (addresses, their sets): the same peer tuples (shared through the view's
+#: memo) recur in every pod's script; keyed by identity, as hashing 2,000 addresses per pod
+#: would cost more than it saves. The tuple is kept, so its id is not reused while cached.
+_families_memo: dict[int, tuple[tuple[IPNetwork, ...], list[_Family]]] = {}
+
+
+def _families(addresses: tuple[IPNetwork, ...]) -> list[_Family]:
+    """Per address family present: the set's flags and elements. Hosts only (pod IPs): a
+    hash set, which nft builds about twice as fast as an interval set."""
+    cached = _families_memo.get(id(addresses))
+    if cached is not None and cached[0] is addresses:
+        return cached[1]
+    out = []
+    for version in (4, 6):
+        nets = [n for n in addresses if n.version == version]
+        if not nets:
+            continue
+        if all(n.prefixlen == n.max_prefixlen for n in nets):
+            flags, elements = "", tuple(str(n.network_address) for n in nets)
+        else:
+            flags, elements = " flags interval;", tuple(map(str, nets))
+        out.append((version, flags, ", ".join(elements), elements))
+    if len(_families_memo) >= 4096:
+        _families_memo.clear()
+    _families_memo[id(addresses)] = (addresses, out)
+    return out
 
 
 def _port_matches(ports: Sequence[PortRange]) -> list[str]:

@@ -143,7 +143,9 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
     name = f.string(meta, "name", "metadata", pattern=OBJECT_NAME, max_len=253)
     annotations = f.opt_obj(meta, "annotations", "metadata") or {}
     where = f"metadata.annotations[{POLICY_FOR}]"
-    text = f.text(annotations.get(POLICY_FOR), where)
+    if annotations.get(POLICY_FOR) is None:
+        f.fail(where, "is required: it names the NetworkAttachmentDefinitions the policy is for")
+    text = f.text(annotations[POLICY_FOR], where)
     networks = set()
     for part in text.split(","):
         ref = part.strip()

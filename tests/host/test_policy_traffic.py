@@ -24,7 +24,7 @@ from pyroute2 import netns as pr_netns
 
 from nodeagent import netns
 from nodeagent.policy import nft
-from nodeagent.policy.compile import compile_pod, deny_all
+from nodeagent.policy.compile import compile_pod, deny_all, update_script
 from nodeagent.policy.model import POLICY_FOR, ClusterView, Peer, Target, parse_policy
 from tests.host.conftest import unique
 
@@ -326,3 +326,25 @@ def test_a_refused_script_changes_nothing(lab: Lab, policed: Any) -> None:
         nft.apply(lab.p.ns, "add table inet nodeagent\ndelete table inet nodeagent\n"
                             "table inet nodeagent { chain c { bogus; } }\n")
     assert not tcp(lab.a, lab.p, lab.p.v4)  # the deny-all table is still there
+
+
+def test_a_peer_update_applies_as_element_changes(lab: Lab) -> None:
+    policy = parse_policy({"metadata": {"namespace": "team", "name": "x",
+                                        "annotations": {POLICY_FOR: "net1"}},
+                           "spec": {"ingress": [{"from": [{"podSelector": {}}]}]}})
+    target = Target("team", "p", {}, NET, "net1", _ips(lab.p.v4, lab.p.v6))
+    a = Peer("team", "a", {}, _ips(lab.a.v4, lab.a.v6))
+    b = Peer("team", "b", {}, _ips(lab.b.v4, lab.b.v6))
+    only_a = compile_pod([target], [policy], ClusterView({}, {NET: [a]}))
+    only_b = compile_pod([target], [policy], ClusterView({}, {NET: [b]}))
+    nft.apply(lab.p.ns, only_a.script)
+    try:
+        assert both(tcp, lab.a, lab.p) == (True, True)
+        assert both(tcp, lab.b, lab.p) == (False, False)
+        update = update_script(only_a, only_b)
+        assert "table inet nodeagent {" not in update
+        nft.apply(lab.p.ns, update)
+        assert both(tcp, lab.b, lab.p) == (True, True)
+        assert both(tcp, lab.a, lab.p) == (False, False)
+    finally:
+        nft.clear(lab.p.ns)

@@ -17,6 +17,7 @@ from nodeagent.policy.compile import (
     compile_pod,
     deny_all,
     policies_for,
+    update_script,
 )
 from nodeagent.policy.model import POLICY_FOR, ClusterView, Peer, Policy, Target, parse_policy
 
@@ -230,3 +231,24 @@ def test_interface_names_that_cannot_be_quoted_are_refused() -> None:
     bad = Target("team", "db-0", {"app": "db"}, NET, 'x"y', ())
     with pytest.raises(ValueError, match="cannot be policed"):
         compile_pod([bad], [pol({})], VIEW)
+
+
+def test_a_peer_change_is_an_element_update_and_a_policy_change_a_replacement() -> None:
+    allow_api = pol({"ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "api"}}}]}]})
+    before = compile_pod([TARGET], [allow_api], VIEW)
+    assert update_script(before, compile_pod([TARGET], [allow_api], VIEW)) == ""
+    newcomer = Peer("team", "api-3", {"app": "api"}, ips("10.0.0.50", "fd00::50"))
+    grown = ClusterView(VIEW.namespaces, {NET: [*VIEW.peers[NET], newcomer]})
+    after = compile_pod([TARGET], [allow_api], grown)
+    script = update_script(before, after)
+    assert "10.0.0.50" in script and "fd00::50" in script
+    assert all(line.startswith("add element inet nodeagent ") for line in script.splitlines())
+    assert update_script(after, before).startswith("delete element inet nodeagent ")
+    ports = pol({"ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "api"}}}],
+                              "ports": [{"port": 80}]}]})
+    changed = compile_pod([TARGET], [ports], VIEW)
+    assert update_script(before, changed) == changed.script
+    blocks = [pol({"ingress": [{"from": [{"ipBlock": {"cidr": c}}]}]}, name="b")
+              for c in ("192.0.2.0/25", "192.0.2.0/24")]
+    wide, wider = (compile_pod([TARGET], [allow_api, b], VIEW) for b in blocks)
+    assert update_script(wide, wider) == wider.script  # interval sets are replaced whole
