@@ -86,6 +86,7 @@ def _policy_lines(section: dict[str, Any] | None, now: float) -> list[str]:
     if rows:
         out.append(tabulate(rows, headers=("POD", "IFNAME", "NETWORK", "STATE", "POLICIES",
                                            "RULES", "ERROR")))
+    out += [f"  API: {name}: {why}" for name, why in (section.get("apiErrors") or {}).items()]
     out += [f"  not enforced: {key}: {why}"
             for key, why in (section.get("policyErrors") or {}).items()]
     return out

@@ -27,15 +27,20 @@ Obj = dict[str, Any]
 Handler = Callable[[str, str, Any, Any], None]
 
 
+_SKIP = object()
+
+
 def name_key(obj: Obj) -> str:
     """``namespace/name`` (``name`` for cluster-scoped objects)."""
-    meta = obj.get("metadata") or {}
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
     ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
     return f"{ns}/{name}" if ns else name
 
 
 def _rv(obj: Obj) -> str:
-    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    meta = obj.get("metadata")
+    return str(meta.get("resourceVersion") or "") if isinstance(meta, dict) else ""
 
 
 class Reflector(Generic[T]):
@@ -165,8 +170,12 @@ class Reflector(Generic[T]):
         changes: list[tuple[str, str, Any, Any]] = []
         with self._lock:
             old_items, old_rvs = self._items, self._rvs
-            items = {k: old_items[k] if k in old_items and old_rvs.get(k) == _rv(o) and _rv(o)
-                     else self.transform(o) for k, o in fresh.items()}
+            items = {}
+            for k, o in fresh.items():
+                if k in old_items and old_rvs.get(k) == _rv(o) and _rv(o):
+                    items[k] = old_items[k]
+                elif (value := self._transform(o)) is not _SKIP:
+                    items[k] = value
             for k, value in items.items():
                 if k not in old_items:
                     changes.append(("ADDED", k, None, value))
@@ -215,7 +224,9 @@ class Reflector(Generic[T]):
 
     def _apply(self, etype: str, obj: Obj) -> None:
         key = self.key(obj)
-        new = None if etype == "DELETED" else self.transform(obj)
+        new = None if etype == "DELETED" else self._transform(obj)
+        if new is _SKIP:
+            etype, new = "DELETED", None  # unreadable now: as if it were gone
         with self._lock:
             old = self._items.get(key)
             if new is None:
@@ -228,6 +239,15 @@ class Reflector(Generic[T]):
         if etype == "DELETED" and old is None:
             return
         self._notify("ADDED" if old is None and new is not None else etype, key, old, new)
+
+    def _transform(self, obj: Obj) -> Any:
+        """The stored value; an object the transform cannot read is logged and left out
+        (one odd object must not stop the cache)."""
+        try:
+            return self.transform(obj)
+        except Exception as exc:
+            log.warning("%s: skipped %s: %s", self.name, self.key(obj), exc)
+            return _SKIP
 
     def _notify(self, etype: str, key: str, old: Any, new: Any) -> None:
         if self.on_event is None:

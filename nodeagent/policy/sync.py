@@ -261,7 +261,8 @@ class PolicyController:
                                         thread_name_prefix="policy")
         self._policed: frozenset[str] = frozenset()  # "ns/nad" some valid policy names
         self._policed_names: frozenset[str] = frozenset()  # their CNI network names
-        self._view: tuple[int, ClusterView] | None = None
+        self._view: tuple[tuple[int, int, int], ClusterView] | None = None
+        self._records_version = 0  # local records' addresses are peers too
         self._all_synced = False
         self.errors: dict[str, str] = {}  # policy key -> why it is not enforced
         self.last_sync: dict[str, Any] = {}
@@ -342,6 +343,7 @@ class PolicyController:
         """An ADD configured its link: record it and, if a policy may apply, put the pod's
         rules in place now. Raises PolicyApplyError (the ADD fails and is rolled back)."""
         self.registry.add(record)
+        self._records_version += 1
         if record.dpdk:
             return  # no netdev: nothing the kernel could filter
         if self.synced and record.network not in self._policed_names:
@@ -355,6 +357,11 @@ class PolicyController:
             self.registry.remove(*record.key)
             raise PolicyApplyError(f"network policy for {record.pod_key} interface "
                                    f"{record.ifname} could not be applied: {exc}") from exc
+        if self.synced:  # it is a peer of the other local pods there, before Multus says so
+            network = self.resolve(record)
+            if network in self._policed:
+                self._mark(a.pod_key for a in self._local()
+                           if a.network == network and a.pod_key != record.pod_key)
 
     def detached(self, container_id: str, ifname: str) -> None:
         """A DEL: forget the attachment; the pod's other interfaces are reprogrammed."""
@@ -368,6 +375,7 @@ class PolicyController:
             self._forget(record)
 
     def _forget(self, record: AttachmentRecord) -> None:
+        self._records_version += 1
         if not self.registry.for_pod(record.pod_key):
             # The pod's last attachment: its namespace goes; a kept nft context would hold it.
             with self._lock:
@@ -380,12 +388,13 @@ class PolicyController:
 
     def _policy_event(self, etype: str, key: str, old: PolicyEntry | None,
                       new: PolicyEntry | None) -> None:
-        if new is not None and new.error:
-            if self.errors.get(key) != new.error:
-                log.warning("MultiNetworkPolicy %s is not enforced: %s", key, new.error)
-            self.errors[key] = new.error
-        else:
-            self.errors.pop(key, None)
+        with self._lock:
+            if new is not None and new.error:
+                if self.errors.get(key) != new.error:
+                    log.warning("MultiNetworkPolicy %s is not enforced: %s", key, new.error)
+                self.errors[key] = new.error
+            else:
+                self.errors.pop(key, None)
         self._refresh_policed()
         if not self.synced:
             return
@@ -445,7 +454,7 @@ class PolicyController:
     def view(self) -> ClusterView:
         """Namespaces' labels and every pod's addresses per network (the pods' network-status,
         plus what this node's records know of local pods Multus has not annotated yet)."""
-        version = self.pods.version + self.namespaces.version * 1_000_003
+        version = (self.pods.version, self.namespaces.version, self._records_version)
         cached = self._view
         if cached is not None and cached[0] == version:
             return cached[1]
@@ -655,6 +664,7 @@ class PolicyController:
         the pod's rule count, the last sync, the policies not enforced and why."""
         with self._lock:
             states = dict(self._states)
+            errors = dict(sorted(self.errors.items()))
         attachments = {}
         for r in self.registry.all():
             state = states.get(r.pod_key)
@@ -669,7 +679,8 @@ class PolicyController:
             }
         return {"synced": self.synced, "attachments": attachments,
                 "lastSync": dict(self.last_sync), "syncs": self.syncs,
-                "policyErrors": dict(sorted(self.errors.items()))}
+                "policyErrors": errors,
+                "apiErrors": {r.name: r.error for r in self.reflectors if r.error}}
 
     def _publish(self) -> None:
         if self.report is not None:

@@ -116,3 +116,21 @@ def test_a_consumer_that_raises_does_not_stop_the_cache(api: ReplayApiServer) ->
         assert wait_until(lambda: set(r.items()) == {"telco/a", "telco/b"})
     finally:
         r.stop()
+
+
+def test_an_object_the_transform_cannot_read_is_left_out(api: ReplayApiServer) -> None:
+    def labels(obj: dict) -> dict:
+        return dict(obj["metadata"]["labels"])
+
+    api.add_pod("telco", "good")
+    odd = api.get("", "pods", "good", "telco")
+    odd["metadata"].update(name="odd", labels=5)
+    api.put_pod(odd)
+    r = reflector(api, transform=labels).start()
+    try:
+        assert r.wait_synced(5)
+        assert set(r.items()) == {"telco/good"}
+        api.add_pod("telco", "later")
+        assert wait_until(lambda: set(r.items()) == {"telco/good", "telco/later"})
+    finally:
+        r.stop()
