@@ -294,6 +294,7 @@ class PolicyController:
             for key in self.registry.pods():
                 self._states[key] = PodState(None)
         log.info("policy: %d attachment records from the previous run", loaded)
+        self._publish()  # "not synced" shows before the first list
         for r in self.reflectors:
             r.start()
         self._thread = threading.Thread(target=self._loop, name="policy-sync", daemon=True)
@@ -497,6 +498,7 @@ class PolicyController:
         for key in list(self._states):
             self._mark([key])
         self._started.set()
+        self._publish()  # synced, even with nothing to program
         while not self._stop.is_set():
             with self._wake:
                 now = time.monotonic()

@@ -6,6 +6,7 @@ them are allowed or blocked as the policies say."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,3 +269,61 @@ def test_while_the_agent_is_down_the_fallback_records_and_fails_closed(
         for p in (server, other):
             assert p.cni("DEL").status == 0
     assert AttachmentRegistry(agent["state"]).load() == 0
+
+
+def test_the_daemon_enforces_with_a_kubeconfig_and_reports_in_nodeagent_status(
+        api: ReplayApiServer, master: str, namespaces, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from nodeagent.status import read as read_status
+    from nodeagent.statusview import status_screen
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": api.url}}],
+        "users": [{"name": "agent", "user": {"token": "t0ken"}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "agent"}}]}))
+    sock, status_file = tmp_path / "run" / "agent.sock", tmp_path / "status.json"
+    (tmp_path / "absent.yaml").write_text("{}\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NODEAGENT_SETTINGS", "NODEAGENT_STATE_DIR", "KUBERNETES_SERVICE_HOST")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nodeagent", "daemon", "--socket", str(sock),
+         "--status-file", str(status_file), "--metrics-address", "",
+         "--no-publish-node-state", "--settings", str(tmp_path / "absent.yaml"),
+         "--state-dir", str(tmp_path / "state"), "--ipam-state-dir", str(tmp_path / "ipam"),
+         "--kubeconfig", str(kubeconfig)], env=env, stderr=subprocess.PIPE, text=True)
+    bindir = tmp_path / "bin"
+    install(bindir, shim_path())
+    daemon = {"socket": str(sock), "bin": bindir, "state": tmp_path / "state"}
+    api.put_policy("telco", "allow-clients", "macnet", ALLOW_CLIENTS)
+    try:
+        assert wait_until(sock.is_socket, 30), "the agent did not listen"
+        # the daemon lists the policies in the background; wait for it through the status
+        assert wait_until(lambda: status_file.exists() and read_status(status_file).get(
+            "policy", {}).get("synced"), 30)
+        server = Pod(daemon, api, master, namespaces(), "server-0", "10.77.0.5",
+                     {"app": "server"})
+        other = Pod(daemon, api, master, namespaces(), "other-0", "10.77.0.10",
+                    {"role": "other"})
+        server.add()
+        other.add()
+        listener = server.listen()
+        try:
+            assert not other.connects(server)
+        finally:
+            listener.close()
+        assert wait_until(lambda: read_status(status_file)["policy"]["attachments"].get(
+            "cid-server-0/net1", {}).get("state") == "policed")
+        screen = status_screen(read_status(status_file))
+        assert "NETWORK POLICY" in screen and "telco/allow-clients" in screen
+        for p in (server, other):
+            assert p.cni("DEL").status == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
