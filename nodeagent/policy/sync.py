@@ -610,7 +610,16 @@ class PolicyController:
                         deny=True)
         pod = self.pods.get(pod_key)
         if pod is None and fresh is not None:
-            pod = self._fetch_pod(fresh)
+            try:
+                pod = self._fetch_pod(fresh)
+            except Exception as exc:
+                log.warning("pod %s unreadable (%s): its interfaces pass nothing for now",
+                            pod_key, exc)
+            if pod is None:  # fail closed, and look again soon
+                with self._lock:
+                    self._retry[pod_key] = time.monotonic() + RETRY_DELAY
+                return Plan(records, netns, deny_all([r.ifname for r in records if not r.dpdk]),
+                            deny=True)
         if pod is None:
             return "unchanged"  # not in the API (any more): leave what is there
         targets = [Target(pod.namespace, pod.name, pod.labels, self.resolve(r, pod),

@@ -264,3 +264,18 @@ def test_status_metrics_and_the_status_screen_show_the_policy_section(
         assert samples[("nodeagent_policy_sync_duration_seconds_count", frozenset())] >= 1
     finally:
         ctl.stop()
+
+
+def test_an_add_whose_pod_cannot_be_read_fails_closed_then_gets_its_rules(
+        api: ReplayApiServer, controller: tuple[PolicyController, Recorded]) -> None:
+    ctl, recorded = controller
+    api.put_policy("telco", "allow-clients", "macnet", ALLOW_CLIENTS)
+    ctl.start()
+    assert ctl.wait_synced(5)
+    api.inject("GET", "/api/v1/namespaces/telco/pods/server-0", 503)
+    ctl.attached(record("server-0"))  # the watch has not shown the pod, the API is away
+    assert ctl.status()["attachments"]["c-server-0/net1"]["state"] == "deny-all"
+    api.put_pod(pod_obj("server-0", {"app": "server"}))
+    assert wait_until(lambda: ctl.status()["attachments"]["c-server-0/net1"]["state"]
+                      == "policed")
+    assert "chain output" not in recorded.scripts[-1][1]
