@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
-_SHORT = re.compile(r"^(?:([a-z0-9][-a-z0-9.]*)/)?([a-z0-9][-a-z0-9.]*)(?:@([^\s/@,]{1,15}))?$")
+#: ``[namespace/]name[@interface]``; Multus requires DNS-1123 labels for both names.
+_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_SHORT = re.compile(rf"^(?:\s*({_LABEL})\s*/)?\s*({_LABEL})\s*(?:@\s*([^\s/@,]{{1,15}})\s*)?$")
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,1023}")
 
 
@@ -213,7 +215,7 @@ def parse_networks(value: str, pod_namespace: str) -> list[Selection]:
     Raises ValueError for an annotation Multus would refuse."""
     text = value.strip()
     entries: list[tuple[str, str, str]] = []
-    if text.startswith("["):
+    if any(c in text for c in '[{"'):  # Multus's test for the JSON form
         doc = json.loads(text)
         if not isinstance(doc, list):
             raise ValueError("not a list")
@@ -221,7 +223,9 @@ def parse_networks(value: str, pod_namespace: str) -> list[Selection]:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
                     or not item["name"]:
                 raise ValueError(f"entry {item!r} has no name")
-            ns, iface = item.get("namespace") or "", item.get("interface") or ""
+            # "interfaceRequest": the name before Multus 3.2, still honoured
+            ns = item.get("namespace") or ""
+            iface = item.get("interface") or item.get("interfaceRequest") or ""
             if not isinstance(ns, str) or not isinstance(iface, str):
                 raise ValueError(f"entry {item['name']!r}: namespace/interface not strings")
             entries.append((ns, item["name"], iface))

@@ -75,13 +75,16 @@ def test_a_container_id_that_cannot_name_a_file_is_refused(tmp_path: Path) -> No
     ("other/a, b@y, c", [("other/a", "net1"), ("telco/b", "y"), ("telco/c", "net3")]),
     ('[{"name": "a", "namespace": "other", "interface": "fast0"}, {"name": "b"}]',
      [("other/a", "fast0"), ("telco/b", "net2")]),
+    ('[{"name": "a", "interfaceRequest": "old0"}]', [("telco/a", "old0")]),  # before 3.2
+    (" ns / a @ x ", [("ns/a", "x")]),
     ("", []),
 ])
 def test_networks_annotation_follows_multus(value: str, expected: list) -> None:
     assert [(s.network, s.interface) for s in parse_networks(value, "telco")] == expected
 
 
-@pytest.mark.parametrize("value", ["a/b/c", '[{"namespace": "x"}]', '{"name": "a"}', "a@"])
+@pytest.mark.parametrize("value", ["a/b/c", '[{"namespace": "x"}]', '{"name": "a"}', "a@",
+                                   "a.b", "A", "a@b@c"])
 def test_networks_annotation_multus_refuses_is_refused(value: str) -> None:
     with pytest.raises(ValueError):
         parse_networks(value, "telco")
