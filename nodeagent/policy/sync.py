@@ -59,6 +59,8 @@ PODS_PATH = "/api/v1/pods"
 NAMESPACES_PATH = "/api/v1/namespaces"
 #: A pod whose rules could not be applied is tried again after this many seconds.
 RETRY_DELAY = 5.0
+#: How often contexts kept for namespaces that are gone are closed (seconds).
+PRUNE_INTERVAL = 60.0
 
 
 class PolicyApplyError(Exception):
@@ -242,12 +244,14 @@ class PolicyController:
                  workers: int = 8, report: Reporter | None = None,
                  apply: Callable[[str | None, str], Any] = nft.apply,
                  release: Callable[[str | None], None] = nft.release,
-                 watch_timeout: int = 300) -> None:
+                 prune: Callable[[], int] = nft.prune, watch_timeout: int = 300) -> None:
         self.registry = registry
         self.node_name = node_name
         self.report = report
         self._apply_script = apply
         self._release = release
+        self._prune = prune
+        self._pruned_at = time.monotonic()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._dirty: set[str] = set()
@@ -509,6 +513,18 @@ class PolicyController:
                 if not self._dirty:
                     wait = min((at - now for at in self._retry.values()), default=1.0)
                     self._wake.wait(max(0.01, min(wait, 1.0)))
+                    prune = now - self._pruned_at > PRUNE_INTERVAL
+                else:
+                    prune = False
+            if prune:  # contexts of namespaces that went without a DEL reaching us
+                self._pruned_at = now
+                try:
+                    self._prune()
+                except Exception:
+                    log.exception("pruning nft contexts")
+                continue
+            with self._wake:
+                if not self._dirty:
                     continue
                 batch, self._dirty = self._dirty, set()
                 self._busy = True
