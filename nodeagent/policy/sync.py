@@ -241,7 +241,7 @@ class PolicyController:
     """
 
     def __init__(self, api: Any, registry: AttachmentRegistry, *, node_name: str = "",
-                 workers: int = 8, report: Reporter | None = None,
+                 workers: int | None = None, report: Reporter | None = None,
                  apply: Callable[[str | None, str], Any] = nft.apply,
                  release: Callable[[str | None], None] = nft.release,
                  prune: Callable[[], int] = nft.prune, watch_timeout: int = 300) -> None:
@@ -261,7 +261,9 @@ class PolicyController:
         self._stop = threading.Event()
         self._started = threading.Event()  # the first full pass after the sync is queued
         self._thread: threading.Thread | None = None
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers),
+        # Applying is kernel and libnftables work: about one thread per CPU keeps them busy.
+        self.workers = workers or min(8, os.cpu_count() or 2)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, self.workers),
                                         thread_name_prefix="policy")
         self._policed: frozenset[str] = frozenset()  # "ns/nad" some valid policy names
         self._policed_names: frozenset[str] = frozenset()  # their CNI network names

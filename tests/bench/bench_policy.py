@@ -90,7 +90,8 @@ def converge(ctl: PolicyController, count: int, key: str, change) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pods", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="apply threads (default: the controller's, one per CPU up to 8)")
     parser.add_argument("--state-base", default="/var/lib", help="where the records go")
     args = parser.parse_args()
     prefix = f"nap{secrets.token_hex(2)}"
@@ -128,7 +129,7 @@ def main() -> None:
 
             seconds = converge(ctl, args.pods, "telco/allow-clients",
                                lambda: api.put_policy("telco", "allow-clients", "macnet", SPEC))
-            emit(bench="policy_create", pods=args.pods, workers=args.workers,
+            emit(bench="policy_create", pods=args.pods, workers=ctl.workers,
                  converge_seconds=round(seconds, 3), target_seconds=1.0,
                  last_batch=ctl.last_sync, load_average=os.getloadavg()[0])
 
@@ -137,7 +138,7 @@ def main() -> None:
             seconds = converge(ctl, args.pods, "telco/allow-clients",
                                lambda: api.put_policy("telco", "allow-clients", "macnet",
                                                       changed))
-            emit(bench="policy_change", pods=args.pods, workers=args.workers,
+            emit(bench="policy_change", pods=args.pods, workers=ctl.workers,
                  converge_seconds=round(seconds, 3), target_seconds=1.0,
                  last_batch=ctl.last_sync, load_average=os.getloadavg()[0])
 
@@ -146,7 +147,7 @@ def main() -> None:
             seconds = converge(ctl, args.pods, "telco/allow-clients",
                                lambda: api.put_pod(pod("client-0", {"role": "client"}, moved,
                                                        node="worker-2")))
-            emit(bench="policy_peer_change", pods=args.pods, workers=args.workers,
+            emit(bench="policy_peer_change", pods=args.pods, workers=ctl.workers,
                  converge_seconds=round(seconds, 3), last_batch=ctl.last_sync)
 
             # One local pod stops being selected: only it is reprogrammed.
