@@ -13,15 +13,14 @@ import pytest
 
 from nodeagent.k8s.client import build_client
 from nodeagent.policy.attachments import AttachmentRecord, AttachmentRegistry
-from nodeagent.policy.model import parse_policy
-from nodeagent.policy.sync import (
+from nodeagent.policy.cluster import (
     LocalAttachment,
-    PolicyApplyError,
-    PolicyController,
     affected_by_pod,
     affected_by_policy,
     pod_view,
 )
+from nodeagent.policy.model import parse_policy
+from nodeagent.policy.sync import PolicyApplyError, PolicyController
 from tests.k8s_replay import ReplayApiServer, fixture
 from tests.waiting import wait_until
 
