@@ -305,8 +305,15 @@ class PolicyController:
     def _pod_event(self, etype: str, key: str, old: PodView | None,
                    new: PodView | None) -> None:
         self._view = None
-        if self.synced:
-            self._mark(affected_by_pod(old, new, self._local(), self._policed))
+        if not self.synced:
+            return
+        # Most pod events in a cluster concern no policed network and no local pod: decide
+        # that before resolving every local attachment.
+        touched = {n for p in (old, new) if p is not None
+                   for n in (*p.interfaces.values(), *p.ips)}
+        if touched.isdisjoint(self._policed) and not self.registry.for_pod(key):
+            return
+        self._mark(affected_by_pod(old, new, self._local(), self._policed))
 
     def _namespace_event(self, etype: str, key: str, old: Any, new: Any) -> None:
         self._view = None
