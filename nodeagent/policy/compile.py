@@ -35,6 +35,7 @@ FAMILY = "inet"
 IFNAME = re.compile(r"[^\"\\\s/:']{1,15}")
 #: ICMPv6 neighbour and router discovery: IPv6 does not work without it, so it is never
 #: policed (ARP is not IP and is never seen by an inet table either).
+BASE_CHAINS = ("input", "output")
 ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
 
 
@@ -83,6 +84,8 @@ class PodRules:
     #: what :func:`update_script` compares.
     sets: Mapping[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     skeleton: str = ""
+    #: Each set's and chain's definition (what a structural update re-declares).
+    blocks: Mapping[str, str] = field(default_factory=dict)
 
 
 def policies_for(target: Target, policies: Iterable[Policy]) -> list[Policy]:
@@ -107,7 +110,7 @@ def compile_pod(targets: Sequence[Target], policies: Iterable[Policy],
     out = render(programs.values())
     applied = {name: prog.policies for name, prog in programs.items()}
     return PodRules(out.script, applied, out.rule_count, tuple(unpoliced), programs, out.sets,
-                    out.skeleton)
+                    out.skeleton, out.blocks)
 
 
 def deny_all(ifnames: Sequence[str]) -> PodRules:
@@ -116,32 +119,57 @@ def deny_all(ifnames: Sequence[str]) -> PodRules:
     programs = {name: InterfaceProgram(name, "", (), (), ()) for name in ifnames}
     out = render(programs.values())
     return PodRules(out.script, {name: () for name in ifnames}, out.rule_count, (), programs,
-                    out.sets, out.skeleton)
+                    out.sets, out.skeleton, out.blocks)
 
 
 def update_script(installed: PodRules, wanted: PodRules) -> str:
     """The cheapest transaction from ``installed`` (what the namespace has now) to ``wanted``:
-    "" when nothing changes; element additions and deletions when only the pod IPs of peers
-    changed (the usual event: a peer pod came or went); else ``wanted.script``. If the
-    namespace's table is not what ``installed`` says, the element update fails (NftError):
-    apply ``wanted.script`` then."""
+    "" when nothing changes. Otherwise the table stays (no hook is unregistered): the sets
+    whose pod IPs changed get element additions and deletions, and when more than peers
+    changed (a policy, a port) the chains are redefined, unchanged sets kept, and only new or
+    changed interval sets sent. ``wanted.script`` when either side has no table. If the
+    namespace's table is not what ``installed`` says, the update fails (NftError): apply
+    ``wanted.script`` then."""
     if installed.script == wanted.script:
         return ""
-    if installed.skeleton != wanted.skeleton or installed.sets.keys() != wanted.sets.keys():
+    if not installed.blocks or not wanted.blocks:
         return wanted.script
-    lines = []
-    for name, (flags, elements) in wanted.sets.items():
-        old_flags, old_elements = installed.sets[name]
-        if old_elements == elements:
+    head = f"{FAMILY} {TABLE}"
+    lines: list[str] = []
+    # A set referenced by rules cannot be deleted: an interval set that changed (sent whole)
+    # needs the chains redefined too, as any change of more than set elements does.
+    structural = installed.skeleton != wanted.skeleton or any(
+        flags and wanted.sets.get(name) != (flags, elements)
+        for name, (flags, elements) in installed.sets.items())
+    chains = [n for n in installed.blocks if n not in installed.sets]
+    if structural:
+        # Base chains first (their verdict maps jump to the others), then the others: what
+        # referenced the sets is gone before a set is.
+        lines += [f"flush chain {head} {n}" for n in chains if n in BASE_CHAINS]
+        lines += [f"delete chain {head} {n}" for n in chains if n not in BASE_CHAINS]
+    declare = [n for n in wanted.blocks if n not in wanted.sets] if structural else []
+    for name, (old_flags, old_elements) in installed.sets.items():
+        new = wanted.sets.get(name)
+        if new == (old_flags, old_elements):
             continue
-        if flags or old_flags:  # interval sets: prefixes may merge and split, replace all
-            return wanted.script
-        gone = sorted(set(old_elements) - set(elements))
-        new = sorted(set(elements) - set(old_elements))
+        if new is None or new[0] or old_flags:  # gone, or an interval set: sent whole
+            lines.append(f"delete set {head} {name}")
+            continue
+        gone = sorted(set(old_elements) - set(new[1]))
+        added = sorted(set(new[1]) - set(old_elements))
         if gone:
-            lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {', '.join(gone)} }}")
-        if new:
-            lines.append(f"add element {FAMILY} {TABLE} {name} {{ {', '.join(new)} }}")
+            lines.append(f"delete element {head} {name} {{ {', '.join(gone)} }}")
+        if added:
+            lines.append(f"add element {head} {name} {{ {', '.join(added)} }}")
+    resent = [n for n in wanted.sets if n not in installed.sets
+              or f"delete set {head} {n}" in lines]
+    if resent or declare:
+        lines.append(f"table {head} {{")
+        lines += [wanted.blocks[n] for n in resent]
+        lines += [wanted.blocks[n] for n in declare]
+        lines.append("}")
+    lines += [f"delete chain {head} {n}" for n in chains
+              if n in BASE_CHAINS and n not in wanted.blocks] if structural else []
     return "\n".join(lines) + "\n" if lines else ""
 
 
@@ -328,6 +356,7 @@ class Rendered:
     rule_count: int
     sets: Mapping[str, tuple[str, tuple[str, ...]]]
     skeleton: str
+    blocks: Mapping[str, str]  # set or chain name -> its definition inside the table block
 
 
 ELEMENTS = "elements = "
@@ -353,22 +382,26 @@ def render(programs: Iterable[InterfaceProgram]) -> Rendered:
             count += _render_chain(body, sets, chain, direction, rules)
     if not body:
         script = "\n".join(lines) + "\n"
-        return Rendered(script, 0, {}, script)
-    lines.append(f"table {FAMILY} {TABLE} {{")
+        return Rendered(script, 0, {}, script, {})
+    blocks: dict[str, str] = {}
     for hook, entries in hooks.items():
         if not entries:
             continue
         match = "iifname" if hook == "input" else "oifname"
-        lines += [f"  chain {hook} {{",
-                  f"    type filter hook {hook} priority filter; policy accept;",
-                  f"    {match} vmap {{ {', '.join(entries)} }}",
-                  "  }"]
+        blocks[hook] = "\n".join([f"  chain {hook} {{",
+                                  f"    type filter hook {hook} priority filter; policy accept;",
+                                  f"    {match} vmap {{ {', '.join(entries)} }}",
+                                  "  }"])
         count += 1
-    lines += body
+    for block in body:  # "  set NAME {..." or "  chain NAME {...": one block each
+        blocks[block.split(None, 2)[1]] = block
+    lines.append(f"table {FAMILY} {TABLE} {{")
+    lines += blocks.values()
     lines.append("}")
     script = "\n".join(lines) + "\n"
-    skeleton = "\n".join(line for line in lines if not line.lstrip().startswith(ELEMENTS))
-    return Rendered(script, count, sets, skeleton)
+    skeleton = "\n".join(line for line in script.splitlines()
+                          if not line.lstrip().startswith(ELEMENTS))
+    return Rendered(script, count, sets, skeleton, blocks)
 
 
 def _render_chain(out: list[str], sets: dict[str, tuple[str, tuple[str, ...]]], chain: str,
@@ -386,18 +419,16 @@ def _render_chain(out: list[str], sets: dict[str, tuple[str, tuple[str, ...]]], 
                 name = f"{chain}_{number}_v{version}"
                 kind = "ipv4_addr" if version == 4 else "ipv6_addr"
                 sets[name] = (flags, elements)
-                out += [f"  set {name} {{",
-                        f"    type {kind};{flags}",
-                        f"    {ELEMENTS}{{ {items} }}",
-                        "  }"]
+                out.append("\n".join([f"  set {name} {{",
+                                      f"    type {kind};{flags}",
+                                      f"    {ELEMENTS}{{ {items} }}",
+                                      "  }"]))
                 matches.append(f"{proto} {field_} @{name} ")
         for match in matches:
             for ports in _port_matches(rule.ports):
                 statements.append(f"{match}{ports}accept")
     statements.append("drop")
-    out.append(f"  chain {chain} {{")
-    out += [f"    {s}" for s in statements]
-    out.append("  }")
+    out.append("\n".join([f"  chain {chain} {{", *(f"    {s}" for s in statements), "  }"]))
     return len(statements)
 
 

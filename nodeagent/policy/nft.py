@@ -1,11 +1,13 @@
 """Applying nft scripts inside a network namespace, in-process through libnftables.
 
 libnftables (Debian package libnftables1, pulled in by ``nftables``) opens its netlink socket
-when its context is made, so the context is made, used and freed on a namespace thread
-(:func:`nodeagent.netns.run`) that has entered the pod's namespace: no ``ip netns exec``, no
-fork. A script is one ``nft -f`` buffer, which the kernel applies as one transaction: all of it
-or nothing. A thin ctypes wrapper of six calls; the PyPI ``nftables`` copies wrap the same
-library the same way and are no better kept than this.
+when its context is made, so the context is made on a namespace thread
+(:func:`nodeagent.netns.run`) that has entered the pod's namespace (no ``ip netns exec``, no
+fork) and then kept: its socket stays in that namespace, usable from any thread. A script is
+one ``nft -f`` buffer, which the kernel applies as one transaction: all of it or nothing.
+
+A thin ctypes wrapper of seven calls, no dependency: the PyPI packages (``pip-nftables``,
+last release 2024-01) are copies of the upstream binding, itself ctypes over the same library.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ from every pod of a network of 1,000 peers (IPv4 and IPv6) and egress to a /16 e
 Measured, as the controller does it after a peer change: compile_pod for every pod, then
 nft.apply of every pod's script, sequentially from one thread, for the first apply (a new
 libnftables context per namespace) and for a re-apply (the kept context); then a peer pod
-comes and every pod is recompiled and updated element-wise (update_script). Prints one JSON
+comes and every pod is recompiled and updated element-wise (update_script); then the policy
+changes (a port more) and every pod's chains are redefined, its sets kept. Prints one JSON
 object per line (ms in total and per pod).
 """
 
@@ -85,6 +86,21 @@ def main() -> int:
             nft.apply(name, update_script(scripts[name], new))
         took = time.perf_counter() - start
         emit(bench="policy_nft", step="peer_added_compile_and_update", pods=args.pods,
+             ms_total=round(took * 1000, 1), ms_per_pod=round(took * 1000 / args.pods, 3))
+        # The policy changes (a port more): chains redefined, the 1,000-peer sets kept.
+        installed = {name: compile_pod(targets[name], [policy], grown) for name in names}
+        wider = parse_policy({
+            "metadata": {"namespace": "bench", "name": "p", "annotations": {POLICY_FOR: "net1"}},
+            "spec": {"ingress": [{"from": [{"podSelector": {}}],
+                                  "ports": [{"port": 80}, {"port": 443}]}],
+                     "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/16",
+                                                     "except": ["10.0.7.0/24"]}}]}]}})
+        start = time.perf_counter()
+        for name in names:
+            new = compile_pod(targets[name], [wider], grown)
+            nft.apply(name, update_script(installed[name], new))
+        took = time.perf_counter() - start
+        emit(bench="policy_nft", step="policy_changed_compile_and_update", pods=args.pods,
              ms_total=round(took * 1000, 1), ms_per_pod=round(took * 1000 / args.pods, 3))
     finally:
         for name in names:

@@ -247,8 +247,12 @@ def test_a_peer_change_is_an_element_update_and_a_policy_change_a_replacement() 
     ports = pol({"ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "api"}}}],
                               "ports": [{"port": 80}]}]})
     changed = compile_pod([TARGET], [ports], VIEW)
-    assert update_script(before, changed) == changed.script
+    script = update_script(before, changed)  # chains redefined, the unchanged sets kept
+    assert "delete table" not in script and "flush chain inet nodeagent input" in script
+    assert "tcp dport { 80 }" in script and "10.0.0.20" not in script
     blocks = [pol({"ingress": [{"from": [{"ipBlock": {"cidr": c}}]}]}, name="b")
               for c in ("192.0.2.0/25", "192.0.2.0/24")]
     wide, wider = (compile_pod([TARGET], [allow_api, b], VIEW) for b in blocks)
-    assert update_script(wide, wider) == wider.script  # interval sets are replaced whole
+    script = update_script(wide, wider)  # interval sets are sent whole
+    assert "delete set inet nodeagent in_0_0_v4" in script and "192.0.2.0/24" in script
+    assert update_script(before, compile_pod([TARGET], [], VIEW)).startswith("add table")
