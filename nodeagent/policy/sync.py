@@ -41,7 +41,7 @@ from nodeagent.policy.cluster import (
     pod_view,
     policy_entry,
 )
-from nodeagent.policy.compile import PodRules, compile_pod, deny_all
+from nodeagent.policy.compile import PodRules, compile_pod, deny_all, update_script
 from nodeagent.policy.model import (
     ClusterView,
     Peer,
@@ -116,6 +116,7 @@ class PodState:
     deny_all: bool = False
     error: str = ""
     at: float = 0.0
+    rules: PodRules | None = None  # what the namespace's table holds, for update_script
 
 
 def _digest(script: str) -> str:
@@ -556,18 +557,39 @@ class PolicyController:
             return "unchanged"
         if state is None and rules.rule_count == 0:
             # Nothing was installed here, and nothing is to be: no table to write.
-            self._set_state(pod_key, PodState(digest, rules.applied, 0, rules.unpoliced))
+            self._set_state(pod_key, PodState(digest, rules.applied, 0, rules.unpoliced,
+                                              rules=rules))
             return "unchanged"
+        # What is installed is known: send only the difference (the table and its hooks stay;
+        # new peers are set elements). Unknown or after an error: the whole table.
+        installed = state.rules if state is not None and not state.error else None
         try:
-            self._apply_script(netns, rules.script)
+            if installed is None:
+                self._apply_script(netns, rules.script)
+            else:
+                self._apply_update(netns, installed, rules)
         except Exception as exc:
             self._set_state(pod_key, PodState(
                 state.digest if state else None, state.applied if state else {},
-                state.rule_count if state else 0, rules.unpoliced, deny, str(exc), time.time()))
+                state.rule_count if state else 0, rules.unpoliced, deny, str(exc), time.time(),
+                state.rules if state else None))
             raise
         self._set_state(pod_key, PodState(digest, rules.applied, rules.rule_count,
-                                          rules.unpoliced, deny, "", time.time()))
+                                          rules.unpoliced, deny, "", time.time(), rules))
         return "applied"
+
+    def _apply_update(self, netns: str, installed: PodRules, rules: PodRules) -> None:
+        script = update_script(installed, rules)
+        if not script:
+            return
+        try:
+            self._apply_script(netns, script)
+        except nft.NftError as exc:
+            if script == rules.script:
+                raise
+            # The namespace's table is not what we installed (someone changed it): replace it.
+            log.info("incremental nft update refused (%s); replacing the table", exc)
+            self._apply_script(netns, rules.script)
 
     def _set_state(self, pod_key: str, state: PodState) -> None:
         with self._lock:
