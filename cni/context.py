@@ -21,6 +21,7 @@ from nodeagent.cnitypes.errors import INVALID_CONFIG, CniError, config_error
 from nodeagent.fields import Fields
 from nodeagent.ipam.allocator import Ipam
 from nodeagent.netlink import default_route_oifs
+from nodeagent.policy.attachments import AttachmentHook
 from nodeagent.rtnl import LinkBrief, Rtnl
 from nodeagent.sysfs import Sysfs
 from nodeagent.vfbatch import VfResult, VfUpdate
@@ -85,6 +86,8 @@ class Context:
     ipam: Ipam = field(default_factory=Ipam)
     vfs: VfState = field(default_factory=VfState.default)
     sysfs: Sysfs = field(default_factory=Sysfs)
+    #: Told of every attachment made and removed (the network policy controller); None: off.
+    attachments: AttachmentHook | None = None
 
     def __post_init__(self) -> None:
         if self.host is None:

@@ -29,6 +29,7 @@ from nodeagent.discovery import node_name
 from nodeagent.httpserver import HttpServer
 from nodeagent.ipam.filestore import secure_state_dir
 from nodeagent.metrics import Metrics
+from nodeagent.policy.sync import PolicyController
 from nodeagent.provision.policy import Policy
 from nodeagent.provision.reconciler import ReconcileLoop, Reconciler
 from nodeagent.settings import Settings
@@ -58,6 +59,8 @@ class DaemonConfig:
     publish_node_state: bool = False
     kubeconfig: str | None = None
     cni_bin_dir: Path | None = None
+    #: Enforce MultiNetworkPolicies on the attachments (docs/policy-sync.md); needs the API.
+    network_policy: bool = False
     #: State dirs and cluster store (file + flags); None: defaults, with ipam_state_dir.
     settings: Settings | None = None
 
@@ -84,8 +87,14 @@ class Daemon:
             settings, **({"whereabouts": self.whereabouts.objects} if self.whereabouts else {}))
         self.metrics.track_ipam(ipam)
         self.inventory = LiveInventory(self.sysfs, udev=cfg.sysfs_root == "/sys")
+        self.policy = self._policy_controller() if cfg.network_policy else None
+        if self.policy is None:  # the fallback must not fail closed for an agent that won't
+            from nodeagent.policy.attachments import AttachmentRegistry
+
+            AttachmentRegistry(settings.state_dir).set_enforcing(False)
         self.cni = CniServer(cfg.socket, workers=cfg.workers,
-                             context=Context(ipam=ipam, vfs=self.vfstate),
+                             context=Context(ipam=ipam, vfs=self.vfstate,
+                                             attachments=self.policy),
                              metrics=self.metrics, status=self.status)
         self.reconcile = ReconcileLoop(
             Reconciler(self.sysfs, self.status, hostname=self.node_name, vfstate=self.vfstate,
@@ -118,6 +127,9 @@ class Daemon:
         if self.whereabouts is not None:  # before the socket: ADDs wait for the first list
             self.whereabouts.start()
             self._stoppers.append(self.whereabouts.stop)
+        if self.policy is not None:  # before the socket: ADDs find the previous records
+            self.policy.start()
+            self._stoppers.append(self.policy.stop)
         # Before the socket serves: a fallback running while we are down uses the same.
         path = agent_settings.write_effective(self.settings, self.cfg.socket)
         log.info("settings from %s (left in %s for the fallback)", self.settings.source, path)
@@ -136,6 +148,26 @@ class Daemon:
         if self.cfg.publish_node_state:
             self._start_publishing()
         self.status.flush()  # `nodeagent status` works before the first change
+
+    def _policy_controller(self) -> PolicyController | None:
+        """MultiNetworkPolicy enforcement (docs/policy-sync.md): None without an API client."""
+        from nodeagent.k8s.client import ApiError, build_client
+        from nodeagent.policy.attachments import AttachmentRegistry
+        from nodeagent.policy.sync import PolicyController
+
+        try:
+            api = build_client(kubeconfig=self.settings.kubeconfig or self.cfg.kubeconfig)
+        except ApiError as exc:
+            log.error("network policies not enforced: %s", exc)
+            self.status.error("policy", f"network policies not enforced: {exc}")
+            return None
+
+        def report(section: dict) -> None:
+            self.status.set_policy(section)
+            self.metrics.policy_synced(section)
+
+        return PolicyController(api, AttachmentRegistry(self.settings.state_dir),
+                                node_name=self.node_name, report=report)
 
     def stop(self) -> None:
         """Stop every part, the CNI socket first: its delegates are killed at once and the

@@ -85,6 +85,7 @@ class StatusBoard:
         self._errors: deque[ErrorRecord] = deque(maxlen=RECENT_ERRORS)
         self._listeners: list[Listener] = []
         self._listeners_due = False  # an allocation changed since listeners last heard
+        self._policy: dict[str, Any] | None = None
 
     # -- writers ----------------------------------------------------------------------------
 
@@ -123,6 +124,15 @@ class StatusBoard:
                 self._allocations[key] = dict(allocation)
         self._changed(defer_listeners=True)
 
+    def set_policy(self, section: dict[str, Any] | None) -> None:
+        """The network policy controller's report (nodeagent.policy.sync): per attachment the
+        policies and rule counts, the last sync, the policies not enforced and why."""
+        with self._lock:
+            if section == self._policy:
+                return
+            self._policy = section
+        self._changed(defer_listeners=True)
+
     def error(self, source: str, message: str, obj: str = "") -> ErrorRecord:
         record = ErrorRecord(time.time(), source, message, obj)
         with self._lock:
@@ -144,6 +154,7 @@ class StatusBoard:
                 "pools": {k: dict(v) for k, v in sorted(self._pools.items())},
                 "allocations": {k: dict(v) for k, v in sorted(self._allocations.items())},
                 "recentErrors": [e.to_dict() for e in self._errors],
+                **({"policy": self._policy} if self._policy is not None else {}),
             }
 
     def subscribe(self, listener: Listener) -> None:
