@@ -18,8 +18,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import urllib3
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
+
+# By module, not ``from kubernetes import client, config``: the package's __init__ would import
+# its dynamic client, streams, informers and jsonschema, and ``kubernetes.config`` the kubeconfig
+# loader with requests and oauthlib (nodeagent.lazyinit defers both; docs/observability.md).
+from kubernetes.client.api_client import ApiClient
+from kubernetes.client.configuration import Configuration
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+from kubernetes.config.incluster_config import load_incluster_config
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +88,7 @@ class Backoff:
 class KubeClient:
     """Sends JSON requests to the API server. Thread-safe (urllib3's pool is)."""
 
-    def __init__(self, api_client: k8s_client.ApiClient,
+    def __init__(self, api_client: ApiClient,
                  timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT)) -> None:
         self.api_client = api_client
         self.timeout = timeout
@@ -133,7 +140,7 @@ class KubeClient:
             return self.api_client.call_api(
                 method, url, header_params=headers, body=body,
                 _request_timeout=timeout).response
-        except k8s_client.ApiException as exc:  # TLS failures surface as status 0
+        except ApiException as exc:  # TLS failures surface as status 0
             raise ApiError(exc.status or 0, "ClientError", str(exc.reason)) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ApiError(0, type(exc).__name__, str(exc)) from exc
@@ -191,19 +198,22 @@ def build_client(*, kubeconfig: str | os.PathLike[str] | None = None, host: str 
     """A client for ``host`` (plain, unauthenticated: tests), else the kubeconfig file, else the
     in-cluster service account. Raises ApiError (code 0, reason ``ConfigError``) when none
     of them is usable."""
-    cfg = k8s_client.Configuration()
+    cfg = Configuration()
     try:
         if host is not None:
             cfg.host = host
             cfg.proxy = None
         elif kubeconfig is not None:
-            k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+            # Here only: in a pod (the service account) it is never needed.
+            from kubernetes.config.kube_config import load_kube_config
+
+            load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
         else:
-            k8s_config.load_incluster_config(client_configuration=cfg)
-    except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
+            load_incluster_config(client_configuration=cfg)
+    except (ConfigException, OSError, ValueError, TypeError) as exc:
         where = kubeconfig or "in-cluster service account"
         raise ApiError(0, "ConfigError", f"cannot load Kubernetes config ({where}): {exc}") \
             from exc
     # Fail fast: the callers retry with their own backoff, so urllib3 must not.
     cfg.retries = False
-    return KubeClient(k8s_client.ApiClient(cfg), timeout)
+    return KubeClient(ApiClient(cfg), timeout)
