@@ -5,7 +5,11 @@ The daemon runs as in a cluster, every part on:
   sysfs tree (a 16-VF ice PF), registered with a kubelet stand-in (tests/kubelet_standin.py);
   during the soak a ListAndWatch stream stays open and every 100 requests the bench calls
   GetPreferredAllocation and Allocate, as the kubelet does for a pod;
-- the Kubernetes client: a kubeconfig for the API test server (tests/k8s_replay.py); the agent
+- the Kubernetes client: the API test server (tests/k8s_replay.py) over TLS, reached as in a
+  pod: KUBERNETES_SERVICE_HOST/PORT and a service account token and CA bind-mounted at
+  /var/run/secrets/kubernetes.io/serviceaccount in the bench's own mount namespace (nothing on
+  the host sees it); ``MEMORY_BENCH_API=kubeconfig`` gives the agent a kubeconfig instead (as
+  `--kubeconfig` outside a cluster: the library's kubeconfig loader adds ~13 MiB). The agent
   publishes its NodeNetworkState and Node events there;
 - metrics: ``--metrics-address`` on loopback, scraped (/metrics, /readyz) every 100 requests.
 
@@ -29,6 +33,7 @@ import secrets
 import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -36,7 +41,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +127,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+API_MODE = "MEMORY_BENCH_API"  # "in-cluster" (default) or "kubeconfig"
+
+
+def serve_tls(api: ReplayApiServer, root: Path) -> Path:
+    """The API test server answers over TLS (a certificate for 127.0.0.1); its CA file."""
+    key, cert = root / "api.key", root / "api.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    httpd = api._httpd
+    assert httpd is not None
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    return cert
+
+
 @contextmanager
-def daemon(root: Path, api: ReplayApiServer, plugin_dir: Path) -> Iterator[tuple[Any, str]]:
+def service_account(root: Path, ca: Path) -> Iterator[None]:
+    """A pod's service account files, bind-mounted where the library looks for them. Only in
+    the bench's mount namespace (``ip netns exec`` made it; mounts do not propagate out)."""
+    files = root / "serviceaccount"
+    files.mkdir()
+    (files / "token").write_text("bench-token")  # as the kubelet writes it: no newline
+    (files / "namespace").write_text("kube-system\n")
+    shutil.copy(ca, files / "ca.crt")
+    made = [p for p in (*reversed(SERVICE_ACCOUNT.parents[:3]), SERVICE_ACCOUNT)
+            if not p.exists()]
+    SERVICE_ACCOUNT.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "--bind", str(files), str(SERVICE_ACCOUNT)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(SERVICE_ACCOUNT)], check=False)
+        for path in reversed(made):  # what we made on the host's /run, and nothing else
+            with suppress(OSError):
+                path.rmdir()
+
+
+@contextmanager
+def daemon(root: Path, api: ReplayApiServer, plugin_dir: Path, mode: str
+           ) -> Iterator[tuple[Any, str]]:
     """``nodeagent daemon`` with every part on; yields (process, metrics URL)."""
     tree = SysfsTree(root / "sys")
     tree.add_pf(PF, "ice", netdev="nabmemf0", numvfs=16, numa_node=0, vfio=tuple(range(8, 16)))
@@ -140,15 +187,21 @@ def daemon(root: Path, api: ReplayApiServer, plugin_dir: Path) -> Iterator[tuple
            "--status-file", str(root / "status.json"), "--policy", str(root / "no-policy.yaml"),
            "--device-plugin-config", str(config), "--device-plugin-dir", str(plugin_dir),
            "--metrics-address", f"127.0.0.1:{port}", "--node-name", NODE,
-           "--kubeconfig", str(kubeconfig(root / "kubeconfig", api.url)),
            "--publish-node-state", *shlex.split(os.environ.get(EXTRA_ARGS, ""))]
     env = {k: v for k, v in os.environ.items() if k not in ("NODEAGENT_SETTINGS",)}
     env["NODEAGENT_STATE_DIR"] = str(root / "cni-state")
+    if mode == "kubeconfig":
+        cmd += ["--kubeconfig", str(kubeconfig(root / "kubeconfig", api.url))]
+    else:
+        env.update(KUBERNETES_SERVICE_HOST="127.0.0.1",
+                   KUBERNETES_SERVICE_PORT=api.url.rsplit(":", 1)[1])
     with open(root / "daemon.log", "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 cwd=REPO)
+    failed = True
     try:
         yield proc, f"http://127.0.0.1:{port}"
+        failed = False
     finally:
         proc.terminate()
         try:
@@ -156,7 +209,7 @@ def daemon(root: Path, api: ReplayApiServer, plugin_dir: Path) -> Iterator[tuple
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.returncode not in (0, -15):
+        if failed or proc.returncode not in (0, -15):
             sys.stderr.write((root / "daemon.log").read_text()[-4000:])
 
 
@@ -304,6 +357,9 @@ def soak() -> int:
             stack.callback(netns.remove, pod)
         api = stack.enter_context(ReplayApiServer())
         api.add_node(NODE)
+        mode = os.environ.get(API_MODE, "in-cluster")
+        if mode != "kubeconfig":
+            stack.enter_context(service_account(root, serve_tls(api, root)))
         plugin_dir = root / "device-plugins"
         plugin_dir.mkdir()
         kubelet = Kubelet(plugin_dir)
@@ -311,7 +367,7 @@ def soak() -> int:
         stack.callback(kubelet.stop)
         bindir = root / "bin"
         install(bindir, shim_path())
-        proc, url = stack.enter_context(daemon(root, api, plugin_dir))
+        proc, url = stack.enter_context(daemon(root, api, plugin_dir, mode))
         # Idle: serving, both pools registered, node state published, probes answered.
         kubelet.registered(2, timeout=60)
         published = wait_until(lambda: api.objects("nodeagent.io", "nodenetworkstates"), 60)
@@ -323,7 +379,7 @@ def soak() -> int:
         scrape(url)
         idle = settled(proc.pid)
         emit(bench="daemon_rss_idle", ours=idle["rss_mb"], unit="MiB", target=TARGET_RSS_MB,
-             **idle)
+             api=mode, **idle)
 
         soak = Soak(bindir / "macvlan", {"NODEAGENT_SOCKET": str(root / "run" / "agent.sock")},
                     master, pods)
@@ -345,7 +401,7 @@ def soak() -> int:
         if soak.failures:
             sys.stderr.write("\n".join(soak.failures[:5]) + "\n")
         emit(bench=f"daemon_rss_after_{requests}_cni_requests", ours=after["rss_mb"], unit="MiB",
-             target=TARGET_RSS_MB, requests=soak.done, failed=len(soak.failures),
+             target=TARGET_RSS_MB, api=mode, requests=soak.done, failed=len(soak.failures),
              lanes=lanes, seconds=round(seconds, 1), kubelet_calls=traffic.calls, **after,
              rss_every_1000_mb=curve)
         emit(bench=f"daemon_rss_growth_{requests}_cni_requests",
