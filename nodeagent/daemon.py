@@ -7,7 +7,10 @@ the others (they back off on their own threads).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -39,6 +42,30 @@ from nodeagent.vfstate import VfState
 from nodeagent.watch import LiveInventory
 
 log = logging.getLogger("nodeagent")
+
+#: glibc malloc arenas (mallopt M_ARENA_MAX). glibc gives threads up to 8 per core, each a heap
+#: of its own that keeps freed memory; the agent's threads mostly wait, and its allocations are
+#: small (Python's own allocator serves most), so two are enough (docs/observability.md).
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas, before the threads start, unless MALLOC_ARENA_MAX says
+    otherwise. False where it cannot be done (another C library)."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas))  # the C library's
+    except (OSError, AttributeError):
+        return False
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc malloc_trim): importing the
+    agent's libraries leaves ~1 MiB of freed temporaries that malloc would otherwise keep."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 @dataclass
@@ -110,6 +137,7 @@ class Daemon:
         self._scanned = threading.Event()
 
     def start(self) -> None:
+        limit_malloc_arenas()
         if self.http is not None:  # first: probes answer (not ready) while the scan runs
             self.http.add_readiness("inventory", self._scanned.is_set)
             self.http.add_readiness("cni-socket", self.cni.listening)
@@ -148,6 +176,7 @@ class Daemon:
         if self.cfg.publish_node_state:
             self._start_publishing()
         self.status.flush()  # `nodeagent status` works before the first change
+        release_free_memory()
 
     def _policy_controller(self) -> PolicyController | None:
         """MultiNetworkPolicy enforcement (docs/policy-sync.md): None without an API client."""
