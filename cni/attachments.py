@@ -40,6 +40,8 @@ def run(ctx: Context, hook: AttachmentHook, kind: Kind, request: CniRequest) -> 
         result = kind.add(ctx, request)
         if not (request.args.get("K8S_POD_NAMESPACE") and request.args.get("K8S_POD_NAME")):
             return result  # not a Kubernetes pod: no policy can name it
+        if request.prev_result is not None:
+            return result  # a chained plugin (sbr): the attachment is the first plugin's record
         try:
             hook.attached(record_of(ctx, request, result))
         except Exception as exc:

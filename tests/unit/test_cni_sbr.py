@@ -21,6 +21,7 @@ from cni.dispatch import handle
 from cni.sbr import KernelRoute
 from nodeagent import netns
 from nodeagent.ipam.allocator import Ipam
+from nodeagent.policy.attachments import AttachmentRecord
 from nodeagent.rtnl import Rtnl
 from nodeagent.status import StatusBoard
 from nodeagent.vfstate import VfState
@@ -367,6 +368,35 @@ def test_the_chained_plugin_leaves_the_attachment_record_to_the_first(world) -> 
 
     (record,) = board.snapshot()["allocations"].values()
     assert record["type"] == "macvlan" and record["ips"] == ["10.83.0.5/24"]
+
+
+def test_the_chained_plugin_leaves_the_policy_record_to_the_first(world) -> None:
+    """The network policy controller polices the attachment the first plugin made: a chained
+    ADD must not replace its record (kind, IPs) with the chained plugin's."""
+    class Hook:
+        def __init__(self) -> None:
+            self.records: list[AttachmentRecord] = []
+
+        def attached(self, record: AttachmentRecord) -> None:
+            self.records.append(record)
+
+        def detached(self, container_id: str, ifname: str) -> None: ...
+
+        def collected(self, network: str, keep: Any) -> None: ...
+
+    hook = Hook()
+    world.ctx.attachments = hook
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "net3",
+           "CNI_NETNS": world.pod, "CNI_PATH": "/nonexistent",
+           "CNI_ARGS": "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p1"}
+    first = handle(world.ctx, env, json.dumps(macvlan(False)).encode())
+    assert first.exit_status == 0
+    c = {"cniVersion": "1.1.0", "name": "net-c", "type": "sbr",
+         "prevResult": json.loads(first.stdout)}
+
+    assert handle(world.ctx, env, json.dumps(c).encode()).exit_status == 0
+
+    assert [(r.kind, r.ips) for r in hook.records] == [("macvlan", ("10.83.0.5",))]
 
 
 @pytest.mark.parametrize("name", ["rules", "rule_add", "rule_delete", "route_replace",
