@@ -150,7 +150,7 @@ def add(ctx: Context, request: CniRequest, conf: VxlanConf) -> Result:
                     f" {under.mtu + OVERHEAD[conf.family]}) carries with VXLAN's"
                     f" {OVERHEAD[conf.family]} bytes of IPv{conf.family} encapsulation")
     mtu = conf.mtu or under.mtu
-    host_end = host_name(request)
+    host_end = host_name(request.container_id, request.ifname)
     with network_lock(ctx, conf.vni):
         vtep, bridge = _ensure_shared(ctx, request, conf, under)
         created = False
@@ -221,9 +221,9 @@ def network_lock(ctx: Context, vni: int) -> Iterator[None]:
         yield
 
 
-def host_name(request: CniRequest) -> str:
+def host_name(container_id: str, ifname: str) -> str:
     """The host end of the pod's veth: stable per attachment, so DEL finds it by name."""
-    digest = hashlib.sha256(f"{request.container_id}/{request.ifname}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()
     return f"vxh{digest[:11]}"
 
 
@@ -434,7 +434,7 @@ def _vni_of_bridge(ctx: Context, index: int | None) -> int | None:
 
 def delete(ctx: Context, request: CniRequest) -> None:
     ipam.delete(ctx, request)
-    bridge = _unplug(ctx, host_name(request))
+    bridge = _unplug(ctx, host_name(request.container_id, request.ifname))
     vni = _vni_of_bridge(ctx, bridge) or _vni_of(request)
     if vni is not None:
         with network_lock(ctx, vni):
@@ -480,12 +480,13 @@ def check(ctx: Context, request: CniRequest, conf: VxlanConf) -> None:
     _require_same_vtep(vtep, conf, under)
     if vtep.get("IFLA_MASTER") != bridge["index"]:
         raise CniError(IO_FAILURE, f"{vxlan_name(conf.vni)} is not in {bridge_name(conf.vni)}")
-    host_end = host.link(name=host_name(request))
+    end = host_name(request.container_id, request.ifname)
+    host_end = host.link(name=end)
     if host_end is None or host_end.get("IFLA_MASTER") != bridge["index"]:
-        raise CniError(IO_FAILURE, f"the host end {host_name(request)} of {request.ifname} is"
-                       f" missing or not in {bridge_name(conf.vni)}")
+        raise CniError(IO_FAILURE, f"the host end {end} of {request.ifname} is missing or not"
+                       f" in {bridge_name(conf.vni)}")
     if not host_end["flags"] & 1:
-        raise CniError(IO_FAILURE, f"the host end {host_name(request)} is down")
+        raise CniError(IO_FAILURE, f"the host end {end} is down")
     if conf.mode == STATIC:
         missing = {str(r) for r in conf.remotes} - fdb.flood_remotes(host, vtep["index"])
         if missing:
