@@ -82,6 +82,7 @@ class StatusBoard:
         self._allocations: dict[str, dict[str, Any]] = {}
         self._errors: deque[ErrorRecord] = deque(maxlen=RECENT_ERRORS)
         self._listeners: list[Listener] = []
+        self._overlays: dict[str, dict[str, Any]] = {}
 
     # -- writers ----------------------------------------------------------------------------
 
@@ -120,6 +121,15 @@ class StatusBoard:
                 self._allocations[key] = dict(allocation)
         self._changed()
 
+    def set_overlays(self, overlays: dict[str, dict[str, Any]]) -> None:
+        """VXLAN networks this node holds: VNI -> network, device, members, flood entries
+        (nodeagent.overlay.service)."""
+        with self._lock:
+            if overlays == self._overlays:
+                return
+            self._overlays = {k: dict(v) for k, v in overlays.items()}
+        self._changed()
+
     def error(self, source: str, message: str, obj: str = "") -> ErrorRecord:
         record = ErrorRecord(time.time(), source, message, obj)
         with self._lock:
@@ -141,6 +151,7 @@ class StatusBoard:
                 "pools": {k: dict(v) for k, v in sorted(self._pools.items())},
                 "allocations": {k: dict(v) for k, v in sorted(self._allocations.items())},
                 "recentErrors": [e.to_dict() for e in self._errors],
+                "overlays": {k: dict(v) for k, v in sorted(self._overlays.items())},
             }
 
     def subscribe(self, listener: Listener) -> None:

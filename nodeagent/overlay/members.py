@@ -59,6 +59,9 @@ class Membership:
         segment = f"@{cluster}/" if cluster else ""
         self.root = f"{prefix}/{segment}vxlan/".encode()
 
+    def now(self) -> float:
+        return self._clock()
+
     def key(self, vni: int, node: str | None = None) -> bytes:
         return self.root + f"{vni}/{node or self.node}".encode()
 
@@ -121,8 +124,8 @@ def remotes_for(members: list[Member], node: str, vni: int, local: IPAddress | N
     same address family and UDP port; and the members left out for a mismatch."""
     wanted, mismatched = set(), []
     for m in members:
-        if m.vni != vni or m.node == node:
-            continue
+        if m.vni != vni or m.node == node or m.address == local:
+            continue  # this node (under another name too: a fallback's NODE_NAME)
         if (local is not None and m.address.version != local.version) or m.port != port:
             mismatched.append(m)
             continue
