@@ -26,10 +26,10 @@ from pathlib import Path
 from nodeagent.fileio import replace_file
 
 #: Names only this project uses: always installed.
-OWN_NAMES = ("nodeagent", "nodeagent-ipam")
+OWN_NAMES = ("nodeagent", "nodeagent-ipam", "vxlan")  # vxlan: no other plugin has the name
 #: Names of other plugins the shim can take over (sriov-cni, the reference link plugins,
 #: whereabouts): every network of that type on the node is then served by the agent.
-TAKEOVER_NAMES = ("sriov", "macvlan", "ipvlan", "vlan", "whereabouts", "vxlan")
+TAKEOVER_NAMES = ("sriov", "macvlan", "ipvlan", "vlan", "whereabouts")
 PLUGIN_NAMES = OWN_NAMES + TAKEOVER_NAMES
 FALLBACK_NAME = "nodeagent-cni-fallback"
 STATE_DIR = ".nodeagent"

@@ -311,8 +311,8 @@ def _require_same_vtep(msg: Any, conf: VxlanConf, under: Underlay) -> None:
 def _flood_to(ctx: Context, conf: VxlanConf, vtep: int, under: Underlay, members: Any) -> None:
     """Static remotes, or: announce this node's VTEP and flood to the members known now (the
     overlay service keeps them current)."""
-    if members is None:
-        wanted = {str(r) for r in conf.remotes}
+    if members is None:  # one list for every node: a node's own address is skipped
+        wanted = {str(r) for r in conf.remotes if r != under.local}
     else:
         from nodeagent.overlay.members import remotes_for
 
@@ -488,7 +488,8 @@ def check(ctx: Context, request: CniRequest, conf: VxlanConf) -> None:
     if not host_end["flags"] & 1:
         raise CniError(IO_FAILURE, f"the host end {end} is down")
     if conf.mode == STATIC:
-        missing = {str(r) for r in conf.remotes} - fdb.flood_remotes(host, vtep["index"])
+        missing = {str(r) for r in conf.remotes if r != under.local} - fdb.flood_remotes(
+            host, vtep["index"])
         if missing:
             raise CniError(IO_FAILURE, f"{vxlan_name(conf.vni)} does not flood to"
                            f" {', '.join(sorted(missing))}")

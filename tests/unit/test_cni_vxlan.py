@@ -120,6 +120,16 @@ def test_add_builds_the_network_devices_and_the_pod_veth(world: World) -> None:
     assert result["ips"] == [{"address": "10.42.0.1/24", "interface": 2}]
 
 
+def test_static_remotes_skip_the_node_itself(world: World) -> None:
+    """One list of every node's address serves every node (a NAD is cluster-wide)."""
+    status, result = world.cni("ADD", conf(remotes=["192.0.2.10", *REMOTES]))
+
+    assert status == 0, result
+    assert sorted(dst for _, _, dst in world.kernel.fdb) == REMOTES
+    assert world.cni("CHECK", conf(remotes=["192.0.2.10", *REMOTES], prevResult=result)) == (
+        0, {})
+
+
 def test_ipv6_underlay_takes_the_global_address_and_70_bytes(world: World) -> None:
     status, result = world.cni("ADD", conf(underlay="ipv6", remotes=["2001:db8::20"],
                                            port=8472))
