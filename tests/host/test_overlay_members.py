@@ -278,3 +278,42 @@ def test_the_kind_fails_cleanly_when_the_store_is_down(world, etcd) -> None:
     assert "cluster store" in error["msg"]
     assert set(world["kernel"].in_netns(HOST)) == {"eth0"}
     assert world["kernel"].in_netns(world["pod"]) == {}
+
+
+# -- the daemon ---------------------------------------------------------------------------------
+
+
+def test_the_daemon_runs_the_overlay_service_on_its_cluster_store(
+        tmp_path: Path, etcd: ipam_etcd.EtcdServer, client: EtcdClient) -> None:
+    """With a cluster store the daemon keeps this node's membership true to the kernel: a key
+    for a network the node does not hold (a crash before DEL withdrew it) is withdrawn."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.host.test_daemon import free_port
+    from tests.waiting import wait_until
+
+    node = f"nat-node-{secrets.token_hex(3)}"
+    stale = Membership(client, node, cluster="lab")
+    stale.publish(VNI, ipaddress.ip_address("192.0.2.99"), 4789, "overlay-a")
+    port = free_port()
+    cmd = [sys.executable, "-m", "nodeagent", "daemon", "--socket", str(tmp_path / "a.sock"),
+           "--status-file", str(tmp_path / "status.json"), "--node-name", node,
+           "--metrics-address", f"127.0.0.1:{port}", "--ipam-state-dir", str(tmp_path / "ipam"),
+           "--ipam-etcd-endpoints", etcd.url, "--ipam-cluster-name", "lab",
+           "--no-publish-node-state"]
+    env = dict(os.environ, NODEAGENT_STATE_DIR=str(tmp_path / "cni"))
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: stale.members(VNI) == [], 30), "the stale key stayed"
+
+        def metrics() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                return r.read().decode()
+
+        assert "nodeagent_overlay_members" in metrics()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
