@@ -24,6 +24,7 @@ import ipaddress
 import logging
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ UNSUPPORTED = {"group": "multicast groups are not used: flooding goes to each re
                "vxlanGroup": "multicast groups are not used: flooding goes to each remote VTEP",
                "linkInContainer": "the pod end is a veth created in the pod's namespace"}
 _UNDERLAYS = {"ipv4": 4, "ipv6": 6}
+_OPENING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,11 @@ def parse(request: CniRequest) -> VxlanConf:
 
 def membership(ctx: Context) -> Any:
     """The overlay members in the agent's cluster store (opened once per Context), or None."""
+    with _OPENING:
+        return _membership(ctx)
+
+
+def _membership(ctx: Context) -> Any:
     if ctx.overlay is None and ctx.ipam.cluster is not None:
         from nodeagent.discovery import node_name
         from nodeagent.ipam.etcd.client import EtcdClient  # grpc: only when used

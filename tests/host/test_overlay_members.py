@@ -317,3 +317,32 @@ def test_the_daemon_runs_the_overlay_service_on_its_cluster_store(
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-2000:]
+
+
+def test_without_a_given_membership_the_kind_uses_the_agents_cluster_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, etcd: ipam_etcd.EtcdServer,
+        client: EtcdClient) -> None:
+    """The in-process fallback's case: the Context has only the settings' cluster store; the
+    node is $NODE_NAME, the keys are in the cluster's namespace."""
+    from nodeagent.settings import ClusterStore
+
+    node = f"nat-node-{secrets.token_hex(3)}"
+    monkeypatch.setenv("NODE_NAME", node)
+    kernel = FakeKernel()
+    monkeypatch.setattr(netns, "is_netns", kernel.is_netns)
+    eth0 = kernel.add_link("eth0", up=True)
+    kernel.addresses.append((HOST, eth0.index, "192.0.2.10", 24))
+    pod = tmp_path / "pod"
+    pod.write_text("")
+    ctx = Context(open_netlink=kernel.open, vfs=VfState(tmp_path / "state"), ipam=Ipam(
+        tmp_path / "ipam", cluster=ClusterStore(etcd.client_config(timeout=2.0), cluster="lab")))
+    w = {"ctx": ctx, "pod": os.path.realpath(pod)}
+    try:
+        assert cni(w, "ADD", master="eth0")[0] == 0
+        mine = Membership(client, node, cluster="lab")
+        assert [str(m.address) for m in mine.members(VNI)] == ["192.0.2.10"]
+        assert cni(w, "DEL", master="eth0")[0] == 0
+        assert mine.members(VNI) == []
+    finally:
+        ctx.overlay.client.close()
+        ctx.close()
