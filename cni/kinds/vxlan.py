@@ -142,15 +142,18 @@ class Underlay:
     mtu: int  # the largest MTU a pod may have on this underlay
 
 
+def require_membership(ctx: Context) -> Any:
+    members = membership(ctx)
+    if members is None:
+        raise CniError(INVALID_CONFIG, "vxlan needs the other nodes' VTEPs: configure the"
+                       " agent's cluster store (ipam.etcd in /etc/nodeagent/agent.yaml, chart"
+                       " values ipam.etcd, or --ipam-etcd-endpoints), or list the remote VTEP"
+                       " addresses in the network's 'remotes'")
+    return members
+
+
 def add(ctx: Context, request: CniRequest, conf: VxlanConf) -> Result:
-    members = None
-    if conf.mode == STORE:
-        members = membership(ctx)
-        if members is None:
-            raise CniError(INVALID_CONFIG, "vxlan needs the other nodes' VTEPs: configure the"
-                           " agent's cluster store (ipam.etcd in /etc/nodeagent/agent.yaml, chart"
-                           " values ipam.etcd, or --ipam-etcd-endpoints), or list the remote VTEP"
-                           " addresses in the network's 'remotes'")
+    members = require_membership(ctx) if conf.mode == STORE else None
     under = underlay(ctx, request, conf)
     if conf.mtu > under.mtu:
         FIELDS.fail("mtu", f"{conf.mtu} is above {under.mtu}, the most {under.name} (MTU"
@@ -477,6 +480,7 @@ def check(ctx: Context, request: CniRequest, conf: VxlanConf) -> None:
     network's bridge, the VXLAN device as configured in that bridge, the static remotes or
     this node's membership; then IPAM."""
     prev = links.require_prev_result(request)
+    members = require_membership(ctx) if conf.mode == STORE else None
     under = underlay(ctx, request, conf)
     host = ctx.host
     vtep = host.link(name=vxlan_name(conf.vni))
@@ -501,7 +505,6 @@ def check(ctx: Context, request: CniRequest, conf: VxlanConf) -> None:
             raise CniError(IO_FAILURE, f"{vxlan_name(conf.vni)} does not flood to"
                            f" {', '.join(sorted(missing))}")
     else:
-        members = membership(ctx)
         try:
             mine = [m for m in members.members(conf.vni) if m.node == members.node]
         except Exception as exc:

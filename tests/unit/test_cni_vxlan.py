@@ -153,10 +153,12 @@ def test_a_smaller_mtu_is_honoured_a_larger_refused(world: World) -> None:
 
 
 def test_without_store_or_remotes_it_says_what_to_configure(world: World) -> None:
-    status, error = world.cni("ADD", conf(remotes=None))
+    for command in ("ADD", "CHECK"):
+        c = conf(remotes=None, prevResult={"cniVersion": "1.1.0"} if command == "CHECK" else None)
+        status, error = world.cni(command, c)
 
-    assert status == 1 and error["code"] == 7, error
-    assert "cluster store" in error["msg"] and "'remotes'" in error["msg"]
+        assert status == 1 and error["code"] == 7, error
+        assert "cluster store" in error["msg"] and "'remotes'" in error["msg"]
     world.assert_nothing_left()
 
 
@@ -369,3 +371,19 @@ def test_results_in_every_supported_version(world: World, version: str) -> None:
     assert ("mtu" in result["interfaces"][2]) == (version == "1.1.0")
     assert world.cni("DEL", conf(version))[0] == 0
     world.assert_nothing_left()
+
+
+def test_status_screen_shows_the_overlays() -> None:
+    from nodeagent.status import StatusBoard
+    from nodeagent.statusview import status_screen
+
+    board = StatusBoard()
+    assert "VXLAN" not in status_screen(board.snapshot()), "no section on nodes without any"
+    board.set_overlays({"4242": {"network": "overlay-a", "device": "vx4242",
+                                 "local": "192.0.2.10", "members": {"node-b": "192.0.2.20"},
+                                 "floodTo": ["192.0.2.20"], "mismatched": []}})
+
+    screen = status_screen(board.snapshot())
+    assert "VXLAN OVERLAYS" in screen
+    row = next(line for line in screen.splitlines() if line.strip().startswith("4242"))
+    assert "overlay-a" in row and "node-b=192.0.2.20" in row and "vx4242" in row
