@@ -54,8 +54,12 @@ def ip(*args: str) -> None:
 def etcd() -> Iterator[ipam_etcd.EtcdServer]:
     if not ipam_etcd.available():
         pytest.skip("no etcd binary (etcd-server) in the guest")
-    with ipam_etcd.EtcdServer() as server:
+    server = ipam_etcd.EtcdServer()
+    try:
+        server.start(timeout=120)  # the lab VM shares a busy machine: etcd may start slowly
         yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="module", autouse=True)
