@@ -72,6 +72,10 @@ class Netlink(Protocol):
                      gateway: str | None = None, oif: int | None = None,
                      priority: int | None = None) -> bool: ...
     def link_brief(self, name: str) -> LinkBrief | None: ...
+    def links(self, ext_mask: int = 0) -> list[Any]: ...
+    def fdb_append(self, index: int, mac: str, dst: str) -> None: ...
+    def fdb_delete(self, index: int, mac: str, dst: str) -> bool: ...
+    def fdb_entries(self, index: int) -> list[tuple[str, str | None]]: ...
 
 
 @dataclass
@@ -88,6 +92,9 @@ class Context:
     sysfs: Sysfs = field(default_factory=Sysfs)
     #: Told of every attachment made and removed (the network policy controller); None: off.
     attachments: AttachmentHook | None = None
+    #: VXLAN overlay members in the cluster store (nodeagent.overlay.members.Membership);
+    #: None: opened by the vxlan kind on first use from ``ipam.cluster``.
+    overlay: Any = None
 
     def __post_init__(self) -> None:
         if self.host is None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from nodeagent.fileio import replace_file
 
 #: Names only this project uses: always installed.
-OWN_NAMES = ("nodeagent", "nodeagent-ipam")
+OWN_NAMES = ("nodeagent", "nodeagent-ipam", "vxlan")  # vxlan: no other plugin has the name
 #: Names of other plugins the shim can take over (sriov-cni, the reference link plugins,
 #: whereabouts): every network of that type on the node is then served by the agent.
 TAKEOVER_NAMES = ("sriov", "macvlan", "ipvlan", "vlan", "whereabouts", "sbr")

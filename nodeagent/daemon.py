@@ -119,9 +119,17 @@ class Daemon:
             from nodeagent.policy.attachments import AttachmentRegistry
 
             AttachmentRegistry(settings.state_dir).set_enforcing(False)
+        # VXLAN overlays (docs/vxlan.md): members in the cluster store, flood entries kept current
+        self.overlay = None
+        if settings.cluster_store is not None:
+            from nodeagent.overlay.service import open_service
+
+            self.overlay = open_service(settings.cluster_store, self.node_name, self.status,
+                                        self.metrics.registry)
         self.cni = CniServer(cfg.socket, workers=cfg.workers,
                              context=Context(ipam=ipam, vfs=self.vfstate,
-                                             attachments=self.policy),
+                                             attachments=self.policy, overlay=self.overlay
+                                             and self.overlay.membership),
                              metrics=self.metrics, status=self.status)
         self.reconcile = ReconcileLoop(
             Reconciler(self.sysfs, self.status, hostname=self.node_name, vfstate=self.vfstate,
@@ -167,6 +175,9 @@ class Daemon:
         log.info("inventory: %d NICs, %d SR-IOV PFs", len(node.nics), len(node.pfs))
         self.cni.start()
         self._stoppers.append(self.cni.stop)
+        if self.overlay is not None:
+            self.overlay.start()
+            self._stoppers.append(self.overlay.close)
         if self.http is not None:
             self.http.add_liveness("cni-socket", self.cni.listening)
         if self.reconcile is not None:

@@ -29,6 +29,7 @@ from pyroute2.netlink.rtnl.fibmsg import fibmsg
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from nodeagent import netns as netns_mod
@@ -473,6 +474,35 @@ class Rtnl:
             raise
         return True
 
+    # -- forwarding database (VXLAN head-end replication) ------------------------------------
+
+    def fdb_append(self, index: int, mac: str, dst: str) -> None:
+        """``bridge fdb append <mac> dev <index> dst <dst> self permanent``: one more remote
+        for ``mac`` on a VXLAN device (the all-zero MAC: where unknown and broadcast frames
+        go, one copy per remote). EEXIST if that remote is already there."""
+        self.request(_fdb_msg(index, mac, dst), RTM_NEWNEIGH,
+                     NLM_F_CREATE | NLM_F_EXCL | NLM_F_APPEND)
+
+    def fdb_delete(self, index: int, mac: str, dst: str) -> bool:
+        """Remove one remote of ``mac``; False if it was not there."""
+        try:
+            self.request(_fdb_msg(index, mac, dst), RTM_DELNEIGH)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENODEV):
+                return False
+            raise
+        return True
+
+    def fdb_entries(self, index: int) -> list[tuple[str, str | None]]:
+        """The device's own (``self``) FDB entries as (MAC, remote or None)."""
+        msg = ndmsg()
+        msg["family"] = AF_BRIDGE
+        out = []
+        for reply in self.dump(msg, RTM_GETNEIGH):
+            if reply["ifindex"] == index and reply["flags"] & NTF_SELF:
+                out.append((reply.get("NDA_LLADDR"), reply.get("NDA_DST")))
+        return out
+
 
 def _rule_msg(family: int, src: str, src_len: int, table: int, priority: int | None) -> Any:
     msg = fibmsg()
@@ -486,4 +516,21 @@ def _rule_msg(family: int, src: str, src_len: int, table: int, priority: int | N
     if priority is not None:
         attrs.append(("FRA_PRIORITY", priority))
     msg["attrs"] = attrs
+    return msg
+
+
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+AF_BRIDGE = 7
+NTF_SELF = 0x02
+NUD_PERMANENT = 0x80
+NLM_F_APPEND = 0x800
+
+
+def _fdb_msg(index: int, mac: str, dst: str) -> Any:
+    msg = ndmsg()
+    msg["family"] = AF_BRIDGE
+    msg["ifindex"] = index
+    msg["state"] = NUD_PERMANENT
+    msg["flags"] = NTF_SELF
+    msg["attrs"] = [("NDA_LLADDR", mac), ("NDA_DST", dst)]
     return msg

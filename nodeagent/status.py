@@ -86,6 +86,7 @@ class StatusBoard:
         self._listeners: list[Listener] = []
         self._listeners_due = False  # an allocation changed since listeners last heard
         self._policy: dict[str, Any] | None = None
+        self._overlays: dict[str, dict[str, Any]] = {}
 
     # -- writers ----------------------------------------------------------------------------
 
@@ -133,6 +134,15 @@ class StatusBoard:
             self._policy = section
         self._changed(defer_listeners=True)
 
+    def set_overlays(self, overlays: dict[str, dict[str, Any]]) -> None:
+        """VXLAN networks this node holds: VNI -> network, device, members, flood entries
+        (nodeagent.overlay.service)."""
+        with self._lock:
+            if overlays == self._overlays:
+                return
+            self._overlays = {k: dict(v) for k, v in overlays.items()}
+        self._changed()
+
     def error(self, source: str, message: str, obj: str = "") -> ErrorRecord:
         record = ErrorRecord(time.time(), source, message, obj)
         with self._lock:
@@ -155,6 +165,7 @@ class StatusBoard:
                 "allocations": {k: dict(v) for k, v in sorted(self._allocations.items())},
                 "recentErrors": [e.to_dict() for e in self._errors],
                 **({"policy": self._policy} if self._policy is not None else {}),
+                "overlays": {k: dict(v) for k, v in sorted(self._overlays.items())},
             }
 
     def subscribe(self, listener: Listener) -> None:

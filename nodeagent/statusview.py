@@ -59,6 +59,14 @@ def status_screen(snap: dict[str, Any], now: float | None = None) -> str:
             tabulate(allocs, headers=("POD", "ATTACHMENT", "NETWORK", "TYPE", "DEVICE", "IPS"))
             if allocs else "  none"]
     out += _policy_lines(snap.get("policy"), now)
+    overlays = [(vni, o.get("network") or "-", o.get("device") or "-", o.get("local") or "-",
+                 ",".join(f"{n}={a}" for n, a in o.get("members", {}).items()) or "-",
+                 ",".join(o.get("floodTo", [])) or "-")
+                for vni, o in snap.get("overlays", {}).items()]
+    if overlays:  # only on nodes with VXLAN networks
+        out += ["", "VXLAN OVERLAYS",
+                tabulate(overlays, headers=("VNI", "NETWORK", "DEVICE", "LOCAL", "MEMBERS",
+                                            "FLOODS TO"))]
     errors = [(_ago(e["time"], now), e["source"], e.get("object") or "-", e["message"])
               for e in snap.get("recentErrors", [])[-10:]]
     out += ["", "RECENT ERRORS",

@@ -52,6 +52,10 @@ class FakeLink:
     pci: str | None = None
     #: A PF's VFs: index -> PF-side settings.
     vfs: dict[int, VfConfig] = field(default_factory=dict)
+    #: The bridge this link is a port of (IFLA_MASTER), its ifalias, a veth's other end.
+    master: int | None = None
+    alias: str | None = None
+    peer: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class FakeKernel:
         #: Policy rules: netns, family, src, src_len, table, priority.
         self.rules: list[dict[str, Any]] = []
         self.sysctls: dict[tuple[str, str], str] = {}
+        self.fdb: list[tuple[int, str, str]] = []  # device index, MAC, remote
         self.requests: list[Request] = []
         self.open_clients = 0
         self._failures: list[_Failure] = []
@@ -128,7 +133,7 @@ class FakeKernel:
             if link.netns != netns:
                 continue
             if link.pci is None:
-                del self.links[link.index]
+                self.drop_link(link.index)
             else:
                 if self.find(HOST, name=link.name) is not None:
                     self._rename(link, f"dev{link.index}")  # the kernel's dev%d when taken
@@ -183,6 +188,19 @@ class FakeKernel:
                                   mtu=link.mtu)
         link.name = name
 
+    def drop_link(self, index: int) -> None:
+        """A link goes: its addresses, routes and FDB entries, its veth peer, its ports'
+        membership (the kernel's unregister_netdevice)."""
+        link = self.links.pop(index)
+        self.addresses = [a for a in self.addresses if a[1] != index]
+        self.routes = [r for r in self.routes if r["oif"] != index]
+        self.fdb = [e for e in self.fdb if e[0] != index]
+        for other in self.links.values():
+            if other.master == index and other.netns == link.netns:
+                other.master = None
+        if link.peer is not None and link.peer in self.links:
+            self.drop_link(link.peer)
+
     def netns_of_fd(self, fd: int) -> str:
         """The namespace a file descriptor names: a pod's file, or ours (/proc/self/ns/net)."""
         target = os.readlink(f"/proc/self/fd/{fd}")
@@ -197,8 +215,14 @@ class FakeKernel:
         if link.kind:
             info: list[tuple[str, Any]] = [("IFLA_INFO_KIND", link.kind)]
             attrs.append(("IFLA_LINKINFO", {"attrs": info}))
+            if link.kind == "vxlan" and link.data:
+                info.append(("IFLA_INFO_DATA", {"attrs": link.data}))
         if link.lower:
             attrs.append(("IFLA_LINK", link.lower))
+        if link.master:
+            attrs.append(("IFLA_MASTER", link.master))
+        if link.alias:
+            attrs.append(("IFLA_IFALIAS", link.alias))
         if ext_mask & RTEXT_FILTER_VF and link.vfs:
             attrs.append(("IFLA_VFINFO_LIST", {"attrs": [
                 _vf_info(vf, config) for vf, config in sorted(link.vfs.items())]}))
@@ -270,11 +294,21 @@ class FakeNetlink:
             raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
         if self.kernel.find(target, name=name) is not None:
             raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
-        assert master is not None
-        self.kernel.add_link(name, netns=target, kind=kind, lower=lower, data=list(data or []),
-                             mtu=mtu or master.mtu,
-                             mac=mac or (master.mac if kind == "ipvlan" else
-                                         f"02:fa:00:00:00:{self.kernel._next_index + 1:02x}"))
+        peer = dict(data or []).get("VETH_INFO_PEER") if kind == "veth" else None
+        peer_attrs = dict(peer["attrs"]) if peer else {}
+        if peer and self.kernel.find(self._ns, name=peer_attrs["IFLA_IFNAME"]) is not None:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        link = self.kernel.add_link(
+            name, netns=target, kind=kind, lower=lower, data=list(data or []),
+            mtu=mtu or (master.mtu if master else 1500),
+            mac=mac or (master.mac if master and kind == "ipvlan" else
+                        f"02:fa:00:00:00:{self.kernel._next_index + 1:02x}"))
+        if peer:
+            other = self.kernel.add_link(
+                peer_attrs["IFLA_IFNAME"], netns=self._ns, kind="veth",
+                mtu=peer_attrs.get("IFLA_MTU") or 1500,
+                mac=f"02:fb:00:00:00:{self.kernel._next_index + 1:02x}")
+            link.peer, other.peer = other.index, link.index
 
     def link_set(self, index: int, *, up: bool | None = None, name: str | None = None,
                  mtu: int | None = None, mac: str | None = None, netns_fd: int | None = None,
@@ -294,6 +328,13 @@ class FakeNetlink:
             link.mac = mac.lower()
         if up is not None:
             link.up = up
+        for key, value in extra or []:
+            if key == "IFLA_MASTER":
+                if self.kernel.find(self._ns, value) is None:
+                    raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+                link.master = value or None
+            elif key == "IFLA_IFALIAS":
+                link.alias = value
         if target is not None and target != link.netns:
             if self.kernel.find(target, name=link.name) is not None:
                 raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))  # the kernel
@@ -304,9 +345,7 @@ class FakeNetlink:
         link = self.kernel.find(self._ns, index)
         if link is None:
             return False
-        del self.kernel.links[index]
-        self.kernel.addresses = [a for a in self.kernel.addresses if a[1] != index]
-        self.kernel.routes = [r for r in self.kernel.routes if r["oif"] != index]
+        self.kernel.drop_link(index)
         return True
 
     # -- addresses and routes ---------------------------------------------------------------
@@ -476,6 +515,34 @@ class FakeNetlink:
                 return True
         return False
 
+    # -- link dumps and FDB entries (the vxlan kind) ----------------------------------------
+
+    def links(self, ext_mask: int = 0) -> list[Any]:
+        self._record("links")
+        return [self.kernel.link_msg(link, ext_mask) for link in list(self.kernel.links.values())
+                if link.netns == self._ns]
+
+    def fdb_append(self, index: int, mac: str, dst: str) -> None:
+        self._record("fdb_append", index=index, mac=mac, dst=dst)
+        link = self.kernel.find(self._ns, index)
+        if link is None:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        if link.kind != "vxlan":
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        if (index, mac, dst) in self.kernel.fdb:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        self.kernel.fdb.append((index, mac, dst))
+
+    def fdb_delete(self, index: int, mac: str, dst: str) -> bool:
+        self._record("fdb_delete", index=index, mac=mac, dst=dst)
+        if (index, mac, dst) not in self.kernel.fdb:
+            return False
+        self.kernel.fdb.remove((index, mac, dst))
+        return True
+
+    def fdb_entries(self, index: int) -> list[tuple[str, str | None]]:
+        self._record("fdb_entries", index=index)
+        return [(mac, dst) for i, mac, dst in self.kernel.fdb if i == index]
 
 def _applied(config: VfConfig, u: VfUpdate, setting: str) -> VfConfig:
     if setting == "mac":
@@ -485,3 +552,4 @@ def _applied(config: VfConfig, u: VfUpdate, setting: str) -> VfConfig:
     if setting == "rate":
         return replace(config, min_tx_rate=u.min_tx_rate or 0, max_tx_rate=u.max_tx_rate or 0)
     return replace(config, **{setting: getattr(u, setting)})
+

@@ -21,7 +21,7 @@ import yaml
 
 from cni import ipam as cni_ipam
 from cni.install import TAKEOVER_NAMES, parse_names
-from cni.kinds import ipvlan, macvlan, sriov, vlan
+from cni.kinds import ipvlan, macvlan, sriov, vlan, vxlan
 from cni.protocol import CniRequest, parse_request
 from deviceplugin import config as dp_config
 from nodeagent.cli import build_parser
@@ -558,7 +558,7 @@ def test_printer_columns_show_pfs_vfs_and_problems() -> None:
 # -- NetworkAttachmentDefinitions and the Pod example ----------------------------------------
 
 PARSERS = {"sriov": sriov.parse, "macvlan": macvlan.parse, "ipvlan": ipvlan.parse,
-           "vlan": vlan.parse}
+           "vlan": vlan.parse, "vxlan": vxlan.parse}
 #: A VF the device plugin could hand out; Multus passes it as deviceID.
 DEVICE_ID = "0000:3b:02.1"
 
@@ -634,7 +634,7 @@ def test_every_nad_example_is_accepted_by_the_plugin_and_ipam_parsers() -> None:
             flavour += "-dpdk" if "dpdk" in nad["metadata"]["annotations"][
                 "k8s.v1.cni.cncf.io/resourceName"] else "-netdevice"
         covered.add((flavour, ipam_type))
-    flavours = ("sriov-netdevice", "sriov-dpdk", "macvlan", "ipvlan", "vlan")
+    flavours = ("sriov-netdevice", "sriov-dpdk", "macvlan", "ipvlan", "vlan", "vxlan")
     assert covered == {(f, t) for f in flavours for t in ("static", "whereabouts")}
 
 
