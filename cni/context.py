@@ -13,7 +13,7 @@ import errno
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cni.protocol import CniRequest
 from nodeagent import logs
@@ -25,6 +25,9 @@ from nodeagent.rtnl import Rtnl
 from nodeagent.sysfs import Sysfs
 from nodeagent.vfbatch import VfResult, VfUpdate
 from nodeagent.vfstate import VfState
+
+if TYPE_CHECKING:
+    from cni.teardown import Teardown
 
 #: The typed fields of network configurations: every failure is CNI code 7 naming the field.
 FIELDS = Fields(config_error)
@@ -57,6 +60,7 @@ class Netlink(Protocol):
                   mtu: int | None = None, advmss: int | None = None) -> None: ...
     def set_vfs(self, pf_index: int, updates: Sequence[VfUpdate]) -> list[VfResult]: ...
     def set_sysctl(self, key: str, value: str) -> None: ...
+    def address_delete(self, index: int, address: str, prefixlen: int, family: int) -> bool: ...
 
 
 @dataclass
@@ -71,6 +75,9 @@ class Context:
     ipam: Ipam = field(default_factory=Ipam)
     vfs: VfState = field(default_factory=VfState.default)
     sysfs: Sysfs = field(default_factory=Sysfs)
+    #: Links whose DEL has replied and whose deletion is in flight (None: DEL deletes them
+    #: before replying, as the in-process fallback does).
+    teardown: Teardown | None = None
 
     def __post_init__(self) -> None:
         if self.host is None:

@@ -263,3 +263,20 @@ class Rtnl:
             attrs.append(("RTA_METRICS", {"attrs": metrics}))
         msg["attrs"] = attrs
         self.request(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL)
+
+    def address_delete(self, index: int, address: str, prefixlen: int, family: int) -> bool:
+        """Remove one address from a link; False if it was not there (or the link is gone)."""
+        msg = ifaddrmsg()
+        msg["family"] = family
+        msg["prefixlen"] = prefixlen
+        msg["index"] = index
+        msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
+        if family == socket.AF_INET6:
+            msg["attrs"] = [("IFA_ADDRESS", address)]
+        try:
+            self.request(msg, RTM_DELADDR)
+        except OSError as exc:
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
+                return False
+            raise
+        return True

@@ -378,6 +378,14 @@ class FakeNetlink:
         self._record("set_sysctl", key=key, value=value)
         self.kernel.sysctls[(self._ns, key)] = value
 
+    def address_delete(self, index: int, address: str, prefixlen: int, family: int) -> bool:
+        self._record("address_delete", index=index, address=address, prefixlen=prefixlen)
+        entry = (self._ns, index, address, prefixlen)
+        if entry not in self.kernel.addresses:
+            return False
+        self.kernel.addresses.remove(entry)
+        return True
+
 
 def _applied(config: VfConfig, u: VfUpdate, setting: str) -> VfConfig:
     if setting == "mac":
