@@ -19,6 +19,7 @@ import os
 import queue
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,10 @@ TOMBSTONE_PREFIX = "nadel"
 SETTLE_TIMEOUT = 10.0
 #: How long :meth:`Teardown.stop` finishes deletions before leaving them to the journal.
 STOP_TIMEOUT = 2.0
+#: Workers wait for this long without a new DEL before deleting (a deletion holds the
+#: kernel's rtnl lock through a grace period, and every request of a burst needs that lock),
+#: but never leave a link in flight longer than MAX_DEFER.
+QUIET, MAX_DEFER = 0.05, 2.0
 
 Key = tuple[int, int, str]
 
@@ -66,6 +71,7 @@ class _InFlight:
     renamed: bool
     done: threading.Event = field(default_factory=threading.Event)
     claimed: bool = False
+    since: float = field(default_factory=time.monotonic)
 
 
 class Teardown:
@@ -84,6 +90,11 @@ class Teardown:
         self._inflight: dict[Key, _InFlight] = {}
         self._queue: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        #: False once the kernel refused to rename a live link (before Linux 6.2): not asked
+        #: again, a request saved per DEL.
+        self.live_rename = True
+        self._last_retired = 0.0
+        self._stopping = False
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -100,6 +111,7 @@ class Teardown:
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Finish the deletions in flight for up to ``timeout`` seconds; any left stay in the
         journal for the next start."""
+        self._stopping = True
         for _ in self._threads:
             self._queue.put(None)
         for thread in self._threads:
@@ -132,7 +144,9 @@ class Teardown:
                         TOMBSTONE_PREFIX + secrets.token_hex(5))
         try:
             self._journal(record)
-            renamed = _rename(pod, index, record.tombstone)
+            renamed = _rename(pod, index, record.tombstone) if self.live_rename else False
+            if renamed is False:
+                self.live_rename = False
             _drop_addresses(pod, index)
         except BaseException:
             pod.close()
@@ -145,6 +159,7 @@ class Teardown:
         entry = _InFlight(record, pod, renamed)
         with self._lock:
             self._inflight[key] = entry
+        self._last_retired = entry.since
         if self._threads:
             self._queue.put(entry)
 
@@ -186,11 +201,21 @@ class Teardown:
             entry = self._queue.get()
             if entry is None:
                 return
+            self._wait_for_quiet(entry)
             with self._lock:
                 if entry.claimed:
                     continue
                 entry.claimed = True
             self._finish(entry)
+
+    def _wait_for_quiet(self, entry: _InFlight) -> None:
+        """Let a burst of DELs pass before taking the kernel's lock for a deletion."""
+        while not entry.claimed and not self._stopping:
+            now = time.monotonic()
+            wait = min(self._last_retired + QUIET, entry.since + MAX_DEFER) - now
+            if wait <= 0:
+                return
+            time.sleep(wait)
 
     def _finish(self, entry: _InFlight) -> None:
         record = entry.record
