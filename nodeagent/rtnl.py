@@ -36,6 +36,8 @@ RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 RTN_UNICAST = 1
 IFA_F_NODAD = 0x02
 RTEXT_FILTER_SKIP_STATS = 1 << 3
+#: Extra sockets a client of the agent's own namespace opens for concurrent requests.
+MAX_SPARES = 8
 
 
 def _link_attrs(*, mtu: int | None, mac: str | None, netns_fd: int | None
@@ -56,16 +58,30 @@ class Rtnl:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._sock = netns_mod.run(netns, lambda: socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE))
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self._sock.bind((0, 0))
+        self._sock = self._open_socket()
         self._marshal = MarshalRtnl()
         self._seq = 0
+        self._seq_lock = threading.Lock()
         self._lock = threading.Lock()
+        # Sockets for requests made while the first is busy (the agent's own namespace is
+        # shared by every CNI worker): the kernel serialises what it must, not this client.
+        self._spares: list[tuple[socket.socket, Any]] = []
+        self._spares_made = 0
+        self._spares_lock = threading.Lock()
+
+    def _open_socket(self) -> socket.socket:
+        sock = netns_mod.run(self.netns, lambda: socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((0, 0))
+        return sock
 
     def close(self) -> None:
         self._sock.close()
+        with self._spares_lock:
+            for sock, _ in self._spares:
+                sock.close()
+            self._spares = []
 
     def __enter__(self) -> Rtnl:
         return self
@@ -77,29 +93,57 @@ class Rtnl:
 
     def request(self, msg: Any, msg_type: int, flags: int = 0) -> list[Any]:
         """Send one request; return the replies (dumps: all parts). Raises OSError(errno)."""
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            spare = self._spare()
+            if spare is not None:
+                try:
+                    return self._exchange(spare[0], spare[1], msg, msg_type, flags)
+                finally:
+                    with self._spares_lock:
+                        self._spares.append(spare)
+            self._lock.acquire()
+        try:
+            return self._exchange(self._sock, self._marshal, msg, msg_type, flags)
+        finally:
+            self._lock.release()
+
+    def _spare(self) -> tuple[socket.socket, Any] | None:
+        """A free extra socket of this client's namespace (made if fewer than MAX_SPARES
+        exist), or None."""
+        with self._spares_lock:
+            if self._spares:
+                return self._spares.pop()
+            if self.netns is not None or self._spares_made >= MAX_SPARES:
+                return None
+            self._spares_made += 1
+        return self._open_socket(), MarshalRtnl()
+
+    def _exchange(self, sock: socket.socket, marshal: Any, msg: Any, msg_type: int,
+                  flags: int) -> list[Any]:
+        """One request and its replies on ``sock``, which the caller holds alone."""
+        with self._seq_lock:
             self._seq += 1
             seq = self._seq
-            msg["header"]["type"] = msg_type
-            msg["header"]["flags"] = flags | NLM_F_REQUEST | NLM_F_ACK
-            msg["header"]["sequence_number"] = seq
-            msg.encode()
-            self._sock.send(msg.data)
-            replies: list[Any] = []
-            while True:
-                for reply in self._marshal.parse(self._sock.recv(1 << 20)):
-                    if reply["header"]["sequence_number"] != seq:
-                        continue  # a late answer to an abandoned request
-                    kind = reply["header"]["type"]
-                    if kind == NLMSG_DONE:
-                        return replies
-                    if kind == NLMSG_ERROR:
-                        code = reply["error"] or 0
-                        if code:
-                            code = abs(code)
-                            raise OSError(code, os.strerror(code))
-                        return replies
-                    replies.append(reply)
+        msg["header"]["type"] = msg_type
+        msg["header"]["flags"] = flags | NLM_F_REQUEST | NLM_F_ACK
+        msg["header"]["sequence_number"] = seq
+        msg.encode()
+        sock.send(msg.data)
+        replies: list[Any] = []
+        while True:
+            for reply in marshal.parse(sock.recv(1 << 20)):
+                if reply["header"]["sequence_number"] != seq:
+                    continue  # a late answer to an abandoned request
+                kind = reply["header"]["type"]
+                if kind == NLMSG_DONE:
+                    return replies
+                if kind == NLMSG_ERROR:
+                    code = reply["error"] or 0
+                    if code:
+                        code = abs(code)
+                        raise OSError(code, os.strerror(code))
+                    return replies
+                replies.append(reply)
 
     def dump(self, msg: Any, msg_type: int) -> list[Any]:
         return self.request(msg, msg_type, NLM_F_DUMP)
