@@ -231,7 +231,9 @@ class Teardown:
         finally:
             entry.pod.close()
             with self._lock:
-                self._inflight.pop((record.dev, record.ino, record.ifname), None)
+                key = (record.dev, record.ino, record.ifname)
+                if self._inflight.get(key) is entry:  # not a later DEL's of the same name
+                    del self._inflight[key]
             entry.done.set()
 
     # -- the journal ------------------------------------------------------------------------
