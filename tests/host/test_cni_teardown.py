@@ -5,6 +5,7 @@ it), real namespaces; and an agent SIGKILLed between DEL's reply and the deletio
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from nodeagent.ipam.allocator import Ipam
 from nodeagent.rtnl import Rtnl
 from nodeagent.vfstate import VfState
 from tests.host.cni_helpers import run_plugin
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -140,3 +142,34 @@ def test_an_agent_killed_between_del_and_the_deletion_leaves_nothing_after_resta
 
     assert pod_links(test_netns) == {}
     assert list((tmp_path / "teardown").iterdir()) == []
+
+
+def test_the_daemon_replays_the_journal_before_it_serves(tmp_path: Path, master: str,
+                                                         test_netns: str) -> None:
+    """The same crash, then `nodeagent daemon` on the same state dir: the link is gone once
+    its socket exists."""
+    path, state = f"/run/netns/{test_netns}", tmp_path / "cni"
+    crashed = subprocess.Popen([sys.executable, "-c", CRASHING_AGENT, str(REPO), str(state),
+                                path, json.dumps(conf(master))], stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        assert crashed.stdout is not None
+        assert [crashed.stdout.readline().split()[1] for _ in range(2)] == ["0", "0"]
+        assert next(iter(pod_links(test_netns))).startswith(TOMBSTONE_PREFIX)
+    finally:
+        crashed.send_signal(signal.SIGKILL)
+        crashed.wait()
+    sock = tmp_path / "run" / "agent.sock"
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "nodeagent", "daemon", "--socket", str(sock),
+         "--status-file", str(tmp_path / "status.json"), "--ipam-state-dir", str(state / "ipam"),
+         "--device-plugin-config", str(tmp_path / "none.json"), "--no-publish-node-state"],
+        env=dict(os.environ, NODEAGENT_STATE_DIR=str(state)), stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(sock.is_socket, 60), "the daemon did not serve"
+        assert pod_links(test_netns) == {}
+        assert list((state / "teardown").iterdir()) == []
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err
