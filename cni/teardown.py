@@ -38,7 +38,7 @@ STOP_TIMEOUT = 2.0
 #: Workers wait for this long without a new DEL before deleting (a deletion holds the
 #: kernel's rtnl lock through a grace period, and every request of a burst needs that lock),
 #: but never leave a link in flight longer than MAX_DEFER (a 200-pod burst lasts ~2 s here).
-QUIET, MAX_DEFER = 0.05, 5.0
+QUIET, MAX_DEFER = 0.25, 5.0
 
 Key = tuple[int, int, str]
 
