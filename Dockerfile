@@ -54,9 +54,11 @@ RUN digest="$(sha256sum native/cni_shim.c | cut -d' ' -f1)" \
  && /opt/nodeagent/bin/python -P -c 'from cni.shim import shim_path; shim_path()'
 
 FROM ${PYTHON_IMAGE} AS runtime
-# libudev1: pyudev (udev events); iproute2: `ip` for looking around in the pod.
+# libudev1: pyudev (udev events); iproute2: `ip` for looking around in the pod;
+# libnftables1: MultiNetworkPolicy rules (nodeagent/policy/nft.py).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iproute2 libudev1 \
+    libnftables1 \
  && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/lib/dpkg/*-old /var/log/apt \
            /var/log/dpkg.log
 COPY --from=build /opt/nodeagent /opt/nodeagent

@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # against; valgrind: memory checks of the shim; etcd-server (+ etcdctl from etcd-client): the
 # cluster-wide IPAM store's tests and benchmark run a real etcd on loopback.
 APT_PACKAGES := iproute2 libudev1 gcc libc6-dev containernetworking-plugins valgrind \
-	etcd-server etcd-client
+	etcd-server etcd-client nftables
 
 # Installs the Debian packages given that are missing (apt-get update first, once).
 define apt_install

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import LinkError
 
 SHIM_SOURCE = "native/cni_shim.c"
 SHIM_NAME = "nodeagent-cni-shim"
@@ -67,7 +68,11 @@ class BuildExtWithShim(build_ext):
         )
         linked = Path(self.build_temp, SHIM_NAME)
         linked.unlink(missing_ok=True)  # link_executable skips an output newer than its objects
-        compiler.link_executable(objects, SHIM_NAME, output_dir=self.build_temp)
+        try:  # static: no dynamic loader and libc relocation at every CNI call (~0.2 ms)
+            compiler.link_executable(objects, SHIM_NAME, output_dir=self.build_temp,
+                                     extra_postargs=["-static"])
+        except LinkError:  # no static libc here: a dynamic shim works the same, a bit slower
+            compiler.link_executable(objects, SHIM_NAME, output_dir=self.build_temp)
         targets = [self._shim_build_path()]
         if self.inplace:  # `pip install -e .` and `build_ext --inplace`
             targets.append(self._shim_inplace_path())

@@ -21,7 +21,8 @@ from nodeagent.cnitypes.errors import INVALID_CONFIG, CniError, config_error
 from nodeagent.fields import Fields
 from nodeagent.ipam.allocator import Ipam
 from nodeagent.netlink import default_route_oifs
-from nodeagent.rtnl import Rtnl
+from nodeagent.policy.attachments import AttachmentHook
+from nodeagent.rtnl import LinkBrief, Rtnl
 from nodeagent.sysfs import Sysfs
 from nodeagent.vfbatch import VfResult, VfUpdate
 from nodeagent.vfstate import VfState
@@ -60,6 +61,20 @@ class Netlink(Protocol):
                   mtu: int | None = None, advmss: int | None = None) -> None: ...
     def set_vfs(self, pf_index: int, updates: Sequence[VfUpdate]) -> list[VfResult]: ...
     def set_sysctl(self, key: str, value: str) -> None: ...
+    def rules(self, family: int = socket.AF_UNSPEC) -> list[Any]: ...
+    def rule_add(self, family: int, src: str, src_len: int, *, table: int,
+                 priority: int | None = None) -> None: ...
+    def rule_delete(self, family: int, src: str, src_len: int, *, table: int,
+                    priority: int | None = None) -> bool: ...
+    def route_replace(self, family: int, dst: str | None, dst_len: int, *, table: int,
+                      gateway: str | None = None, oif: int | None = None,
+                      scope: int | None = None, priority: int | None = None,
+                      prefsrc: str | None = None, proto: int | None = None,
+                      metrics: dict[str, int] | None = None) -> None: ...
+    def route_delete(self, family: int, dst: str | None, dst_len: int, *, table: int,
+                     gateway: str | None = None, oif: int | None = None,
+                     priority: int | None = None) -> bool: ...
+    def link_brief(self, name: str) -> LinkBrief | None: ...
     def address_delete(self, index: int, address: str, prefixlen: int, family: int) -> bool: ...
 
 
@@ -75,6 +90,8 @@ class Context:
     ipam: Ipam = field(default_factory=Ipam)
     vfs: VfState = field(default_factory=VfState.default)
     sysfs: Sysfs = field(default_factory=Sysfs)
+    #: Told of every attachment made and removed (the network policy controller); None: off.
+    attachments: AttachmentHook | None = None
     #: Links whose DEL has replied and whose deletion is in flight (None: DEL deletes them
     #: before replying, as the in-process fallback does).
     teardown: Teardown | None = None

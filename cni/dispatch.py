@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cni import ipam, observe
+from cni import attachments, ipam, observe
 from cni.context import Context
-from cni.kinds import ipvlan, macvlan, sriov, vlan
+from cni.kinds import ipvlan, macvlan, sbr, sriov, vlan
 from cni.protocol import SUPPORTED_VERSIONS, CniRequest, parse_request
 from cni.wire import Response
 from nodeagent import logs
@@ -33,7 +33,7 @@ class Kind(Protocol):
     def gc(self, ctx: Context, request: CniRequest) -> None: ...
 
 
-KINDS: dict[str, Kind] = {m.HANDLER.kind: m.HANDLER for m in (macvlan, ipvlan, vlan, sriov)}
+KINDS: dict[str, Kind] = {m.HANDLER.kind: m.HANDLER for m in (macvlan, ipvlan, vlan, sriov, sbr)}
 
 
 def handle(ctx: Context, env: Mapping[str, str], stdin: bytes, plugin: str = "", *,
@@ -86,6 +86,8 @@ def _run(ctx: Context, request: CniRequest) -> Result | dict[str, Any] | None:
     if kind is None:
         raise CniError(INVALID_CONFIG, f"plugin type {request.config.get('type')!r} is not one of"
                        f" {', '.join(KINDS)}")
+    if ctx.attachments is not None and request.command in ("ADD", "DEL", "GC"):
+        return attachments.run(ctx, ctx.attachments, kind, request)
     verbs: dict[str, Callable[[], Result | None]] = {
         "ADD": lambda: kind.add(ctx, request),
         "DEL": lambda: kind.delete(ctx, request),

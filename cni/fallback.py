@@ -18,6 +18,8 @@ from cni.dispatch import handle
 from nodeagent import logs
 from nodeagent import settings as agent_settings
 from nodeagent.cnitypes.errors import INVALID_CONFIG, CniError
+from nodeagent.policy.attachments import AttachmentRegistry
+from nodeagent.policy.sync import OfflineHook
 from nodeagent.vfstate import VfState
 
 
@@ -33,7 +35,8 @@ def main() -> int:
         error = CniError(INVALID_CONFIG, f"the agent's settings are unusable: {exc}")
         sys.stdout.write(json.dumps(error.to_dict(agent_settings.cni_version(stdin))))
         return 1
-    context = Context(ipam=agent_settings.ipam_for(settings), vfs=VfState(settings.state_dir))
+    context = Context(ipam=agent_settings.ipam_for(settings), vfs=VfState(settings.state_dir),
+                      attachments=OfflineHook(AttachmentRegistry(settings.state_dir)))
     try:
         plugin = os.environ.get("NODEAGENT_CNI_PLUGIN", "")  # set by the shim
         response = handle(context, os.environ, stdin, plugin)

@@ -99,6 +99,8 @@ def finished(request: CniRequest | None, fields: Mapping[str, Any], result: Any,
 def _record(status: StatusBoard, request: CniRequest, fields: Mapping[str, Any],
             result: Any) -> None:
     key = f"{request.container_id}/{request.ifname}"
+    if request.command == "ADD" and request.prev_result is not None:
+        return  # a chained plugin (sbr): the attachment is the first plugin's record
     if request.command == "ADD" and isinstance(result, Result):
         mac = next((i.mac for i in result.interfaces if i.sandbox and i.mac), None)
         kind = str(request.config.get("type", ""))

@@ -30,6 +30,7 @@ from cni.context import Context
 from cni.delegates import DEPTH_VARIABLE
 from cni.dispatch import handle
 from cni.wire import Request, WireError, encode_response, parse_request
+from nodeagent import netns
 from nodeagent.status import StatusBoard
 
 if TYPE_CHECKING:
@@ -277,6 +278,9 @@ class CniServer:
             pending = _Pending(conn, pid, time.monotonic() + self.request_timeout)
             self._pending[conn.fileno()] = pending
             selector.register(conn, selectors.EVENT_READ)
+            # The shim sends its request right after connecting: often it is there already,
+            # and waiting for epoll to say so costs another wake-up of this thread.
+            self._receive(conn.fileno(), selector)
 
     def _receive(self, fd: int, selector: selectors.BaseSelector) -> None:
         pending = self._pending.get(fd)
@@ -343,6 +347,7 @@ class CniServer:
     # -- the workers -----------------------------------------------------------------------
 
     def _work(self, lane: _Queue) -> None:
+        netns.allow_on_this_thread()  # a pod's sockets open here; Stranded ends this loop
         while True:
             item = lane.get()
             if item is None:
@@ -350,6 +355,8 @@ class CniServer:
             conn, pid, request = item
             try:
                 self._serve(conn, pid, request)
+            except netns.Stranded:
+                return  # left in a pod's namespace: this worker ends (netns logged it)
             except Exception:
                 log.exception("serving a CNI request from pid %d", pid)
             finally:

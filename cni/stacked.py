@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cni import ipam, links
+from cni import ipam, links, sbr
 from cni.context import FIELDS, Context, Netlink, master_index, retry_if_master_moved
 from cni.kinds import Handler
 from cni.protocol import CniRequest
@@ -31,17 +31,19 @@ class StackedLink:
     link_in_container: bool = False
     mtu: int = 0
     mac: str | None = None
+    sbr: sbr.SbrConf | None = None
 
 
 def common_fields(request: CniRequest) -> dict[str, Any]:
     """``master``, ``mtu`` and ``linkInContainer``, as every stacked type names them (the
     reference plugins' meaning: no master: the IPv4 default route's link; mtu 0: the
-    master's)."""
+    master's), and this project's ``sbr`` option (cni.sbr)."""
     c = request.config
     return {
         "master": FIELDS.string(c, "master", "", None, max_len=15),
         "mtu": FIELDS.integer(c, "mtu", "", 0, 65535, default=0),
         "link_in_container": FIELDS.boolean(c, "linkInContainer", "", default=False),
+        "sbr": sbr.option(c),
     }
 
 
@@ -72,21 +74,25 @@ def add(ctx: Context, request: CniRequest, spec: StackedLink) -> Result:
                 retry_if_master_moved(ctx, create)
             except OSError as exc:
                 raise _create_error(exc, request, spec) from None
-            return _configure(ctx, request, pod)
+            return _configure(ctx, request, pod, spec)
     finally:
         os.close(netns_fd)
 
 
-def _configure(ctx: Context, request: CniRequest, pod: Netlink) -> Result:
-    link = pod.link(name=request.ifname)
-    index = link["index"]
+def _configure(ctx: Context, request: CniRequest, pod: Netlink, spec: StackedLink) -> Result:
+    link = pod.link_brief(request.ifname)
+    if link is None:  # gone already: the pod's namespace is being torn down
+        raise CniError(IO_FAILURE, f"{request.ifname} vanished from {request.netns} as it was"
+                       " created")
+    index = link.index
     try:
         result = links.address(ctx, request, pod, index)
+        sbr.attach(ctx, request, pod, index, result, spec.sbr)
     except BaseException:
         pod.link_delete(index)
         raise
-    result.interfaces = [Interface(request.ifname, mac=link.get("IFLA_ADDRESS"),
-                                   sandbox=request.netns, mtu=link.get("IFLA_MTU"))]
+    result.interfaces = [Interface(request.ifname, mac=link.mac, sandbox=request.netns,
+                                   mtu=link.mtu)]
     for ip in result.ips:
         ip.interface = 0
     return result
@@ -107,6 +113,7 @@ def _create_error(exc: OSError, request: CniRequest, spec: StackedLink) -> CniEr
 
 def delete(ctx: Context, request: CniRequest) -> None:
     ipam.delete(ctx, request)
+    sbr.detach(ctx, request)
     links.delete_in_netns(ctx, request)
 
 
@@ -117,12 +124,15 @@ def settle(ctx: Context, request: CniRequest) -> None:
         ctx.teardown.settle(request.netns, request.ifname)
 
 
-def check(ctx: Context, request: CniRequest, kind: str) -> None:
+def check(ctx: Context, request: CniRequest, kind: str,
+          routing: sbr.SbrConf | None = None) -> None:
     prev = links.require_prev_result(request)
     settle(ctx, request)
     with ctx.pod(request.netns) as pod:
         link = links.require_link(pod, request, kind)
         links.check_addresses(pod, link["index"], prev, request.ifname)
+        if routing is not None:
+            sbr.verify(pod, request.ifname, link["index"], prev, routing)
     ipam.check(ctx, request)
 
 
@@ -143,8 +153,7 @@ class StackedHandler(Handler[StackedLink]):
         delete(ctx, request)
 
     def check(self, ctx: Context, request: CniRequest) -> None:
-        self.parse(request)
-        check(ctx, request, self.kind)
+        check(ctx, request, self.kind, self.parse(request).sbr)
 
     def gc(self, ctx: Context, request: CniRequest) -> None:
         """Links die with their pod's namespace: only IPAM has anything to collect (after

@@ -645,13 +645,11 @@ int main(int argc, char **argv)
     for (char **e = environ; e && *e; e++)
         if (is_cni(*e))
             put_field(&req, *e, strlen(*e));
-    put_u32(&req, (uint32_t)config_len); /* the stdin field; its bytes are sent from config */
+    put_field(&req, config, config_len); /* the whole request in one send: one wake-up */
     if (req.oom)
         fail("request", "nodeagent CNI shim: out of memory");
 
     err = write_all(fd, req.p, req.len, deadline);
-    if (!err)
-        err = write_all(fd, config, config_len, deadline);
     free(req.p);
     /* A daemon may answer early (e.g. reject the request) and close: read what it said. */
     if (err != EPIPE && err != ECONNRESET)

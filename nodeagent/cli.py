@@ -172,6 +172,9 @@ def _daemon_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--publish-node-state", action=argparse.BooleanOptionalAction, default=None,
                    help="keep a NodeNetworkState resource and Node events current (default: on"
                    " in a cluster or with --kubeconfig)")
+    p.add_argument("--network-policy", action=argparse.BooleanOptionalAction, default=None,
+                   help="enforce MultiNetworkPolicies on the pods' attachments (default: on in"
+                   " a cluster or with --kubeconfig; docs/policy-sync.md)")
     p.add_argument("--cni-bin-dir", type=Path, default=None, metavar="DIR",
                    help="install the CNI shim into this dir at start (as `cni install`)")
     _provision_tuning_args(p)
@@ -192,6 +195,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     if publish is None:
         # in a pod (KUBERNETES_SERVICE_HOST is set), or told where the API is
         publish = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) or args.kubeconfig is not None
+    network_policy = args.network_policy
+    if network_policy is None:
+        network_policy = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) \
+            or args.kubeconfig is not None
     try:
         settings = agent_settings.with_flags(
             agent_settings.load_optional(args.settings), state_dir=args.state_dir,
@@ -209,7 +216,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         status_file=args.status_file, numvfs_timeout=args.numvfs_timeout,
         metrics_address=args.metrics_address, node_name=args.node_name,
         publish_node_state=publish, kubeconfig=args.kubeconfig,
-        cni_bin_dir=args.cni_bin_dir, settings=settings))
+        cni_bin_dir=args.cni_bin_dir, settings=settings, network_policy=network_policy))
     try:
         daemon.start()
         done.wait()

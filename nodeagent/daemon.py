@@ -7,7 +7,10 @@ the others (they back off on their own threads).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -30,6 +33,7 @@ from nodeagent.discovery import node_name
 from nodeagent.httpserver import HttpServer
 from nodeagent.ipam.filestore import secure_state_dir
 from nodeagent.metrics import Metrics
+from nodeagent.policy.sync import PolicyController
 from nodeagent.provision.policy import Policy
 from nodeagent.provision.reconciler import ReconcileLoop, Reconciler
 from nodeagent.settings import Settings
@@ -39,6 +43,30 @@ from nodeagent.vfstate import VfState
 from nodeagent.watch import LiveInventory
 
 log = logging.getLogger("nodeagent")
+
+#: glibc malloc arenas (mallopt M_ARENA_MAX). glibc gives threads up to 8 per core, each a heap
+#: of its own that keeps freed memory; the agent's threads mostly wait, and its allocations are
+#: small (Python's own allocator serves most), so two are enough (docs/observability.md).
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas, before the threads start, unless MALLOC_ARENA_MAX says
+    otherwise. False where it cannot be done (another C library)."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas))  # the C library's
+    except (OSError, AttributeError):
+        return False
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc malloc_trim): importing the
+    agent's libraries leaves ~1 MiB of freed temporaries that malloc would otherwise keep."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 @dataclass
@@ -59,6 +87,8 @@ class DaemonConfig:
     publish_node_state: bool = False
     kubeconfig: str | None = None
     cni_bin_dir: Path | None = None
+    #: Enforce MultiNetworkPolicies on the attachments (docs/policy-sync.md); needs the API.
+    network_policy: bool = False
     #: State dirs and cluster store (file + flags); None: defaults, with ipam_state_dir.
     settings: Settings | None = None
 
@@ -85,10 +115,16 @@ class Daemon:
             settings, **({"whereabouts": self.whereabouts.objects} if self.whereabouts else {}))
         self.metrics.track_ipam(ipam)
         self.inventory = LiveInventory(self.sysfs, udev=cfg.sysfs_root == "/sys")
+        self.policy = self._policy_controller() if cfg.network_policy else None
+        if self.policy is None:  # the fallback must not fail closed for an agent that won't
+            from nodeagent.policy.attachments import AttachmentRegistry
+
+            AttachmentRegistry(settings.state_dir).set_enforcing(False)
         # DEL's link deletions finish after the reply; journaled for a crash (docs/teardown.md)
         self.teardown = Teardown(settings.state_dir / "teardown")
         self.cni = CniServer(cfg.socket, workers=cfg.workers,
-                             context=Context(ipam=ipam, vfs=self.vfstate, teardown=self.teardown),
+                             context=Context(ipam=ipam, vfs=self.vfstate,
+                                             attachments=self.policy, teardown=self.teardown),
                              metrics=self.metrics, status=self.status)
         self.reconcile = ReconcileLoop(
             Reconciler(self.sysfs, self.status, hostname=self.node_name, vfstate=self.vfstate,
@@ -104,6 +140,7 @@ class Daemon:
         self._scanned = threading.Event()
 
     def start(self) -> None:
+        limit_malloc_arenas()
         if self.http is not None:  # first: probes answer (not ready) while the scan runs
             self.http.add_readiness("inventory", self._scanned.is_set)
             self.http.add_readiness("cni-socket", self.cni.listening)
@@ -121,6 +158,9 @@ class Daemon:
         if self.whereabouts is not None:  # before the socket: ADDs wait for the first list
             self.whereabouts.start()
             self._stoppers.append(self.whereabouts.stop)
+        if self.policy is not None:  # before the socket: ADDs find the previous records
+            self.policy.start()
+            self._stoppers.append(self.policy.stop)
         # Before the socket serves: a fallback running while we are down uses the same.
         path = agent_settings.write_effective(self.settings, self.cfg.socket)
         log.info("settings from %s (left in %s for the fallback)", self.settings.source, path)
@@ -143,6 +183,27 @@ class Daemon:
         if self.cfg.publish_node_state:
             self._start_publishing()
         self.status.flush()  # `nodeagent status` works before the first change
+        release_free_memory()
+
+    def _policy_controller(self) -> PolicyController | None:
+        """MultiNetworkPolicy enforcement (docs/policy-sync.md): None without an API client."""
+        from nodeagent.k8s.client import ApiError, build_client
+        from nodeagent.policy.attachments import AttachmentRegistry
+        from nodeagent.policy.sync import PolicyController
+
+        try:
+            api = build_client(kubeconfig=self.settings.kubeconfig or self.cfg.kubeconfig)
+        except ApiError as exc:
+            log.error("network policies not enforced: %s", exc)
+            self.status.error("policy", f"network policies not enforced: {exc}")
+            return None
+
+        def report(section: dict) -> None:
+            self.status.set_policy(section)
+            self.metrics.policy_synced(section)
+
+        return PolicyController(api, AttachmentRegistry(self.settings.state_dir),
+                                node_name=self.node_name, report=report)
 
     def stop(self) -> None:
         """Stop every part, the CNI socket first: its delegates are killed at once and the

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 CNI_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RECONCILE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 POOL_STATES = ("total", "allocated", "unhealthy")
+POLICY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Attachment states of the network policy controller (nodeagent.policy.sync).
+POLICY_STATES = ("policed", "open", "deny-all", "unpoliced", "error")
 
 
 class Metrics:
@@ -52,9 +55,18 @@ class Metrics:
         self._reconcile_seconds = Histogram(
             "nodeagent_reconcile_duration_seconds", "Time of one provisioning reconcile pass",
             buckets=RECONCILE_BUCKETS, registry=r)
+        self._policy_seconds = Histogram(
+            "nodeagent_policy_sync_duration_seconds", "Time for one network policy sync batch"
+            " (compile and apply the rules of every affected pod)", buckets=POLICY_BUCKETS,
+            registry=r)
+        self._policy_failures = Counter(
+            "nodeagent_policy_apply_failures", "Pods whose network policy rules could not be"
+            " applied in a sync batch", registry=r)
+        self._policy_syncs = 0
         Info("nodeagent_build", "The running agent", registry=r).info({"version": version})
         ProcessCollector(registry=r)
         r.register(_StateCollector(self))
+        r.register(_PolicyCollector(self))
 
     # -- what the agent's parts call ---------------------------------------------------------
 
@@ -69,6 +81,17 @@ class Metrics:
 
     def observe_reconcile(self, seconds: float) -> None:
         self._reconcile_seconds.observe(seconds)
+
+    def policy_synced(self, section: dict) -> None:
+        """The policy controller's status section: a new sync batch is observed once."""
+        last = section.get("lastSync") or {}
+        with self._lock:
+            fresh = section.get("syncs", 0) != self._policy_syncs
+            self._policy_syncs = section.get("syncs", 0)
+        if fresh and "seconds" in last:
+            self._policy_seconds.observe(float(last["seconds"]))
+            if last.get("failed"):
+                self._policy_failures.inc(int(last["failed"]))
 
     def track_ipam(self, ipam: Ipam) -> None:
         """Report the usage of every network ``ipam`` has served (read at scrape time)."""
@@ -143,3 +166,41 @@ def _range_label(rng: IPRange) -> str:
     if (rng.start, rng.end) == (subnet.network_address, subnet.broadcast_address):
         return str(subnet)
     return f"{rng.start}-{rng.end}"
+
+
+class _PolicyCollector(Collector):
+    """Network policy gauges from the StatusBoard's ``policy`` section, at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        attachments, invalid, rules = self._families()
+        status = self._metrics.status
+        section = status.snapshot().get("policy") if status is not None else None
+        if section:
+            counts = dict.fromkeys(POLICY_STATES, 0)
+            pods: dict[str, int] = {}
+            for a in section.get("attachments", {}).values():
+                counts[a.get("state", "open")] = counts.get(a.get("state", "open"), 0) + 1
+                pods[a.get("pod", "")] = int(a.get("rules", 0))
+            for state, n in counts.items():
+                attachments.add_metric([state], float(n))
+            invalid.add_metric([], float(len(section.get("policyErrors", {}))))
+            rules.add_metric([], float(sum(pods.values())))
+        return [attachments, invalid, rules]
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("nodeagent_policy_attachments", "Attachments by network policy"
+                              " state: policed, open (no policy), deny-all (waiting for the"
+                              " API), unpoliced (DPDK), error", labels=["state"]),
+            GaugeMetricFamily("nodeagent_policy_invalid", "MultiNetworkPolicies not enforced"
+                              " because they are invalid"),
+            GaugeMetricFamily("nodeagent_policy_rules", "nftables rules installed in the pods'"
+                              " network namespaces"),
+        )

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import DL
+from pyroute2.devlink import DL
 from pyroute2.netlink import NLM_F_REQUEST
 from pyroute2.netlink.devlink import DEVLINK_NAMES, devlinkcmd
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl

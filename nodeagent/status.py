@@ -64,13 +64,15 @@ Listener = Callable[[dict[str, Any]], None]
 
 
 #: The status file is rewritten at most this often (seconds): CNI requests change the board,
-#: and must not wait for a file write.
+#: and must not wait for a file write. Listeners hear of allocation changes as often.
 WRITE_DELAY = 0.2
 
 
 class StatusBoard:
     """Thread-safe; every change notifies listeners, and a writer thread rewrites the status
-    file (if any) shortly after."""
+    file (if any) shortly after. Allocation changes (every CNI ADD and DEL) reach listeners
+    from that thread too, one snapshot per burst: a request never copies the whole board nor
+    waits for a listener."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         self._path = Path(path) if path is not None else None
@@ -82,6 +84,8 @@ class StatusBoard:
         self._allocations: dict[str, dict[str, Any]] = {}
         self._errors: deque[ErrorRecord] = deque(maxlen=RECENT_ERRORS)
         self._listeners: list[Listener] = []
+        self._listeners_due = False  # an allocation changed since listeners last heard
+        self._policy: dict[str, Any] | None = None
 
     # -- writers ----------------------------------------------------------------------------
 
@@ -118,7 +122,16 @@ class StatusBoard:
                     return
             else:
                 self._allocations[key] = dict(allocation)
-        self._changed()
+        self._changed(defer_listeners=True)
+
+    def set_policy(self, section: dict[str, Any] | None) -> None:
+        """The network policy controller's report (nodeagent.policy.sync): per attachment the
+        policies and rule counts, the last sync, the policies not enforced and why."""
+        with self._lock:
+            if section == self._policy:
+                return
+            self._policy = section
+        self._changed(defer_listeners=True)
 
     def error(self, source: str, message: str, obj: str = "") -> ErrorRecord:
         record = ErrorRecord(time.time(), source, message, obj)
@@ -141,6 +154,7 @@ class StatusBoard:
                 "pools": {k: dict(v) for k, v in sorted(self._pools.items())},
                 "allocations": {k: dict(v) for k, v in sorted(self._allocations.items())},
                 "recentErrors": [e.to_dict() for e in self._errors],
+                **({"policy": self._policy} if self._policy is not None else {}),
             }
 
     def subscribe(self, listener: Listener) -> None:
@@ -155,27 +169,40 @@ class StatusBoard:
             replace_file(self._path, json.dumps(self.snapshot(), indent=1).encode(),
                          durable=False)
 
-    def _changed(self) -> None:
-        if self._path is not None:
-            with self._lock:
-                if self._writer is None:
-                    self._writer = threading.Thread(target=self._write_loop, daemon=True,
-                                                    name="status-file")
-                    self._writer.start()
-            self._dirty.set()
+    def _changed(self, *, defer_listeners: bool = False) -> None:
         with self._lock:
             listeners = list(self._listeners)
-        if not listeners:  # CNI requests change the board: no copy nobody reads
+            deferred = defer_listeners and bool(listeners)
+            self._listeners_due |= deferred
+            background = self._path is not None or deferred
+            if background and self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                                name="status-file")
+                self._writer.start()
+        if background:
+            self._dirty.set()
+        if defer_listeners or not listeners:  # CNI requests: no copy, no wait, here
             return
-        snap = self.snapshot()
+        self._notify(listeners, self.snapshot())
+
+    @staticmethod
+    def _notify(listeners: list[Listener], snap: dict[str, Any]) -> None:
         for listener in listeners:
             listener(snap)
 
     def _write_loop(self) -> None:
         while True:
             self._dirty.wait()
-            time.sleep(WRITE_DELAY)  # one write for a burst of changes
+            time.sleep(WRITE_DELAY)  # one write (and one notification) for a burst of changes
             self._dirty.clear()
+            with self._lock:
+                due, self._listeners_due = self._listeners_due, False
+                listeners = list(self._listeners)
+            if due:
+                try:
+                    self._notify(listeners, self.snapshot())
+                except Exception:
+                    log.exception("notifying a status listener")
             try:
                 self.flush()
             except OSError as exc:

@@ -58,9 +58,35 @@ def status_screen(snap: dict[str, Any], now: float | None = None) -> str:
     out += ["", "ALLOCATIONS",
             tabulate(allocs, headers=("POD", "ATTACHMENT", "NETWORK", "TYPE", "DEVICE", "IPS"))
             if allocs else "  none"]
+    out += _policy_lines(snap.get("policy"), now)
     errors = [(_ago(e["time"], now), e["source"], e.get("object") or "-", e["message"])
               for e in snap.get("recentErrors", [])[-10:]]
     out += ["", "RECENT ERRORS",
             tabulate(errors, headers=("AGO", "SOURCE", "OBJECT", "MESSAGE"))
             if errors else "  none"]
     return "\n".join(out)
+
+
+def _policy_lines(section: dict[str, Any] | None, now: float) -> list[str]:
+    """NETWORK POLICY: the controller's sync state, each attachment's policies, bad policies."""
+    if section is None:
+        return []
+    last = section.get("lastSync") or {}
+    head = "  caches synced" if section.get("synced") else \
+        "  caches NOT synced (new attachments fail closed)"
+    if last:
+        head += (f"; last sync {_ago(last.get('at'), now)} ago: {last.get('pods', 0)} pods in"
+                 f" {float(last.get('seconds', 0)) * 1e3:.1f} ms, {last.get('applied', 0)}"
+                 f" applied, {last.get('failed', 0)} failed")
+    rows = [(a.get("pod") or "-", a.get("ifname") or "-", a.get("network") or "-",
+             a.get("state") or "-", ",".join(a.get("policies") or []) or "-", a.get("rules", 0),
+             a.get("error") or "-")
+            for a in section.get("attachments", {}).values()]
+    out = ["", "NETWORK POLICY", head]
+    if rows:
+        out.append(tabulate(rows, headers=("POD", "IFNAME", "NETWORK", "STATE", "POLICIES",
+                                           "RULES", "ERROR")))
+    out += [f"  API: {name}: {why}" for name, why in (section.get("apiErrors") or {}).items()]
+    out += [f"  not enforced: {key}: {why}"
+            for key, why in (section.get("policyErrors") or {}).items()]
+    return out

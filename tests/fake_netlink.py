@@ -20,12 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pyroute2.netlink.rtnl.fibmsg import fibmsg
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from nodeagent.model import LINK_STATES, VLAN_PROTOS, VfConfig
+from nodeagent.rtnl import LinkBrief
 from nodeagent.vfbatch import SettingError, VfResult, VfUpdate
 from tests.sysfs_tree import SysfsTree
 
@@ -82,6 +84,8 @@ class FakeKernel:
         self.links: dict[int, FakeLink] = {}
         self.addresses: list[tuple[str, int, str, int]] = []  # netns, index, address, prefix
         self.routes: list[dict[str, Any]] = []
+        #: Policy rules: netns, family, src, src_len, table, priority.
+        self.rules: list[dict[str, Any]] = []
         self.sysctls: dict[tuple[str, str], str] = {}
         self.requests: list[Request] = []
         self.open_clients = 0
@@ -131,6 +135,7 @@ class FakeKernel:
                 self._move(link, HOST)
         self.addresses = [a for a in self.addresses if a[0] != netns]
         self.routes = [r for r in self.routes if r["netns"] != netns]
+        self.rules = [r for r in self.rules if r["netns"] != netns]
         os.unlink(netns)
 
     # -- looking at it ----------------------------------------------------------------------
@@ -336,10 +341,20 @@ class FakeNetlink:
             msg = rtmsg()
             msg["family"] = route["family"]
             msg["dst_len"] = route["dst_len"]
-            msg["table"] = 254
-            attrs: list[tuple[str, Any]] = [("RTA_TABLE", 254), ("RTA_OIF", route["oif"])]
+            table = route.get("table") or 254
+            msg["table"] = table if table < 256 else 0
+            msg["type"] = 1  # unicast
+            msg["scope"] = route.get("scope") or 0
+            msg["proto"] = route.get("proto") or 0
+            attrs: list[tuple[str, Any]] = [("RTA_TABLE", table), ("RTA_OIF", route["oif"])]
             if route["dst_len"]:
                 attrs.append(("RTA_DST", route["dst"]))
+            for key, name in (("gateway", "RTA_GATEWAY"), ("prefsrc", "RTA_PREFSRC"),
+                              ("priority", "RTA_PRIORITY")):
+                if route.get(key) is not None:
+                    attrs.append((name, route[key]))
+            if route.get("metrics"):
+                attrs.append(("RTA_METRICS", {"attrs": sorted(route["metrics"].items())}))
             msg["attrs"] = attrs
             out.append(_decode(msg, 24))
         return out
@@ -350,7 +365,8 @@ class FakeNetlink:
                   mtu: int | None = None, advmss: int | None = None) -> None:
         self._record("route_add", dst=f"{dst}/{dst_len}", gateway=gateway, oif=oif)
         self.kernel.routes.append({"netns": self._ns, "family": family, "dst": dst,
-                                   "dst_len": dst_len, "gateway": gateway, "oif": oif})
+                                   "dst_len": dst_len, "gateway": gateway, "oif": oif,
+                                   "table": table})
 
     # -- VFs and sysctls --------------------------------------------------------------------
 
@@ -377,6 +393,88 @@ class FakeNetlink:
     def set_sysctl(self, key: str, value: str) -> None:
         self._record("set_sysctl", key=key, value=value)
         self.kernel.sysctls[(self._ns, key)] = value
+
+    def link_brief(self, name: str) -> LinkBrief | None:
+        self._record("link", index=0, name=name)
+        found = self.kernel.find(self._ns, 0, name)
+        return None if found is None else LinkBrief(found.index, found.name, found.mac,
+                                                     found.mtu)
+
+
+    # -- policy routing ---------------------------------------------------------------------
+
+    def rules(self, family: int = socket.AF_UNSPEC) -> list[Any]:
+        self._record("rules")
+        out = []
+        for rule in self.kernel.rules:
+            if rule["netns"] != self._ns or family not in (socket.AF_UNSPEC, rule["family"]):
+                continue
+            msg = fibmsg()
+            msg["family"] = rule["family"]
+            msg["src_len"] = rule["src_len"]
+            msg["table"] = rule["table"] if rule["table"] < 256 else 0
+            msg["action"] = 1  # FR_ACT_TO_TBL
+            msg["attrs"] = [("FRA_TABLE", rule["table"]), ("FRA_SRC", rule["src"]),
+                            ("FRA_PRIORITY", rule["priority"])]
+            out.append(_decode(msg, 32))
+        return out
+
+    def rule_add(self, family: int, src: str, src_len: int, *, table: int,
+                 priority: int | None = None) -> None:
+        self._record("rule_add", src=f"{src}/{src_len}", table=table, priority=priority)
+        mine = [r for r in self.kernel.rules if r["netns"] == self._ns]
+        if priority is None:  # the kernel: just before the first rule after 0 (main: 32766)
+            priority = min([r["priority"] for r in mine] + [32766]) - 1
+        rule = {"netns": self._ns, "family": family, "src": src, "src_len": src_len,
+                "table": table, "priority": priority}
+        if rule in mine:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        self.kernel.rules.append(rule)
+
+    def rule_delete(self, family: int, src: str, src_len: int, *, table: int,
+                    priority: int | None = None) -> bool:
+        self._record("rule_delete", src=f"{src}/{src_len}", table=table, priority=priority)
+        for rule in self.kernel.rules:
+            if (rule["netns"], rule["family"], rule["src"], rule["src_len"], rule["table"]) == (
+                    self._ns, family, src, src_len, table) and priority in (
+                    None, rule["priority"]):
+                self.kernel.rules.remove(rule)
+                return True
+        return False
+
+    def route_replace(self, family: int, dst: str | None, dst_len: int, *, table: int,
+                      gateway: str | None = None, oif: int | None = None,
+                      scope: int | None = None, priority: int | None = None,
+                      prefsrc: str | None = None, proto: int | None = None,
+                      metrics: dict[str, int] | None = None) -> None:
+        self._record("route_replace", dst=f"{dst}/{dst_len}", table=table, gateway=gateway,
+                     oif=oif, prefsrc=prefsrc)
+        self._drop_route(family, dst, dst_len, table, None, oif, priority)
+        self.kernel.routes.append({"netns": self._ns, "family": family, "dst": dst,
+                                   "dst_len": dst_len, "gateway": gateway, "oif": oif,
+                                   "table": table, "scope": scope, "priority": priority,
+                                   "prefsrc": prefsrc, "proto": proto, "metrics": metrics})
+
+    def route_delete(self, family: int, dst: str | None, dst_len: int, *, table: int,
+                     gateway: str | None = None, oif: int | None = None,
+                     priority: int | None = None) -> bool:
+        self._record("route_delete", dst=f"{dst}/{dst_len}", table=table, gateway=gateway,
+                     oif=oif)
+        return self._drop_route(family, dst, dst_len, table, gateway, oif, priority)
+
+    def _drop_route(self, family: int, dst: str | None, dst_len: int, table: int,
+                    gateway: str | None, oif: int | None, priority: int | None) -> bool:
+        for route in self.kernel.routes:
+            if (route["netns"] == self._ns and route["family"] == family
+                    and route["dst_len"] == dst_len
+                    and (not dst_len or route["dst"] == dst)
+                    and (route.get("table") or 254) == table
+                    and gateway in (None, route.get("gateway"))
+                    and oif in (None, route["oif"])
+                    and priority in (None, route.get("priority"))):
+                self.kernel.routes.remove(route)
+                return True
+        return False
 
     def address_delete(self, index: int, address: str, prefixlen: int, family: int) -> bool:
         self._record("address_delete", index=index, address=address, prefixlen=prefixlen)

@@ -33,6 +33,7 @@ FIXTURES = Path(__file__).resolve().parent / "k8s_fixtures"
 STATUS_SUBRESOURCE = {("nodeagent.io", "nodenetworkstates")}
 CLUSTER_SCOPED = {"nodes", "nodenetworkstates", "namespaces"}
 WHEREABOUTS = "whereabouts.cni.cncf.io"
+MULTUS = "k8s.cni.cncf.io"
 
 
 def fixture(name: str) -> dict[str, Any]:
@@ -280,6 +281,40 @@ class ReplayApiServer:
         obj["spec"] = spec
         return self.put(_Route(WHEREABOUTS, "v1alpha1", namespace,
                                "overlappingrangeipreservations", name, ""), obj)
+
+    # Multus's objects, in their real shape (k8s_fixtures/multus.json)
+
+    def add_namespace(self, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        obj = fixture("multus.json")["namespace"]
+        obj["metadata"]["name"] = name
+        obj["metadata"]["labels"] = {"kubernetes.io/metadata.name": name, **(labels or {})}
+        return self.put(_Route("", "v1", "", "namespaces", name, ""), obj)
+
+    def add_nad(self, namespace: str, name: str, config: dict[str, Any]) -> dict[str, Any]:
+        """A NetworkAttachmentDefinition whose ``spec.config`` is ``config`` (JSON text)."""
+        obj = fixture("multus.json")["network-attachment-definition"]
+        obj["metadata"].update(namespace=namespace, name=name)
+        obj["spec"]["config"] = json.dumps(config)
+        return self.put(_Route(MULTUS, "v1", namespace, "network-attachment-definitions",
+                               name, ""), obj)
+
+    def put_policy(self, namespace: str, name: str, policy_for: str,
+                   spec: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace a MultiNetworkPolicy (``policy-for``: its annotation)."""
+        obj = fixture("multus.json")["multi-networkpolicy"]
+        obj["metadata"].update(namespace=namespace, name=name)
+        obj["metadata"]["annotations"] = {"k8s.v1.cni.cncf.io/policy-for": policy_for}
+        obj["spec"] = spec
+        return self.put(_Route(MULTUS, "v1beta1", namespace, "multi-networkpolicies", name,
+                               ""), obj)
+
+    def delete_policy(self, namespace: str, name: str) -> None:
+        self.delete(_Route(MULTUS, "v1beta1", namespace, "multi-networkpolicies", name, ""))
+
+    def put_pod(self, pod: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace a pod given whole (labels, annotations as the test wants)."""
+        meta = pod["metadata"]
+        return self.put(_Route("", "v1", meta["namespace"], "pods", meta["name"], ""), pod)
 
     def delete_pod(self, namespace: str, name: str) -> None:
         self.delete(_Route("", "v1", namespace, "pods", name, ""))

@@ -20,7 +20,7 @@ import zlib
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from cni import ipam, links
+from cni import ipam, links, sbr
 from cni.context import FIELDS, Context, Netlink, attachment_mac
 from cni.kinds import Handler
 from cni.protocol import CniRequest
@@ -51,6 +51,7 @@ class SriovConf:
     device_id: str
     pf_side: VfDesired
     mtu: int = 0
+    sbr: sbr.SbrConf | None = None
 
 
 def parse(request: CniRequest) -> SriovConf:
@@ -87,6 +88,7 @@ def parse(request: CniRequest) -> SriovConf:
             link_state=FIELDS.choice(c, "link_state", "", LINK_STATES, fold_case=True),
         ),
         mtu=FIELDS.integer(c, "mtu", "", 0, 65535, default=0),
+        sbr=sbr.option(c),
     )
 
 
@@ -102,6 +104,10 @@ def add(ctx: Context, request: CniRequest, conf: SriovConf) -> Result:
             raise CniError(INVALID_CONFIG, f"VF {conf.device_id} is already attached to container"
                            f" {holder.container_id} as {holder.ifname}")
         attachment = _record(ctx, request, conf, pf, vf_index)
+        if attachment.dpdk and conf.sbr is not None:
+            raise CniError(INVALID_CONFIG, f"invalid network configuration: sbr: VF"
+                           f" {conf.device_id} is bound to a DPDK driver, so the pod has no"
+                           " interface to route by")
         ctx.vfs.save(attachment)
         allocated = False
         try:
@@ -214,6 +220,7 @@ def _move_into_pod(ctx: Context, request: CniRequest, att: VfAttachment,
         if mac and (pod.link(index=index).get("IFLA_ADDRESS") or "").lower() != mac:
             _adopt_mac(ctx, att, pod, index, mac)
         result = links.address(ctx, request, pod, index)
+        sbr.attach(ctx, request, pod, index, result, conf.sbr)
         return result, pod.link(index=index).get("IFLA_ADDRESS")
 
 
@@ -256,6 +263,8 @@ def delete(ctx: Context, request: CniRequest) -> None:
         ipam.delete(ctx, request)
         return
     with ctx.vfs.lock(att.pci):
+        if not att.dpdk:
+            sbr.detach(ctx, request)
         _undo(ctx, att, release=True, request=request)
 
 
@@ -370,6 +379,8 @@ def check(ctx: Context, request: CniRequest, conf: SriovConf) -> None:
             if link is None:
                 raise CniError(IO_FAILURE, f"{request.ifname} is not in {request.netns}")
             links.check_addresses(pod, link["index"], prev, request.ifname)
+            if conf.sbr is not None:
+                sbr.verify(pod, request.ifname, link["index"], prev, conf.sbr)
     ipam.check(ctx, request)
 
 

@@ -192,118 +192,44 @@ def fetch(api: Any, page_size: int = 500) -> Objects:
 
 
 def _list(api: Any, path: str, page_size: int) -> tuple[list[dict[str, Any]], str]:
-    from nodeagent.k8s.client import ApiError
+    from nodeagent.k8s.reflector import Reflector
 
-    for _ in range(3):
-        items: list[dict[str, Any]] = []
-        query: dict[str, Any] = {"limit": page_size}
-        try:
-            while True:
-                page = api.request("GET", path, query=query)
-                items += [o for o in page.get("items") or () if isinstance(o, dict)]
-                meta = page.get("metadata") or {}
-                if not meta.get("continue"):
-                    return items, str(meta.get("resourceVersion", ""))
-                query = {**query, "continue": meta["continue"]}
-        except ApiError as exc:
-            if exc.code == 404:  # whereabouts' CRDs are not installed: nothing is held
-                return [], ""
-            if exc.code != 410:
-                raise
-    raise ApiError(410, "Expired", f"{path}: list kept expiring")
-
-
-class _Watched:
-    """One resource kept by list + watch, by namespace/name."""
-
-    def __init__(self, api: Any, path: str, watch_timeout: int) -> None:
-        self.api, self.path, self.watch_timeout = api, path, watch_timeout
-        self.items: dict[tuple[str, str], dict[str, Any]] = {}
-        self.synced = threading.Event()
-        self.stream: Any = None
-        self.version = 0
-
-    @staticmethod
-    def key(obj: dict[str, Any]) -> tuple[str, str]:
-        meta = obj.get("metadata") or {}
-        return _str(meta.get("namespace")), _str(meta.get("name"))
-
-    def relist(self, lock: threading.Lock) -> str:
-        items, rv = _list(self.api, self.path, 500)
-        with lock:
-            self.items = {self.key(o): o for o in items}
-            self.version += 1
-        self.synced.set()
-        return rv
-
-    def follow(self, rv: str, lock: threading.Lock, stop: threading.Event) -> str | None:
-        """Apply one watch stream; the resourceVersion to resume from, None to relist."""
-        from nodeagent.k8s.client import ApiError
-
-        if not rv:  # no CRD when listed: look again later
-            stop.wait(self.watch_timeout)
-            return None
-        query = {"resourceVersion": rv, "allowWatchBookmarks": "true",
-                 "timeoutSeconds": self.watch_timeout}
-        stream = self.stream = self.api.watch(self.path, query,
-                                              read_timeout=self.watch_timeout + 30)
-        try:
-            for event in stream.events():
-                if stop.is_set():
-                    break
-                etype, obj = event.get("type"), event.get("object") or {}
-                if etype == "ERROR":
-                    if obj.get("code") == 410:
-                        return None
-                    raise ApiError(int(obj.get("code") or 0), _str(obj.get("reason")),
-                                   _str(obj.get("message")) or "watch error")
-                rv = _str((obj.get("metadata") or {}).get("resourceVersion")) or rv
-                if etype == "BOOKMARK":
-                    continue
-                with lock:
-                    if etype == "DELETED":
-                        self.items.pop(self.key(obj), None)
-                    else:
-                        self.items[self.key(obj)] = obj
-                    self.version += 1
-        finally:
-            self.stream = None
-            stream.close()
-        return rv
+    # A cluster without whereabouts' CRDs (404) holds nothing.
+    return Reflector(api, path, page_size=page_size, missing_ok=True).fetch()
 
 
 class WhereaboutsWatch:
     """whereabouts' objects kept current by list + watch, for the agent's allocations."""
 
     def __init__(self, api: Any, *, watch_timeout: int = 300) -> None:
+        from nodeagent.k8s.client import Backoff
+        from nodeagent.k8s.reflector import Reflector
+
         self.api = api
-        self._kinds = (_Watched(api, IPPOOLS, watch_timeout),
-                       _Watched(api, RESERVATIONS, watch_timeout))
+        # A cluster without whereabouts' CRDs (404) holds nothing.
+        self._kinds = tuple(Reflector(api, path, name=f"whereabouts-{path.rsplit('/', 1)[-1]}",
+                                      watch_timeout=watch_timeout, backoff=Backoff(1.0, 30.0),
+                                      missing_ok=True)
+                            for path in (IPPOOLS, RESERVATIONS))
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._cache = Objects()
-        self.error = ""
+
+    @property
+    def error(self) -> str:
+        return next((k.error for k in self._kinds if k.error), "")
 
     def start(self) -> WhereaboutsWatch:
         for kind in self._kinds:
-            t = threading.Thread(target=self._run, args=(kind,), daemon=True,
-                                 name=f"whereabouts-{kind.path.rsplit('/', 1)[-1]}")
-            t.start()
-            self._threads.append(t)
+            kind.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
         for kind in self._kinds:
-            if kind.stream is not None:
-                kind.stream.close()
-        for t in self._threads:
-            t.join(timeout)
+            kind.stop(timeout)
 
     def wait_synced(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        return all(k.synced.wait(max(0.0, deadline - time.monotonic())) for k in self._kinds)
+        return all(k.wait_synced(max(0.0, deadline - time.monotonic())) for k in self._kinds)
 
     def objects(self, timeout: float = 2.0) -> Objects:
         """The current objects; raises :class:`Unreadable` until they have been listed."""
@@ -312,33 +238,9 @@ class WhereaboutsWatch:
         with self._lock:
             version = sum(k.version for k in self._kinds)
             if self._cache.version != version:
-                pools, reservations = (tuple(k.items.values()) for k in self._kinds)
+                pools, reservations = (tuple(k.values()) for k in self._kinds)
                 self._cache = Objects(pools, reservations, version)
             return self._cache
-
-    def _run(self, kind: _Watched) -> None:
-        from nodeagent.k8s.client import ApiError, Backoff
-
-        backoff, rv = Backoff(1.0, 30.0), None
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                if rv is None:
-                    rv = kind.relist(self._lock)
-                    self.error = ""
-                rv = kind.follow(rv, self._lock, self._stop)
-                if time.monotonic() - started > 1:
-                    backoff.reset()
-                    continue
-                delay = backoff.next()  # streams ending at once, again and again
-            except ApiError as exc:
-                if exc.code == 410:
-                    rv = None
-                    continue
-                self.error = f"{kind.path}: {exc}"
-                delay = backoff.next()
-                log.warning("whereabouts objects: %s (retry in %.1fs)", self.error, delay)
-            self._stop.wait(delay)
 
 
 # -- into the cluster store ------------------------------------------------------------------

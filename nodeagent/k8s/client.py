@@ -1,7 +1,10 @@
 """A small Kubernetes API client on top of the ``kubernetes`` package.
 
-The package loads the configuration (in-cluster service account, kubeconfig) and signs requests,
-including token refresh; this module sends plain JSON requests through it with short timeouts and
+The package loads the configuration (in-cluster service account, kubeconfig), signs requests
+(its ``Configuration.auth_settings``, which refreshes expiring tokens) and carries them (its
+REST client over urllib3: TLS, proxies). Its ``ApiClient`` is not used: the agent sends plain
+JSON and reads raw answers, and that module alone costs 7 MiB resident (pydantic, for typed
+answers the agent never asks for). This module sends plain JSON requests with short timeouts and
 turns every failure into one :class:`ApiError`: an HTTP status with the API's ``Status`` object,
 or code 0 when no answer came at all (connection refused or reset, timeout, TLS failure).
 """
@@ -16,10 +19,20 @@ import random
 import socket
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import urllib3
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
+
+# By module, not ``from kubernetes import client, config``: the package's __init__ would import
+# its dynamic client, streams, informers and jsonschema, and ``kubernetes.config`` the kubeconfig
+# loader with requests and oauthlib (nodeagent.lazyinit defers both; docs/observability.md).
+from kubernetes.client.configuration import Configuration
+from kubernetes.client.exceptions import ApiException
+from kubernetes.client.rest import RESTClientObject
+from kubernetes.config.config_exception import ConfigException
+from kubernetes.config.incluster_config import load_incluster_config
+
+from nodeagent import __version__
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +44,7 @@ CONNECT_TIMEOUT, READ_TIMEOUT = 3.0, 10.0
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+USER_AGENT = f"nodeagent/{__version__}"
 
 
 class ApiError(Exception):
@@ -81,14 +95,15 @@ class Backoff:
 class KubeClient:
     """Sends JSON requests to the API server. Thread-safe (urllib3's pool is)."""
 
-    def __init__(self, api_client: k8s_client.ApiClient,
+    def __init__(self, configuration: Configuration,
                  timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT)) -> None:
-        self.api_client = api_client
+        self.configuration = configuration
+        self.rest = RESTClientObject(configuration)
         self.timeout = timeout
 
     @property
     def host(self) -> str:
-        return str(self.api_client.configuration.host)
+        return str(self.configuration.host)
 
     def request(self, method: str, path: str, *, query: dict[str, Any] | None = None,
                 body: Any = None, content_type: str = JSON) -> dict[str, Any]:
@@ -122,25 +137,25 @@ class KubeClient:
 
     def _send(self, method: str, path: str, query: dict[str, Any] | None, body: Any,
               content_type: str, timeout: tuple[float, float]) -> urllib3.HTTPResponse:
-        headers = {"Accept": JSON}
+        headers = {"Accept": JSON, "User-Agent": USER_AGENT}
         if body is not None:
             headers["Content-Type"] = content_type
-        params = sorted((query or {}).items())
+        url = self.host + path
+        if query:
+            url += "?" + urlencode(sorted(query.items()), quote_via=quote)
         try:
-            method, url, headers, body, _ = self.api_client.param_serialize(
-                method, path, query_params=params, header_params=headers, body=body,
-                auth_settings=["BearerToken"])
-            return self.api_client.call_api(
-                method, url, header_params=headers, body=body,
-                _request_timeout=timeout).response
-        except k8s_client.ApiException as exc:  # TLS failures surface as status 0
+            for auth in self.configuration.auth_settings().values():  # the bearer token
+                headers[auth["key"]] = auth["value"]
+            return self.rest.request(method, url, headers=headers, body=body,
+                                     _request_timeout=timeout).response
+        except ApiException as exc:  # TLS failures surface as status 0
             raise ApiError(exc.status or 0, "ClientError", str(exc.reason)) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ApiError(0, type(exc).__name__, str(exc)) from exc
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.api_client.close()
+            self.rest.close()
 
 
 class WatchStream:
@@ -191,19 +206,22 @@ def build_client(*, kubeconfig: str | os.PathLike[str] | None = None, host: str 
     """A client for ``host`` (plain, unauthenticated: tests), else the kubeconfig file, else the
     in-cluster service account. Raises ApiError (code 0, reason ``ConfigError``) when none
     of them is usable."""
-    cfg = k8s_client.Configuration()
+    cfg = Configuration()
     try:
         if host is not None:
             cfg.host = host
             cfg.proxy = None
         elif kubeconfig is not None:
-            k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+            # Here only: in a pod (the service account) it is never needed.
+            from kubernetes.config.kube_config import load_kube_config
+
+            load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
         else:
-            k8s_config.load_incluster_config(client_configuration=cfg)
-    except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
+            load_incluster_config(client_configuration=cfg)
+    except (ConfigException, OSError, ValueError, TypeError) as exc:
         where = kubeconfig or "in-cluster service account"
         raise ApiError(0, "ConfigError", f"cannot load Kubernetes config ({where}): {exc}") \
             from exc
     # Fail fast: the callers retry with their own backoff, so urllib3 must not.
     cfg.retries = False
-    return KubeClient(k8s_client.ApiClient(cfg), timeout)
+    return KubeClient(cfg, timeout)

@@ -10,14 +10,14 @@ garbage collection must not release addresses because the API was away.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from nodeagent.ipam.store import Reservation
-from nodeagent.k8s.client import ApiError, Backoff, KubeClient, WatchStream
+from nodeagent.k8s.client import Backoff, KubeClient
+from nodeagent.k8s.reflector import Reflector
 
 log = logging.getLogger(__name__)
 
@@ -63,140 +63,46 @@ class NodePods:
                  watch_timeout: int = 300, backoff: Backoff | None = None) -> None:
         self.api = api
         self.node_name = node_name
-        self.page_size = page_size
-        self.watch_timeout = watch_timeout
-        self.backoff = backoff or Backoff(1.0, 60.0)
-        self.relists = 0
-        self._pods: dict[str, PodInfo] = {}  # by uid
-        self._lock = threading.Lock()
-        self._synced = threading.Event()
-        self._stop = threading.Event()
-        self._stream: WatchStream | None = None
-        self._thread: threading.Thread | None = None
+        selector = {"fieldSelector": f"spec.nodeName={node_name}"} if node_name else {}
+        self._view: Reflector[PodInfo] = Reflector(
+            api, PODS_PATH, name="pods", transform=pod_info,
+            key=lambda obj: str((obj.get("metadata") or {}).get("uid", "")), query=selector,
+            page_size=page_size, watch_timeout=watch_timeout,
+            backoff=backoff or Backoff(1.0, 60.0))
 
     @property
-    def _selector(self) -> dict[str, str]:
-        return {"fieldSelector": f"spec.nodeName={self.node_name}"} if self.node_name else {}
-
-    # -- one-shot ---------------------------------------------------------------------------
+    def relists(self) -> int:
+        return self._view.relists
 
     def fetch(self) -> tuple[dict[str, PodInfo], str]:
         """One consistent list (all pages) and its resourceVersion. Raises ApiError; a
         continuation that expired (410) restarts the list, up to three times."""
-        for _ in range(3):
-            pods: dict[str, PodInfo] = {}
-            query: dict[str, Any] = {**self._selector, "limit": self.page_size}
-            try:
-                while True:
-                    page = self.api.request("GET", PODS_PATH, query=query)
-                    for obj in page.get("items") or ():
-                        info = pod_info(obj)
-                        pods[info.ref.uid] = info
-                    meta = page.get("metadata") or {}
-                    token = meta.get("continue")
-                    if not token:
-                        return pods, str(meta.get("resourceVersion", ""))
-                    query = {**query, "continue": token}
-            except ApiError as exc:
-                if exc.code != 410:
-                    raise
-                log.info("pod list continuation expired; listing again")
-        raise ApiError(410, "Expired", "pod list kept expiring")
-
-    # -- live view --------------------------------------------------------------------------
+        objs, rv = self._view.fetch()
+        pods = {info.ref.uid: info for info in map(pod_info, objs)}
+        return pods, rv
 
     def start(self) -> NodePods:
-        self._thread = threading.Thread(target=self._run, name="k8s-pods", daemon=True)
-        self._thread.start()
+        self._view.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        stream = self._stream
-        if stream is not None:
-            stream.close()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._view.stop(timeout)
 
     def wait_synced(self, timeout: float) -> bool:
-        return self._synced.wait(timeout)
+        return self._view.wait_synced(timeout)
 
     @property
     def synced(self) -> bool:
-        return self._synced.is_set()
+        return self._view.synced
 
     def pods(self) -> list[PodInfo]:
-        with self._lock:
-            return list(self._pods.values())
+        return self._view.values()
 
     def live(self) -> frozenset[PodRef]:
-        with self._lock:
-            return frozenset(p.ref for p in self._pods.values())
+        return frozenset(p.ref for p in self._view.values())
 
     def container_ids(self) -> frozenset[str]:
-        with self._lock:
-            return frozenset(c for p in self._pods.values() for c in p.container_ids)
-
-    def _run(self) -> None:
-        rv: str | None = None
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                if rv is None:
-                    pods, rv = self.fetch()
-                    with self._lock:
-                        self._pods = pods
-                    self.relists += 1
-                    self._synced.set()
-                rv, events = self._watch(rv)
-                if rv is not None and (events or time.monotonic() - started > 1):
-                    self.backoff.reset()
-                    continue
-                if rv is None:
-                    continue  # expired: relist at once
-                delay = self.backoff.next()  # a stream ending at once, again and again
-            except ApiError as exc:
-                if exc.code == 410:
-                    rv = None
-                    continue
-                delay = self.backoff.next()
-                log.warning("pods on %s: %s (retry in %.1fs)", self.node_name or "the cluster",
-                            exc, delay)
-            self._stop.wait(delay)
-
-    def _watch(self, rv: str) -> tuple[str | None, int]:
-        """Follow one watch stream; the resourceVersion to resume from (None: relist) and the
-        number of events seen."""
-        query = {**self._selector, "resourceVersion": rv, "allowWatchBookmarks": "true",
-                 "timeoutSeconds": self.watch_timeout}
-        stream = self.api.watch(PODS_PATH, query, read_timeout=self.watch_timeout + 30)
-        self._stream = stream
-        count = 0
-        try:
-            if self._stop.is_set():
-                return rv, count
-            for event in stream.events():
-                count += 1
-                etype, obj = event.get("type"), event.get("object") or {}
-                if etype == "ERROR":
-                    if obj.get("code") == 410:
-                        log.info("pods watch expired (%s); listing again", obj.get("message"))
-                        return None, count
-                    raise ApiError(int(obj.get("code") or 0), str(obj.get("reason", "")),
-                                   str(obj.get("message", "watch error")))
-                rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
-                if etype == "BOOKMARK":
-                    continue
-                info = pod_info(obj)
-                with self._lock:
-                    if etype == "DELETED":
-                        self._pods.pop(info.ref.uid, None)
-                    else:
-                        self._pods[info.ref.uid] = info
-        finally:
-            self._stream = None
-            stream.close()
-        return rv, count
+        return frozenset(c for p in self._view.values() for c in p.container_ids)
 
 
 def keep_for_pods(reservations: Iterable[Reservation], live_pods: Iterable[str],

@@ -2,7 +2,8 @@
 reference macvlan plugin with the identical configuration, alternating, in the same run.
 
 Prints one JSON object per line: ADD and DEL medians and p99 with ratios (ours / reference),
-then 50 concurrent ADDs (and DELs) of different pods for each.
+then 50 concurrent ADDs (and DELs) of different pods for each. Where an ADD's time goes:
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def sequential(ours: Path, ref: Path, master: str, pod: str, env: dict) -> None:
         emit(bench=f"cni_macvlan_static_{verb.lower()}_median", ours=round(statistics.median(o), 2),
              peer=round(statistics.median(r), 2), unit="ms",
              ratio=round(statistics.median(o) / statistics.median(r), 3),
-             target_ratio=0.7 if verb == "ADD" else 1.0, rounds=ROUNDS)
+             target_ratio=0.4 if verb == "ADD" else 1.0, rounds=ROUNDS)
         emit(bench=f"cni_macvlan_static_{verb.lower()}_p99", ours=round(p99(o), 2),
              peer=round(p99(r), 2), unit="ms", ratio=round(p99(o) / p99(r), 3), rounds=ROUNDS)
 

@@ -18,11 +18,12 @@ KEYS = (
     "sticky", "priority", "table", "scope", "advmss", "resourceList", "resourceName",
     "resourcePrefix", "deviceType", "selectors", "pfNames", "rootDevices", "vendors", "devices",
     "drivers", "pciAddresses", "needVhostNet", "pfs", "nicSelector", "numVfs", "vfGroups",
-    "vfs", "vfDefaults", "driver", "externallyManaged", "agentSocket",
+    "vfs", "vfDefaults", "driver", "externallyManaged", "agentSocket", "sbr", "gateways",
+    "addSourceHints",
 )
 
 STRINGS = (
-    "", " ", "bridge", "static", "macvlan", "ipvlan", "vlan", "sriov", "whereabouts",
+    "", " ", "bridge", "static", "macvlan", "ipvlan", "vlan", "sriov", "whereabouts", "sbr",
     "nodeagent-ipam", "host-local", "fzipam-ok", "fzipam-fail", "fzipam-code", "fzipam-junk",
     "fzipam-array", "fzipam-weird", "10.10.0.0/24", "10.10.0.5/24", "10.10.0.1", "fd00::/64",
     "fd00::5/64", "fe80::1%eth0/64", "10.10.0.300/24", "0.0.0.0/0", "::/0", "10.10.0.0/33",

@@ -5,13 +5,16 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pytest
 
 from nodeagent import netns
 from tests.waiting import wait_until
 
+T = TypeVar("T")
 CAP_SYS_ADMIN = 21
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -83,3 +86,66 @@ def test_a_thread_that_cannot_switch_back_is_discarded(
     # The stranded thread would fail every later setns (no CAP_SYS_ADMIN): none is given to it.
     for _ in range(3 * netns.MAX_IDLE):
         assert netns.run(test_netns, ns_inode) == pod
+
+
+def on_serving_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` on a new thread that allowed namespace work on itself (as a CNI worker)."""
+    outcome: list[Any] = []
+
+    def serve() -> None:
+        netns.allow_on_this_thread()
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def test_work_on_the_callers_thread_comes_back_home(test_netns: str) -> None:
+    pod = os.stat(f"/run/netns/{test_netns}").st_ino
+
+    def visits() -> list[Any]:
+        home, caller = ns_inode(), threading.get_native_id()
+        seen: list[Any] = [netns.run_on_this_thread(
+            test_netns, lambda: (threading.get_native_id() == caller, ns_inode() == pod))]
+        seen.append(ns_inode() == home)
+
+        def fail() -> None:
+            raise ValueError("inside")
+
+        with pytest.raises(ValueError, match="inside"):
+            netns.run_on_this_thread(test_netns, fail)
+        seen.append(ns_inode() == home)
+        with pytest.raises(FileNotFoundError):
+            netns.run_on_this_thread(test_netns + "-missing", ns_inode)
+        return seen
+
+    assert on_serving_thread(visits) == [(True, True), True, True]
+
+
+def test_threads_that_did_not_allow_it_never_enter_themselves(test_netns: str) -> None:
+    pod = os.stat(f"/run/netns/{test_netns}").st_ino
+    caller = threading.get_native_id()
+    native_id, seen = netns.run_on_this_thread(
+        test_netns, lambda: (threading.get_native_id(), ns_inode()))
+    assert seen == pod and native_id != caller
+
+
+def test_a_caller_that_cannot_switch_back_is_told_to_end(
+    test_netns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(netns, "_stranded", 0)  # restored after the test
+    reports: list[str] = []
+    monkeypatch.setattr(netns, "_listeners", [reports.append])
+    with pytest.raises(netns.Stranded) as stranded:
+        on_serving_thread(lambda: netns.run_on_this_thread(test_netns, drop_sys_admin))
+    assert not isinstance(stranded.value, Exception)  # `except Exception` lets it through
+    assert not netns.healthy() and netns.stranded() == 1
+    assert reports and "discarded" in reports[0]

@@ -520,3 +520,31 @@ def test_sriov_bad_field_is_code_7_naming_it_and_touches_nothing(world: World, f
     assert error["msg"].startswith(f"invalid network configuration: {field} "), error
     assert world.kernel.requests == []
     assert world.records() == [] and world.reserved_by("c1") == []
+
+
+# -- the sbr option on sriov (cni.sbr; the chained kind and macvlan: test_cni_sbr.py) ---------
+
+
+def test_sriov_with_sbr_routes_the_vf_by_source_and_del_removes_it(world: World) -> None:
+    c = sriov(sbr=True)
+
+    status, result = world.cni("ADD", c)
+
+    assert status == 0, result
+    rules = [(r["src"], r["table"]) for r in world.kernel.rules if r["netns"] == world.pod]
+    assert rules == [("10.9.0.2", 100)]
+    ops = world.kernel.ops(world.pod)
+    assert ops.index("route_add") < ops.index("rule_add"), "after the result's routes"
+    assert world.cni("CHECK", with_prev(c, result)) == (0, {})
+
+    assert world.cni("DEL", c) == (0, {})
+    assert world.kernel.rules == []
+    assert world.kernel.in_netns(HOST)["ens1f0v0"].pci == VF0
+
+
+def test_sriov_dpdk_with_sbr_is_refused_untouched(world: World) -> None:
+    status, error = world.cni("ADD", sriov(VF1, sbr=True))
+
+    assert (status, error["code"]) == (1, 7) and "sbr" in error["msg"], error
+    assert world.pf.vfs[1] == BEFORE and world.records() == []
+    assert world.reserved_by("c1") == []

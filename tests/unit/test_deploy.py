@@ -55,6 +55,11 @@ CONTRACT_RIGHTS = {
     ("", "pods", "list"), ("", "pods", "watch"),
     *(("whereabouts.cni.cncf.io", r, v) for r in ("ippools", "overlappingrangeipreservations")
       for v in ("list", "watch")),
+    # MultiNetworkPolicy enforcement (agent.networkPolicy)
+    *(("k8s.cni.cncf.io", r, v) for r in ("multi-networkpolicies",
+                                          "network-attachment-definitions")
+      for v in ("list", "watch")),
+    ("", "namespaces", "list"), ("", "namespaces", "watch"), ("", "pods", "get"),
 }
 
 #: Host paths the agent mounts (contract), for the default values.
@@ -385,6 +390,10 @@ def test_cluster_role_grants_exactly_the_contract() -> None:
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": local["metadata"]["name"]}
     assert binding["subjects"][0]["name"] == pod_spec(objects)["serviceAccountName"]
+    off = find(render({"agent": {"networkPolicy": False}}), "ClusterRole")
+    assert not {r for r in rights(off["rules"]) if r[0] == "k8s.cni.cncf.io"}
+    assert "--no-network-policy" in agent_container(
+        render({"agent": {"networkPolicy": False}}))["args"]
     kept = render({"cni": {"uninstallOnRemoval": False}})
     assert not {o["kind"] for o in kept} & {"Role", "RoleBinding"}
 
