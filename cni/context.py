@@ -13,7 +13,7 @@ import errno
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cni.protocol import CniRequest
 from nodeagent import logs
@@ -26,6 +26,9 @@ from nodeagent.rtnl import LinkBrief, Rtnl
 from nodeagent.sysfs import Sysfs
 from nodeagent.vfbatch import VfResult, VfUpdate
 from nodeagent.vfstate import VfState
+
+if TYPE_CHECKING:
+    from cni.teardown import Teardown
 
 #: The typed fields of network configurations: every failure is CNI code 7 naming the field.
 FIELDS = Fields(config_error)
@@ -76,6 +79,7 @@ class Netlink(Protocol):
     def fdb_append(self, index: int, mac: str, dst: str) -> None: ...
     def fdb_delete(self, index: int, mac: str, dst: str) -> bool: ...
     def fdb_entries(self, index: int) -> list[tuple[str, str | None]]: ...
+    def address_delete(self, index: int, address: str, prefixlen: int, family: int) -> bool: ...
 
 
 @dataclass
@@ -95,6 +99,9 @@ class Context:
     #: VXLAN overlay members in the cluster store (nodeagent.overlay.members.Membership);
     #: None: opened by the vxlan kind on first use from ``ipam.cluster``.
     overlay: Any = None
+    #: Links whose DEL has replied and whose deletion is in flight (None: DEL deletes them
+    #: before replying, as the in-process fallback does).
+    teardown: Teardown | None = None
 
     def __post_init__(self) -> None:
         if self.host is None:

@@ -116,11 +116,24 @@ def require_link(pod: Netlink, request: CniRequest, kind: str) -> Any:
 
 
 def delete_in_netns(ctx: Context, request: CniRequest) -> None:
-    """Remove the pod's interface; nothing to do when the namespace or the link is gone."""
+    """Remove the pod's interface; nothing to do when the namespace or the link is gone. With
+    ``ctx.teardown`` the kernel's deletion finishes after the reply (cni/teardown.py)."""
     if not request.netns or not os.path.exists(request.netns):
         return
-    with ctx.pod(request.netns) as pod:
+    if ctx.teardown is not None:  # a link of an earlier DEL may still hold the name
+        ctx.teardown.settle(request.netns, request.ifname)
+    pod: Netlink | None = ctx.pod(request.netns)
+    try:
+        assert pod is not None
         index = pod.link_index(request.ifname)
-        if index is not None:
-            with kernel_errors(f"deleting {request.ifname}"):
+        if index is None:
+            return
+        with kernel_errors(f"deleting {request.ifname}"):
+            if ctx.teardown is None:
                 pod.link_delete(index)
+            else:
+                handed, pod = pod, None  # the teardown owns (and closes) the client
+                ctx.teardown.retire(handed, request.netns, request.ifname, index)
+    finally:
+        if pod is not None:
+            pod.close()

@@ -56,6 +56,7 @@ def mode(request: CniRequest, modes: dict[str, int], default: str) -> int:
 
 
 def add(ctx: Context, request: CniRequest, spec: StackedLink) -> Result:
+    settle(ctx, request)
     netns_fd = os.open(request.netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with ctx.pod(request.netns) as pod:
@@ -116,9 +117,17 @@ def delete(ctx: Context, request: CniRequest) -> None:
     links.delete_in_netns(ctx, request)
 
 
+def settle(ctx: Context, request: CniRequest) -> None:
+    """Finish a deletion still in flight for this namespace and name (cni/teardown.py): what
+    follows must not see the link of an earlier DEL."""
+    if ctx.teardown is not None and request.netns:
+        ctx.teardown.settle(request.netns, request.ifname)
+
+
 def check(ctx: Context, request: CniRequest, kind: str,
           routing: sbr.SbrConf | None = None) -> None:
     prev = links.require_prev_result(request)
+    settle(ctx, request)
     with ctx.pod(request.netns) as pod:
         link = links.require_link(pod, request, kind)
         links.check_addresses(pod, link["index"], prev, request.ifname)
@@ -147,5 +156,8 @@ class StackedHandler(Handler[StackedLink]):
         check(ctx, request, self.kind, self.parse(request).sbr)
 
     def gc(self, ctx: Context, request: CniRequest) -> None:
-        """Links die with their pod's namespace: only IPAM has anything to collect."""
+        """Links die with their pod's namespace: only IPAM has anything to collect (after
+        every deletion still in flight)."""
+        if ctx.teardown is not None:
+            ctx.teardown.settle_all()
         ipam.gc(ctx, request)

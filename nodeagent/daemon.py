@@ -20,6 +20,7 @@ from cni.context import Context
 from cni.install import install as install_plugins
 from cni.server import CniServer
 from cni.shim import shim_path
+from cni.teardown import Teardown
 from deviceplugin.api import DEVICE_PLUGIN_PATH, POD_RESOURCES_SOCKET
 from deviceplugin.config import PluginConfig
 from deviceplugin.manager import DevicePluginManager
@@ -126,10 +127,12 @@ class Daemon:
 
             self.overlay = open_service(settings.cluster_store, self.node_name, self.status,
                                         self.metrics.registry)
+        # DEL's link deletions finish after the reply; journaled for a crash (docs/teardown.md)
+        self.teardown = Teardown(settings.state_dir / "teardown")
         self.cni = CniServer(cfg.socket, workers=cfg.workers,
                              context=Context(ipam=ipam, vfs=self.vfstate,
-                                             attachments=self.policy, overlay=self.overlay
-                                             and self.overlay.membership),
+                                             attachments=self.policy, teardown=self.teardown,
+                                             overlay=self.overlay and self.overlay.membership),
                              metrics=self.metrics, status=self.status)
         self.reconcile = ReconcileLoop(
             Reconciler(self.sysfs, self.status, hostname=self.node_name, vfstate=self.vfstate,
@@ -173,6 +176,10 @@ class Daemon:
         self._stoppers.append(self.inventory.stop)
         self._scanned.set()
         log.info("inventory: %d NICs, %d SR-IOV PFs", len(node.nics), len(node.pfs))
+        replayed = self.teardown.start(self.cni.context.open_netlink)  # before serving
+        if replayed:
+            log.info("deleted %d links the previous agent left in teardown", replayed)
+        self._stoppers.append(self.teardown.stop)  # after the socket: DELs in flight end first
         self.cni.start()
         self._stoppers.append(self.cni.stop)
         if self.overlay is not None:

@@ -49,6 +49,8 @@ RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 RTN_UNICAST = 1
 IFA_F_NODAD = 0x02
 RTEXT_FILTER_SKIP_STATS = 1 << 3
+#: Extra sockets a client of the agent's own namespace opens for concurrent requests.
+MAX_SPARES = 8
 
 
 _NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
@@ -136,9 +138,18 @@ class Rtnl:
         self._marshal = MarshalRtnl()
         self._seq = 0
         self._lock = threading.Lock()
+        # Sockets for requests made while the first is busy (the agent's own namespace is
+        # shared by every CNI worker): the kernel serialises what it must, not this client.
+        self._spares: list[socket.socket] = []
+        self._spares_made = 0
+        self._spares_lock = threading.Lock()
 
     def close(self) -> None:
         self._sock.close()
+        with self._spares_lock:
+            for sock in self._spares:
+                sock.close()
+            self._spares = []
         for fd in self._sysctl_dirs.values():
             os.close(fd)
         self._sysctl_dirs = {}
@@ -153,25 +164,53 @@ class Rtnl:
 
     def request(self, msg: Any, msg_type: int, flags: int = 0) -> list[Any]:
         """Send one request; return the replies (dumps: all parts). Raises OSError(errno)."""
-        with self._lock:
-            self._seq += 1
-            seq = self._seq
+        spare = None
+        if not self._lock.acquire(blocking=False):
+            spare = self._spare()
+            if spare is None:
+                self._lock.acquire()
+        try:
+            with self._spares_lock:
+                self._seq += 1
+                seq = self._seq
             msg["header"]["type"] = msg_type
             msg["header"]["flags"] = flags | NLM_F_REQUEST | NLM_F_ACK
             msg["header"]["sequence_number"] = seq
             msg.encode()
-            raw = self._exchange(msg.data, seq)
+            raw = self._exchange(msg.data, seq, spare)
+        finally:
+            if spare is None:
+                self._lock.release()
+            else:
+                with self._spares_lock:
+                    self._spares.append(spare)
         # Only answers with content are decoded: the acknowledgement alone (most requests)
         # is read in _exchange without building pyroute2 messages.
         return [reply for data in raw for reply in self._marshal.parse(data)]
 
-    def _exchange(self, data: bytes, seq: int) -> list[bytes]:
-        """Send one encoded request (``seq``); the raw answers up to its NLMSG_DONE or
-        acknowledgement. Raises OSError(errno) on a negative acknowledgement."""
-        self._sock.send(data)
+    def _spare(self) -> socket.socket | None:
+        """A free extra socket of the agent's own namespace (made while fewer than MAX_SPARES
+        exist), or None."""
+        with self._spares_lock:
+            if self._spares:
+                return self._spares.pop()
+            if self.netns is not None or self._spares_made >= MAX_SPARES:
+                return None
+            self._spares_made += 1
+        sock, _ = _open_in_netns(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((0, 0))
+        return sock
+
+    def _exchange(self, data: bytes, seq: int, sock: socket.socket | None = None) -> list[bytes]:
+        """Send one encoded request (``seq``) on ``sock`` (default: the client's); the raw
+        answers up to its NLMSG_DONE or acknowledgement. Raises OSError(errno) on a negative
+        acknowledgement."""
+        sock = sock or self._sock
+        sock.send(data)
         replies: list[bytes] = []
         while True:
-            chunk = self._sock.recv(1 << 20)
+            chunk = sock.recv(1 << 20)
             at = 0
             while at + _NLMSGHDR.size <= len(chunk):
                 length, kind, _flags, reply_seq, _pid = _NLMSGHDR.unpack_from(chunk, at)
@@ -502,6 +541,23 @@ class Rtnl:
             if reply["ifindex"] == index and reply["flags"] & NTF_SELF:
                 out.append((reply.get("NDA_LLADDR"), reply.get("NDA_DST")))
         return out
+
+    def address_delete(self, index: int, address: str, prefixlen: int, family: int) -> bool:
+        """Remove one address from a link; False if it was not there (or the link is gone)."""
+        msg = ifaddrmsg()
+        msg["family"] = family
+        msg["prefixlen"] = prefixlen
+        msg["index"] = index
+        msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
+        if family == socket.AF_INET6:
+            msg["attrs"] = [("IFA_ADDRESS", address)]
+        try:
+            self.request(msg, RTM_DELADDR)
+        except OSError as exc:
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
+                return False
+            raise
+        return True
 
 
 def _rule_msg(family: int, src: str, src_len: int, table: int, priority: int | None) -> Any:

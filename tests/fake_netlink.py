@@ -544,6 +544,15 @@ class FakeNetlink:
         self._record("fdb_entries", index=index)
         return [(mac, dst) for i, mac, dst in self.kernel.fdb if i == index]
 
+    def address_delete(self, index: int, address: str, prefixlen: int, family: int) -> bool:
+        self._record("address_delete", index=index, address=address, prefixlen=prefixlen)
+        entry = (self._ns, index, address, prefixlen)
+        if entry not in self.kernel.addresses:
+            return False
+        self.kernel.addresses.remove(entry)
+        return True
+
+
 def _applied(config: VfConfig, u: VfUpdate, setting: str) -> VfConfig:
     if setting == "mac":
         return replace(config, mac=u.mac)

@@ -13,6 +13,9 @@ Every change rewrites the state file as write-temp + fsync + rename + fsync(dir)
 lock, so a process killed at any instant leaves the old state or the new one: never a
 half-written record, never an address given twice, and a dual-stack claim lands whole or not
 at all. The lock dies with its holder (the kernel drops a dead process's flock).
+Claims and releases that threads of one process make at the same time are committed together
+(group commit): one thread runs every waiting change, each all or nothing, and one write
+carries them all; every caller returns once the write holding its change is on disk.
 
 The state is root's alone: directories 0700, files 0600, set when created and made so again
 when a store first touches an existing directory (:func:`secure_state_dir` does a whole state
@@ -42,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Any, TypeVar
 
 from nodeagent.fileio import make_private_dir, replace_file, restrict
 from nodeagent.ipam.errors import IO_FAILURE, TRY_AGAIN_LATER, IpamError
@@ -69,6 +73,7 @@ FORMAT_VERSION = 1
 _HEAD = 48  # '{"nonce":"<32 hex>"' fits: equal heads mean an unchanged file
 
 Key = tuple[str, str]  # (scope, address)
+T = TypeVar("T")
 
 
 def _key(r: Reservation) -> Key:
@@ -82,16 +87,38 @@ class _State(dict[Key, Reservation]):
     def __init__(self, base: dict[Key, Reservation]) -> None:
         super().__init__(base)
         self.changed: dict[Key, Reservation | None] = {}
+        self.undo: list[tuple[Key, Reservation | None]] = []  # every edit's value before it
 
     def __setitem__(self, key: Key, value: Reservation) -> None:
         if key not in self.changed:
             self.changed[key] = self.get(key)
+        self.undo.append((key, self.get(key)))
         super().__setitem__(key, value)
 
     def __delitem__(self, key: Key) -> None:
         if key not in self.changed:
             self.changed[key] = self[key]
+        self.undo.append((key, self[key]))
         super().__delitem__(key)
+
+    def rollback(self, savepoint: int) -> None:
+        """Undo the edits made since ``len(self.undo)`` was ``savepoint``."""
+        while len(self.undo) > savepoint:
+            key, before = self.undo.pop()
+            if before is None:
+                super().pop(key, None)
+            else:
+                super().__setitem__(key, before)
+
+
+class _Op:
+    """One change waiting for the next group commit."""
+
+    def __init__(self, fn: Callable[[_State], Any]) -> None:
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
 
 
 class FileStore(Store):
@@ -108,6 +135,8 @@ class FileStore(Store):
         self.lock_timeout = lock_timeout
         self._clock = clock
         self._mutex = threading.Lock()  # threads of this process queue here, not on flock
+        self._waiting: list[_Op] = []  # claims and releases for the next group commit
+        self._waiting_lock = threading.Lock()
         self._secured = False
         # The last state read or written, and what is derived from it: one JSON line per
         # record and a bitmap view per pool. Dropped when another process changed the file.
@@ -120,8 +149,7 @@ class FileStore(Store):
     # -- Store API -----------------------------------------------------------------------
 
     def claim(self, claims: Sequence[Claim], owner: Owner) -> list[Reservation]:
-        with self._transaction() as state:
-            return [self._claim_one(state, c, owner) for c in claims]
+        return self._grouped(lambda state: [self._claim_one(state, c, owner) for c in claims])
 
     def release(self, container_id: str, ifname: str) -> list[Reservation]:
         return self.release_many([(container_id, ifname)])
@@ -132,7 +160,8 @@ class FileStore(Store):
         ids = {cid for cid, _ in wanted}
         if not self.dir.is_dir():  # nothing was ever reserved here: nothing to create either
             return []
-        with self._transaction() as state:
+
+        def release(state: _State) -> list[Reservation]:
             gone = [
                 r
                 for r in state.values()
@@ -143,7 +172,9 @@ class FileStore(Store):
                     state[_key(r)] = r.as_hold()
                 else:
                     del state[_key(r)]
-        return gone
+            return gone
+
+        return self._grouped(release)
 
     def reservations(self) -> list[Reservation]:
         if not self.dir.is_dir():
@@ -239,6 +270,51 @@ class FileStore(Store):
             except BaseException:
                 self._forget()  # views and lines may hold a change that was not committed
                 raise
+
+    def _grouped(self, fn: Callable[[_State], T]) -> T:
+        """Run ``fn`` on the state in the next group commit: the thread that takes the store
+        runs every change waiting then, each all or nothing, and writes them in one file
+        write (two fsyncs for the group, not for each); each caller returns once the write
+        holding its change is on disk. Under a burst of ADDs or DELs the fsyncs, not the
+        changes, were what every request queued for."""
+        op = _Op(fn)
+        with self._waiting_lock:
+            self._waiting.append(op)
+        with self._mutex:
+            if not op.done:
+                with self._waiting_lock:
+                    ops, self._waiting = self._waiting, []
+                self._commit_group(ops)
+        if op.error is not None:
+            raise op.error
+        return op.result  # type: ignore[no-any-return]
+
+    def _commit_group(self, ops: list[_Op]) -> None:
+        failed = False
+        try:
+            with self._flock():
+                if not self._swept:
+                    self._sweep()
+                head = self._refresh()
+                state = _State(self._state)
+                for op in ops:
+                    savepoint = len(state.undo)
+                    try:
+                        op.result = op.fn(state)
+                    except BaseException as exc:  # this change only: the others go on
+                        op.error, failed = exc, True
+                        state.rollback(savepoint)
+                if state.changed or (not head and state):
+                    self._write(state)
+        except BaseException as exc:  # nothing of the group was written
+            for op in ops:
+                op.error = op.error or exc
+            failed = True
+        finally:
+            if failed:
+                self._forget()  # views and lines may hold a change that was not committed
+            for op in ops:
+                op.done = True
 
     def _sweep(self) -> None:
         """Remove the temporary state files of writers killed mid-write. Writers hold the lock

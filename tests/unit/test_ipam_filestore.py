@@ -212,3 +212,50 @@ def test_another_process_change_is_seen(tmp_path: Path) -> None:
         other = two if i % 2 else one
         other.release(c, Attachment(f"x{i}", "eth0"))
         assert one.store(c).reservations() == two.store(c).reservations() == []
+
+
+def test_threads_committed_together_each_get_their_own_outcome(tmp_path: Path) -> None:
+    """Concurrent claims and releases of one agent share file writes (group commit): each
+    still succeeds or fails alone, and what a caller was told is what another process reads."""
+    import threading
+
+    ipam = Ipam(str(tmp_path))
+    config = race_config()
+    # dual-stack, the IPv6 address fixed: a second holder gets its IPv4 address, then fails
+    fixed = parse_config({"name": "race", "runtimeConfig": {"ips": ["fd20::c8/112"]},
+                          "ipam": {"range": "10.20.0.0/16", "ipRanges": [{"range": "fd20::/112"}],
+                                   "network_name": "race"}})
+    ipam.allocate(fixed, Attachment("holder", "eth0"))
+    for i in range(20):
+        ipam.allocate(config, Attachment(f"old{i}", "eth0"))
+    start = threading.Barrier(62)
+    told: dict[str, object] = {}
+
+    def add(name: str, conf: IPAMConfig) -> None:
+        start.wait()
+        try:
+            told[name] = str(ipam.allocate(conf, Attachment(name, "eth0")).ips[0].address)
+        except IpamError as exc:
+            told[name] = exc
+
+    def release(name: str) -> None:
+        start.wait()
+        ipam.release(config, Attachment(name, "eth0"))
+        told[name] = "released"
+
+    threads = [threading.Thread(target=add, args=(f"new{i}", config)) for i in range(40)]
+    threads.append(threading.Thread(target=add, args=("clash", fixed)))  # taken: fails alone
+    threads += [threading.Thread(target=release, args=(f"old{i}",)) for i in range(20)]
+    for t in threads:
+        t.start()
+    start.wait()
+    for t in threads:
+        t.join()
+
+    assert isinstance(told.pop("clash"), IpamError)
+    given = [v for k, v in told.items() if k.startswith("new")]
+    assert len(set(given)) == 40
+    on_disk = {r.owner.container_id: str(r.ip)
+               for r in FileStore(tmp_path, "race").reservations() if r.ip.version == 4}
+    assert on_disk == {"holder": "10.20.0.1",
+                       **{k: str(v).split("/")[0] for k, v in told.items() if k.startswith("new")}}
