@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cni import ipam, observe
 from cni.context import Context
-from cni.kinds import ipvlan, macvlan, sriov, vlan
+from cni.kinds import bond, ipvlan, macvlan, sriov, vlan
 from cni.protocol import SUPPORTED_VERSIONS, CniRequest, parse_request
 from cni.wire import Response
 from nodeagent import logs
@@ -33,7 +33,7 @@ class Kind(Protocol):
     def gc(self, ctx: Context, request: CniRequest) -> None: ...
 
 
-KINDS: dict[str, Kind] = {m.HANDLER.kind: m.HANDLER for m in (macvlan, ipvlan, vlan, sriov)}
+KINDS: dict[str, Kind] = {m.HANDLER.kind: m.HANDLER for m in (macvlan, ipvlan, vlan, sriov, bond)}
 
 
 def handle(ctx: Context, env: Mapping[str, str], stdin: bytes, plugin: str = "", *,

@@ -50,6 +50,8 @@ class FakeLink:
     pci: str | None = None
     #: A PF's VFs: index -> PF-side settings.
     vfs: dict[int, VfConfig] = field(default_factory=dict)
+    #: The ifindex of the link's master (a bond), IFLA_MASTER.
+    master: int | None = None
 
 
 @dataclass(frozen=True)
@@ -191,9 +193,13 @@ class FakeKernel:
                                         ("IFLA_MTU", link.mtu)]
         if link.kind:
             info: list[tuple[str, Any]] = [("IFLA_INFO_KIND", link.kind)]
+            if link.kind == "bond":
+                info.append(("IFLA_INFO_DATA", {"attrs": link.data}))
             attrs.append(("IFLA_LINKINFO", {"attrs": info}))
         if link.lower:
             attrs.append(("IFLA_LINK", link.lower))
+        if link.master:
+            attrs.append(("IFLA_MASTER", link.master))
         if ext_mask & RTEXT_FILTER_VF and link.vfs:
             attrs.append(("IFLA_VFINFO_LIST", {"attrs": [
                 _vf_info(vf, config) for vf, config in sorted(link.vfs.items())]}))
@@ -265,7 +271,8 @@ class FakeNetlink:
             raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
         if self.kernel.find(target, name=name) is not None:
             raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
-        assert master is not None
+        if master is None:  # a link of its own (a bond): no lower link to take after
+            master = FakeLink(0, "", mac="", mtu=1500)
         self.kernel.add_link(name, netns=target, kind=kind, lower=lower, data=list(data or []),
                              mtu=mtu or master.mtu,
                              mac=mac or (master.mac if kind == "ipvlan" else
@@ -275,7 +282,8 @@ class FakeNetlink:
                  mtu: int | None = None, mac: str | None = None, netns_fd: int | None = None,
                  extra: list[tuple[str, Any]] | None = None) -> None:
         target = None if netns_fd is None else self.kernel.netns_of_fd(netns_fd)
-        self._record("link_set", index=index, up=up, name=name, mtu=mtu, mac=mac, netns=target)
+        self._record("link_set", index=index, up=up, name=name, mtu=mtu, mac=mac, netns=target,
+                     **({"extra": extra} if extra else {}))
         link = self.kernel.find(self._ns, index)
         if link is None:
             raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
@@ -289,6 +297,9 @@ class FakeNetlink:
             link.mac = mac.lower()
         if up is not None:
             link.up = up
+        for key, value in extra or []:
+            if key == "IFLA_MASTER":
+                self._set_master(link, value)
         if target is not None and target != link.netns:
             if self.kernel.find(target, name=link.name) is not None:
                 raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))  # the kernel
@@ -377,6 +388,27 @@ class FakeNetlink:
     def set_sysctl(self, key: str, value: str) -> None:
         self._record("set_sysctl", key=key, value=value)
         self.kernel.sysctls[(self._ns, key)] = value
+
+
+    # -- bonds ------------------------------------------------------------------------------
+
+    def links(self, ext_mask: int = 0) -> list[Any]:
+        self._record("links")
+        return [self.kernel.link_msg(link, ext_mask) for link in list(self.kernel.links.values())
+                if link.netns == self._ns]
+
+    def _set_master(self, link: FakeLink, master: int) -> None:
+        """IFLA_MASTER as the bonding driver takes it: only a link that is down, and an
+        enslaved link takes the bond's MTU and MAC and comes up; 0 releases it."""
+        if not master:
+            link.master = None
+            return
+        bond = self.kernel.find(self._ns, master)
+        if bond is None:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        if link.up or link.master:  # "Device can not be enslaved while up"
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        link.master, link.mtu, link.mac, link.up = master, bond.mtu, bond.mac, True
 
 
 def _applied(config: VfConfig, u: VfUpdate, setting: str) -> VfConfig:
