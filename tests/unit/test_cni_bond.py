@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from cni.context import Context
 from cni.dispatch import KINDS, handle
 from cni.install import PLUGIN_NAMES
 from nodeagent import netns
 from nodeagent.ipam.allocator import Ipam
+from nodeagent.metrics import Metrics
+from nodeagent.status import StatusBoard
 from nodeagent.vfstate import VfState
 from tests.fake_netlink import FakeKernel, FakeLink
 
@@ -367,3 +370,23 @@ def test_gc_takes_apart_bonds_the_runtime_no_longer_lists(world: World) -> None:
     assert status == 0, out
     assert [slave_state(world.net1), slave_state(world.net2)] == before
     assert "bond0" not in world.pod_links() and world.records() == []
+
+
+def test_the_bond_shows_in_status_and_metrics(world: World) -> None:
+    board, metrics = StatusBoard(), Metrics()
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "bond0",
+           "CNI_NETNS": world.pod, "CNI_ARGS": "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p"}
+
+    out = handle(world.ctx, env, json.dumps(bond()).encode(), "bond", status=board,
+                 metrics=metrics)
+
+    assert out.exit_status == 0, out.stdout
+    allocation = board.snapshot()["allocations"]["c1/bond0"]
+    assert (allocation["kind"], allocation["device"], allocation["ips"]) == (
+        "bond", "net1+net2", ["10.9.0.2/29"])
+    assert 'verb="ADD"' in (text := generate_latest(metrics.registry).decode())
+    assert 'type="bond"' in text
+    out = handle(world.ctx, {**env, "CNI_COMMAND": "DEL"}, json.dumps(bond()).encode(), "bond",
+                 status=board)
+    assert out.exit_status == 0 and board.snapshot()["allocations"] == {}
+
