@@ -163,26 +163,47 @@ class Stream:
 
 
 def fail_over(pod: str, pf: PF, down_slave: int, other: int) -> dict[str, float]:
-    """Take ``pf`` down; time the VF's carrier loss and the bond's switch to ``other``."""
-    start = time.monotonic()
-    set_pf(pf, up=False)
-    lost = switched = None
-    deadline = start + 30
-    while time.monotonic() < deadline and switched is None:
-        with IPRoute(netns=pod) as ipr:
+    """Take ``pf`` down; time the VF's carrier loss and the bond's switch to ``other``.
+
+    One netlink socket in the pod polls every 5 ms (a new socket per poll costs a fork of
+    pyroute2's netns helper: far coarser than miimon). ``ip link set down`` of the PF holds
+    RTNL until igb has closed the PF, and the bonding driver needs RTNL to commit a failover:
+    in this one-kernel lab the bond can act only once the PF's close returned, so the bound
+    on the bond's part starts at the later of the carrier loss and that return."""
+    with IPRoute(netns=pod) as ipr:
+        def carrier() -> int | None:
+            return ipr.link("get", index=down_slave)[0].get_attr("IFLA_CARRIER")
+
+        def active() -> int | None:
+            (link,) = ipr.link("get", index=ipr.link_lookup(ifname="bond0")[0])
+            data = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+            return data.get_attr("IFLA_BOND_ACTIVE_SLAVE") if data is not None else None
+
+        start = time.monotonic()
+        set_pf(pf, up=False)
+        returned = time.monotonic()
+        lost = switched = None
+        while time.monotonic() < start + 30 and switched is None:
             now = time.monotonic()
-            slave = ipr.link("get", index=down_slave)[0]
-            if lost is None and slave.get_attr("IFLA_CARRIER") == 0:
+            if lost is None and carrier() == 0:
                 lost = now
-        if lost is not None and active_slave(pod, "bond0") == other:
-            switched = time.monotonic()
-        time.sleep(0.005)
+            if lost is not None and active() == other:
+                switched = time.monotonic()
+            time.sleep(0.005)
     assert lost is not None, f"the VF kept its carrier 30 s after {pf.netdev} went down"
     assert switched is not None, "the bond did not pick the other slave"
-    times = {"carrier_lost_after_pf_down_s": round(lost - start, 3),
-             "failover_after_carrier_lost_s": round(switched - lost, 3)}
+    times = {"pf_down_returned_s": round(returned - start, 3),
+             "carrier_lost_after_pf_down_s": round(lost - start, 3),
+             "failover_s": round(switched - max(lost, returned), 3)}
     print(f"failover from {pf.netdev}: {times}")
     return times
+
+
+def bonding_state(ns: str, bond: str) -> str:
+    """/proc/net/bonding/<bond> as the pod sees it, for a failure message."""
+    proc = subprocess.run(["ip", "netns", "exec", ns, "cat", f"/proc/net/bonding/{bond}"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    return proc.stdout + proc.stderr
 
 
 @pytest.fixture
@@ -204,7 +225,8 @@ def bonded(agent, pf_pair: tuple[PF, PF], namespaces, make_vfs) -> Iterator[dict
     peer_conf = bond_conf("balance-xor", f"{PEER}/24", ("peerpa", "peerpb"))
     cni(agent, "ADD", peer_conf, peer, "pbond", container="bondpeer")
     try:
-        yield {"agent": agent, "pod": pod, "peer": peer, "pfs": (pa, pb), "vfs": (va, vb)}
+        yield {"agent": agent, "pod": pod, "peer": peer, "pfs": (pa, pb), "vfs": (va, vb),
+           "peer_conf": peer_conf}
     finally:
         for pf in (pa, pb):
             set_pf(pf, up=True)
@@ -241,7 +263,8 @@ def test_active_backup_fails_over_both_ways_without_losing_the_connection(bonded
             assert active in by_index, f"active slave {active} is not one of {by_index}"
             other = next(i for i in by_index if i != active)
             times = fail_over(pod, by_index[active][1], active, other)
-            assert times["failover_after_carrier_lost_s"] <= MIIMON / 1000 + MARGIN, times
+            assert times["failover_s"] <= MIIMON / 1000 + MARGIN, (
+                times, bonding_state(pod, "bond0"))
             stream.flowing()
             set_pf(by_index[active][1], up=True)
             netns.wait_carrier(pod, by_index[active][0], timeout=60)
@@ -264,15 +287,24 @@ def test_active_backup_fails_over_both_ways_without_losing_the_connection(bonded
 
 @pytest.mark.parametrize("mode", ["balance-xor", "802.3ad"])
 def test_other_modes_are_created_and_carry_traffic(bonded, mode: str) -> None:
-    agent, pod = bonded["agent"], bonded["pod"]
+    """The peer bonds in the same mode: for 802.3ad it is the LACP partner (macvlans pass
+    LACPDUs; the pod's two VFs seeing each other's LACPDUs over the wire is a loopback the
+    bonding driver ignores)."""
+    agent, pod, peer = bonded["agent"], bonded["pod"], bonded["peer"]
+    if mode != "balance-xor":
+        cni(agent, "DEL", bonded["peer_conf"], peer, "pbond", container="bondpeer")
+        cni(agent, "ADD", bond_conf(mode, f"{PEER}/24", ("peerpa", "peerpb")), peer, "pbond",
+            container="bondpeer")
     before = {n: link_state(pod, n) for n in ("net1", "net2")}
     conf = bond_conf(mode, POD, xmitHashPolicy="layer2+3")
 
     cni(agent, "ADD", conf, pod, "bond0")
 
-    netns.wait_carrier(pod, "bond0")
-    ping = netns.ping(pod, PEER)
-    assert ping.returncode == 0, f"{mode}: bond -> peer failed:\n{ping.stdout}{ping.stderr}"
+    netns.wait_carrier(pod, "bond0", timeout=60)
+    ping = netns.ping(pod, PEER, deadline=60)
+    assert ping.returncode == 0, (f"{mode}: bond -> peer failed:\n{ping.stdout}{ping.stderr}\n"
+                                  f"pod: {bonding_state(pod, 'bond0')}\n"
+                                  f"peer: {bonding_state(peer, 'pbond')}")
     cni(agent, "DEL", conf, pod, "bond0")
     after = {n: link_state(pod, n) for n in ("net1", "net2")}
     for name in after:
