@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cni import attachments, ipam, observe
 from cni.context import Context
-from cni.kinds import ipvlan, macvlan, sbr, sriov, vlan, vxlan
+from cni.kinds import bond, ipvlan, macvlan, sbr, sriov, vlan, vxlan
 from cni.protocol import SUPPORTED_VERSIONS, CniRequest, parse_request
 from cni.wire import Response
 from nodeagent import logs
@@ -34,7 +34,7 @@ class Kind(Protocol):
 
 
 KINDS: dict[str, Kind] = {m.HANDLER.kind: m.HANDLER
-                          for m in (macvlan, ipvlan, vlan, sriov, sbr, vxlan)}
+                          for m in (macvlan, ipvlan, vlan, sriov, sbr, vxlan, bond)}
 
 
 def handle(ctx: Context, env: Mapping[str, str], stdin: bytes, plugin: str = "", *,

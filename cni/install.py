@@ -29,7 +29,7 @@ from nodeagent.fileio import replace_file
 OWN_NAMES = ("nodeagent", "nodeagent-ipam", "vxlan")  # vxlan: no other plugin has the name
 #: Names of other plugins the shim can take over (sriov-cni, the reference link plugins,
 #: whereabouts): every network of that type on the node is then served by the agent.
-TAKEOVER_NAMES = ("sriov", "macvlan", "ipvlan", "vlan", "whereabouts", "sbr")
+TAKEOVER_NAMES = ("sriov", "macvlan", "ipvlan", "vlan", "whereabouts", "sbr", "bond")
 PLUGIN_NAMES = OWN_NAMES + TAKEOVER_NAMES
 FALLBACK_NAME = "nodeagent-cni-fallback"
 STATE_DIR = ".nodeagent"

@@ -66,7 +66,8 @@ def request_fields(request: CniRequest, kind: str) -> dict[str, Any]:
 
 
 def device(request: CniRequest) -> str:
-    """The VF's PCI address (sriov) or the master link (macvlan, ipvlan, vlan). A stacked link
+    """The VF's PCI address (sriov), the master link (macvlan, ipvlan, vlan) or the slaves
+    (bond, ``net1+net2``). A stacked link
     without a master learns its device (the default route's link) as the handler picks it
     (cni.context.master_index): no second route lookup here."""
     c = request.config
@@ -74,6 +75,9 @@ def device(request: CniRequest) -> str:
     if isinstance(device_id, str) and device_id:
         return device_id
     master = c.get("master")
+    if c.get("type") == "bond" and isinstance(c.get("links"), list):  # its slaves
+        return "+".join(str(link.get("name"))[:15] for link in c["links"][:8]
+                        if isinstance(link, dict))
     return master if isinstance(master, str) else ""
 
 

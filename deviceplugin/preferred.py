@@ -1,7 +1,14 @@
-"""GetPreferredAllocation's choice: must-include devices, then their NUMA node, then PFs.
+"""GetPreferredAllocation's choice. The criteria, in order:
 
-``pack`` fills the fewest PFs (PFs already in use first, then those with most free VFs);
-``spread`` takes one VF per PF in turn.
+1. the must-include devices the kubelet names;
+2. NUMA: devices on the must-include devices' node(s), else on the node that can give the
+   most; another node only when that one runs out (a NUMA-aware choice is never traded for
+   the criteria below);
+3. distinct PFs: when a pod asks for two or more VFs, a VF on a PF the allocation does not
+   use yet comes before a second VF on a PF it uses, so a pair lands on two PFs whenever the
+   chosen NUMA node has two (a bond of the pair then survives one PF going down);
+4. the policy, for what is left: ``pack`` fills the PFs already in use, then those with most
+   free VFs (the fewest PFs); ``spread`` takes from the least used PF.
 """
 
 from __future__ import annotations
@@ -40,9 +47,10 @@ def preferred(
     def rank(device_id: str) -> tuple[object, ...]:
         device = devices[device_id]
         tier = 0 if device.numa_node in numas else 1
+        repeat = 1 if size >= 2 and used[device.pf] else 0
         if policy == "pack":
-            return (tier, -used[device.pf], -free[device.pf], device.pf, device_id)
-        return (tier, used[device.pf], -free[device.pf], device.pf, device_id)
+            return (tier, repeat, -used[device.pf], -free[device.pf], device.pf, device_id)
+        return (tier, repeat, used[device.pf], -free[device.pf], device.pf, device_id)
 
     while len(chosen) < size and remaining:
         best = min(remaining, key=rank)

@@ -214,6 +214,8 @@ class FakeKernel:
                                         ("IFLA_MTU", link.mtu)]
         if link.kind:
             info: list[tuple[str, Any]] = [("IFLA_INFO_KIND", link.kind)]
+            if link.kind == "bond":
+                info.append(("IFLA_INFO_DATA", {"attrs": link.data}))
             attrs.append(("IFLA_LINKINFO", {"attrs": info}))
             if link.kind == "vxlan" and link.data:
                 info.append(("IFLA_INFO_DATA", {"attrs": link.data}))
@@ -314,7 +316,8 @@ class FakeNetlink:
                  mtu: int | None = None, mac: str | None = None, netns_fd: int | None = None,
                  extra: list[tuple[str, Any]] | None = None) -> None:
         target = None if netns_fd is None else self.kernel.netns_of_fd(netns_fd)
-        self._record("link_set", index=index, up=up, name=name, mtu=mtu, mac=mac, netns=target)
+        self._record("link_set", index=index, up=up, name=name, mtu=mtu, mac=mac, netns=target,
+                     **({"extra": extra} if extra else {}))
         link = self.kernel.find(self._ns, index)
         if link is None:
             raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
@@ -330,9 +333,7 @@ class FakeNetlink:
             link.up = up
         for key, value in extra or []:
             if key == "IFLA_MASTER":
-                if self.kernel.find(self._ns, value) is None:
-                    raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
-                link.master = value or None
+                self._set_master(link, value)
             elif key == "IFLA_IFALIAS":
                 link.alias = value
         if target is not None and target != link.netns:
@@ -551,6 +552,25 @@ class FakeNetlink:
             return False
         self.kernel.addresses.remove(entry)
         return True
+
+
+    # -- bonds ------------------------------------------------------------------------------
+
+    def _set_master(self, link: FakeLink, master: int) -> None:
+        """IFLA_MASTER: 0 releases the link; a bridge takes any link; the bonding driver only
+        a link that is down, and an enslaved link takes the bond's MTU and MAC and comes up."""
+        if not master:
+            link.master = None
+            return
+        bond = self.kernel.find(self._ns, master)
+        if bond is None:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        if bond.kind != "bond":
+            link.master = master
+            return
+        if link.up or link.master:  # "Device can not be enslaved while up"
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        link.master, link.mtu, link.mac, link.up = master, bond.mtu, bond.mac, True
 
 
 def _applied(config: VfConfig, u: VfUpdate, setting: str) -> VfConfig:

@@ -170,11 +170,57 @@ def test_preferred_allocation_two_numa(tree: SysfsTree) -> None:
     # must-include on NUMA 1 pulls the rest from NUMA 1, same PF.
     got = preferred(devices, available, [I40E_VFS[2]], 3)
     assert got[0] == I40E_VFS[2] and {numa_of[i] for i in got} == {1}
-    # Without an anchor: the NUMA node with most devices (0), packed on the fuller PF.
+    # Without an anchor: the NUMA node with most devices (0); one VF on each of its PFs, the
+    # rest packed on the fuller PF.
     got = preferred(devices, available, [], 4)
-    assert {pf_of[i] for i in got} == {"0000:3c:00.0"}
+    assert sorted(pf_of[i] for i in got) == [ICE_PF] + ["0000:3c:00.0"] * 3
     spread = preferred(devices, available, [], 4, policy="spread")
     assert {numa_of[i] for i in spread} == {0}
     assert len({pf_of[i] for i in spread}) == 2
     # More than one NUMA node can give: spills over.
     assert len(preferred(devices, available, [ICE_VFS[0]], 8)) == 8
+
+
+def _two_pfs_per_numa(tree: SysfsTree):
+    tree.add_pf(ICE_PF, "ice", netdev="ens1f0", numvfs=2, numa_node=0)
+    tree.add_pf("0000:3c:00.0", "ice", netdev="ens1f1", numvfs=4, numa_node=0)
+    tree.add_pf(I40E_PF, "i40e", netdev="ens2f0", numvfs=4, numa_node=1)
+    cfg = parse({"resourceList": [{"resourceName": "a"}]})
+    return build_pools(cfg, scan(tree))["intel.com/a"].by_id()
+
+
+@pytest.mark.parametrize("policy", ["pack", "spread"])
+def test_a_pair_lands_on_two_pfs_of_the_chosen_numa_node(tree: SysfsTree, policy) -> None:
+    devices = _two_pfs_per_numa(tree)
+
+    got = preferred(devices, sorted(devices), [], 2, policy=policy)
+
+    assert {devices[i].pf for i in got} == {ICE_PF, "0000:3c:00.0"}, "one VF per PF"
+    assert {devices[i].numa_node for i in got} == {0}
+
+
+def test_a_must_include_vf_gets_its_partner_on_another_pf(tree: SysfsTree) -> None:
+    devices = _two_pfs_per_numa(tree)
+    anchor = next(i for i in sorted(devices) if devices[i].pf == "0000:3c:00.0")
+
+    got = preferred(devices, sorted(devices), [anchor], 2)
+
+    assert got[0] == anchor and devices[got[1]].pf == ICE_PF
+
+
+def test_the_numa_node_comes_before_a_second_pf(tree: SysfsTree) -> None:
+    devices = _two_pfs_per_numa(tree)
+
+    got = preferred(devices, sorted(devices), [I40E_VFS[0]], 2)
+
+    assert [devices[i].pf for i in got] == [I40E_PF, I40E_PF], (
+        "NUMA node 1 has one PF: the pair stays on it rather than crossing nodes")
+
+
+def test_a_single_vf_is_still_packed(tree: SysfsTree) -> None:
+    devices = _two_pfs_per_numa(tree)
+
+    (got,) = preferred(devices, sorted(devices), [], 1)
+
+    assert devices[got].pf == "0000:3c:00.0", "the PF with most free VFs"
+
