@@ -120,19 +120,22 @@ def test_numvfs_goes_through_zero(tree: SysfsTree) -> None:
     attr.unlink()
     os.mkfifo(attr)
 
-    def drain() -> None:  # plays the kernel: records each write
-        while len(writes) < 2:
-            fd = os.open(attr, os.O_RDONLY)
-            data = os.read(fd, 16)  # empty: opened while the last writer was closing
-            os.close(fd)
-            if data:
-                writes.append(data.decode())
+    def drain() -> None:  # plays the kernel: records what is written, in order
+        data = b""
+        while len(data) < 2:  # each open is read to its end: a write is never dropped, even
+            fd = os.open(attr, os.O_RDONLY)  # when the next one joins before a close is seen
+            try:
+                while chunk := os.read(fd, 16):
+                    data += chunk
+            finally:
+                os.close(fd)
+        writes.extend(data.decode())
         done.set()
 
     threading.Thread(target=drain, daemon=True).start()
     writer = NumVfsWriter(_FixedNumvfs(Sysfs(tree.root), 2), timeout=5)
     writer.set(PF, 3)
-    assert done.wait(5) and writes == ["0", "3"]
+    assert done.wait(60) and writes == ["0", "3"]
 
 
 class _FixedNumvfs(Sysfs):
