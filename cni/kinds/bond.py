@@ -26,7 +26,7 @@ from typing import Any
 
 from cni import ipam, links
 from cni.context import FIELDS, Context, Netlink
-from cni.kinds import Handler
+from cni.kinds import FunctionHandler
 from cni.protocol import CniRequest
 from nodeagent import netns
 from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, CniError
@@ -410,23 +410,4 @@ def gc(ctx: Context, request: CniRequest) -> None:
     ipam.gc(ctx, request)
 
 
-class BondHandler(Handler[BondConf]):
-    kind = "bond"
-
-    def parse(self, request: CniRequest) -> BondConf:
-        return parse(request)
-
-    def add(self, ctx: Context, request: CniRequest) -> Result:
-        return add(ctx, request, self.parse(request))
-
-    def delete(self, ctx: Context, request: CniRequest) -> None:
-        delete(ctx, request)
-
-    def check(self, ctx: Context, request: CniRequest) -> None:
-        check(ctx, request, self.parse(request))
-
-    def gc(self, ctx: Context, request: CniRequest) -> None:
-        gc(ctx, request)
-
-
-HANDLER = BondHandler()
+HANDLER = FunctionHandler("bond", parse, add, delete, check, gc)

@@ -22,7 +22,7 @@ from typing import Any
 
 from cni import ipam, links, sbr
 from cni.context import FIELDS, Context, Netlink, attachment_mac
-from cni.kinds import Handler
+from cni.kinds import FunctionHandler
 from cni.protocol import CniRequest
 from nodeagent import netns
 from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, CniError
@@ -384,23 +384,4 @@ def check(ctx: Context, request: CniRequest, conf: SriovConf) -> None:
     ipam.check(ctx, request)
 
 
-class SriovHandler(Handler[SriovConf]):
-    kind = "sriov"
-
-    def parse(self, request: CniRequest) -> SriovConf:
-        return parse(request)
-
-    def add(self, ctx: Context, request: CniRequest) -> Result:
-        return add(ctx, request, self.parse(request))
-
-    def delete(self, ctx: Context, request: CniRequest) -> None:
-        delete(ctx, request)
-
-    def check(self, ctx: Context, request: CniRequest) -> None:
-        check(ctx, request, self.parse(request))
-
-    def gc(self, ctx: Context, request: CniRequest) -> None:
-        gc(ctx, request)
-
-
-HANDLER = SriovHandler()
+HANDLER = FunctionHandler("sriov", parse, add, delete, check, gc)

@@ -32,7 +32,7 @@ from typing import Any
 
 from cni import ipam, links
 from cni.context import FIELDS, Context, Netlink, attachment_mac, master_index
-from cni.kinds import Handler
+from cni.kinds import FunctionHandler
 from cni.protocol import CniRequest
 from nodeagent.cnitypes.errors import INVALID_CONFIG, IO_FAILURE, TRY_AGAIN_LATER, CniError
 from nodeagent.cnitypes.result import Interface, IPAddress, Result
@@ -523,23 +523,4 @@ def check(ctx: Context, request: CniRequest, conf: VxlanConf) -> None:
     ipam.check(ctx, request)
 
 
-class VxlanHandler(Handler[VxlanConf]):
-    kind = "vxlan"
-
-    def parse(self, request: CniRequest) -> VxlanConf:
-        return parse(request)
-
-    def add(self, ctx: Context, request: CniRequest) -> Result:
-        return add(ctx, request, self.parse(request))
-
-    def delete(self, ctx: Context, request: CniRequest) -> None:
-        delete(ctx, request)
-
-    def check(self, ctx: Context, request: CniRequest) -> None:
-        check(ctx, request, self.parse(request))
-
-    def gc(self, ctx: Context, request: CniRequest) -> None:
-        gc(ctx, request)
-
-
-HANDLER = VxlanHandler()
+HANDLER = FunctionHandler("vxlan", parse, add, delete, check, gc)
