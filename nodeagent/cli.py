@@ -482,20 +482,26 @@ def cmd_ipam_gc(args: argparse.Namespace) -> int:
     live = [tuple(item.rsplit("/", 1)) for item in args.live]
     try:
         config = parse_config(args.config.read_bytes())
+        nodes = None
         if args.from_cluster:
             from nodeagent.k8s.client import ApiError
             try:
-                live += _cluster_keep(args, config, ipam)
+                keep, nodes = _cluster_keep(args, config, ipam)
             except ApiError as exc:
                 print(f"nodeagent: cannot list pods from the Kubernetes API ({exc});"
                       " refusing to garbage-collect", file=sys.stderr)
                 return 1
+            live += keep
         gone = ipam_ops.gc_against(config, live, dry_run=args.dry_run, ipam=ipam)
+        leases = [] if nodes is None else ipam_ops.release_leases_of_gone_nodes(
+            config, nodes, dry_run=args.dry_run, ipam=ipam)
     finally:
         ipam.close()
+    verb = "would release" if args.dry_run else "released"
     for r in gone:
-        print(f"{'would release' if args.dry_run else 'released'} {r.ip}"
-              f" {r.owner.container_id}/{r.owner.ifname} {r.owner.pod or '-'}")
+        print(f"{verb} {r.ip} {r.owner.container_id}/{r.owner.ifname} {r.owner.pod or '-'}")
+    for block, node in leases:
+        print(f"{verb} block lease {block} of node {node} (not in the cluster)")
     return 0
 
 
@@ -506,18 +512,27 @@ def _log_format_arg(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def _cluster_keep(args: argparse.Namespace, config: IPAMConfig,
-                  ipam: Ipam) -> list[tuple[str, str]]:
-    """Attachments of the pods the API lists (imported here: the kubernetes package is slow)."""
-    from nodeagent.k8s.client import build_client
-    from nodeagent.k8s.pods import gc_keep_from_cluster
+                  ipam: Ipam) -> tuple[list[tuple[str, str]], frozenset[str] | None]:
+    """Attachments of the pods the API lists, and for a cluster-wide store the cluster's
+    nodes (None when not needed or not readable: block leases are then left alone).
+    Imported here: the kubernetes package is slow."""
+    from nodeagent.k8s.client import ApiError, build_client
+    from nodeagent.k8s.pods import gc_keep_from_cluster, node_names
 
     reservations = ipam.store(config).reservations() if config.range_sets else []
     node = args.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
     api = build_client(kubeconfig=args.kubeconfig)
     try:
         cluster_wide = config.datastore in ("etcd", "cluster")
-        return gc_keep_from_cluster(api, None if cluster_wide else node,
-                                    reservations)
+        keep = gc_keep_from_cluster(api, None if cluster_wide else node, reservations)
+        nodes = None
+        if cluster_wide:
+            try:
+                nodes = node_names(api)
+            except ApiError as exc:  # the agent's own account may not list nodes
+                print(f"nodeagent: cannot list nodes ({exc}); block leases left as they are",
+                      file=sys.stderr)
+        return keep, nodes
     finally:
         api.close()
 

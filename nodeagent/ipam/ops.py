@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from nodeagent.ipam.allocator import AttachmentRef, Ipam, attachment_key, default_ipam
-from nodeagent.ipam.configtypes import IPAMConfig, IPRange
+from nodeagent.ipam.configtypes import IPAMConfig, IPNetwork, IPRange
 from nodeagent.ipam.pool import PoolView
 from nodeagent.ipam.store import Claim, Reservation
 from nodeagent.ipam.whereabouts import ImportSummary, Objects, import_holdings
@@ -29,6 +29,8 @@ class NetworkUsage:
     datastore: str
     pools: tuple[PoolUsage, ...]
     reservations: tuple[Reservation, ...]  # every one in the store namespace, holds included
+    #: A cluster store's block leases: (block, node), in address order; () for the file store.
+    leases: tuple[tuple[IPNetwork, str], ...] = ()
 
     @property
     def free(self) -> int:
@@ -38,7 +40,9 @@ class NetworkUsage:
 def show(config: IPAMConfig, ipam: Ipam | None = None) -> NetworkUsage:
     """Usage of each range of ``config`` and every reservation of its network."""
     ipam = ipam or default_ipam()
-    reservations = tuple(ipam.store(config).reservations()) if config.range_sets else ()
+    store = ipam.store(config)
+    reservations = tuple(store.reservations()) if config.range_sets else ()
+    leases = getattr(store, "block_leases", None)  # only the etcd store leases blocks
     pools = []
     for rset in config.range_sets:
         for rng in rset.ranges:
@@ -47,7 +51,26 @@ def show(config: IPAMConfig, ipam: Ipam | None = None) -> NetworkUsage:
             view = PoolView(pool)
             view.load(pool.slot(r.ip) for r in reservations if claim.covers(r))  # type: ignore[misc]
             pools.append(PoolUsage(rng, pool.size, pool.reserved, len(view.taken), view.free))
-    return NetworkUsage(config.network, config.datastore, tuple(pools), reservations)
+    return NetworkUsage(config.network, config.datastore, tuple(pools), reservations,
+                        tuple(leases()) if leases is not None and config.range_sets else ())
+
+
+def release_leases_of_gone_nodes(config: IPAMConfig, nodes: Iterable[str], *,
+                                 dry_run: bool = False,
+                                 ipam: Ipam | None = None) -> list[tuple[IPNetwork, str]]:
+    """Drop the block leases of nodes not in ``nodes`` (the cluster's Nodes): a node that
+    left keeps its leases otherwise, and other nodes would never look in its blocks first.
+    Leases only steer where nodes look; addresses stay reserved until their own GC."""
+    ipam = ipam or default_ipam()
+    store = ipam.store(config)
+    if not config.range_sets or not hasattr(store, "block_leases"):
+        return []
+    live = set(nodes)
+    gone = [(block, node) for block, node in store.block_leases() if node not in live]
+    if not dry_run:
+        for node in sorted({node for _, node in gone}):
+            store.release_leases(node)
+    return gone
 
 
 def gc_against(
@@ -97,6 +120,10 @@ def render(usage: NetworkUsage, now: float | None = None) -> str:
             f"  {p.range}: {p.allocated} allocated, {p.free} free, {p.reserved} reserved"
             f" of {p.size}"
         )
+    if usage.leases:
+        lines.append("")
+        lines.append(f"{'BLOCK':<44} NODE")
+        lines.extend(f"{block!s:<44} {node}" for block, node in usage.leases)
     if usage.reservations:
         lines.append("")
         lines.append(f"{'IP':<40} {'CONTAINER':<14} {'IFNAME':<10} {'POD':<40} AGE")

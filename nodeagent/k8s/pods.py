@@ -120,6 +120,13 @@ def keep_for_pods(reservations: Iterable[Reservation], live_pods: Iterable[str],
 GC_GRACE = 60.0  # seconds: reservations this fresh are kept (clock skew across nodes, too)
 
 
+def node_names(api: KubeClient) -> frozenset[str]:
+    """Every Node the API lists (all pages): a cluster store's block leases held by any other
+    node are a gone node's. Raises ApiError."""
+    objs, _ = Reflector(api, "/api/v1/nodes", name="nodes").fetch()
+    return frozenset(str((obj.get("metadata") or {}).get("name", "")) for obj in objs)
+
+
 def gc_keep_from_cluster(api: KubeClient, node_name: str | None,
                          reservations: Iterable[Reservation]) -> list[tuple[str, str]]:
     """The attachments IPAM GC must keep according to the API's pods (on ``node_name``, or all

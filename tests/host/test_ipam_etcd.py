@@ -19,7 +19,7 @@ from nodeagent.ipam.errors import ADDRESS_IN_USE, POOL_EXHAUSTED, TRY_AGAIN_LATE
 from nodeagent.ipam.etcd import api
 from nodeagent.ipam.etcd.client import EtcdClient, EtcdUnavailable
 from nodeagent.ipam.etcd.store import prefix_end
-from nodeagent.ipam.ops import show
+from nodeagent.ipam.ops import release_leases_of_gone_nodes, render, show
 from tests import ipam_etcd
 
 pytestmark = pytest.mark.skipif(
@@ -116,6 +116,34 @@ def test_allocate_release_check_fixed_and_sticky(etcd: ipam_etcd.EtcdServer, pre
     assert usage.pools[0].allocated == 4 and len(usage.reservations) == 7
     gone = ipam.gc(c, [Attachment("c4", "eth0")])
     assert {r.owner.container_id for r in gone} == {"c2", "c3", "c5"}
+    ipam.close()
+
+
+def test_show_lists_block_leases_and_gc_drops_those_of_nodes_that_left(
+    etcd: ipam_etcd.EtcdServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = config(etcd.endpoint, prefix)
+    monkeypatch.setenv("NODE_NAME", "worker-gone")
+    gone = Ipam("/nonexistent")
+    left_behind = ip_address(addresses(gone.allocate(c, Attachment("g1", "eth0")))[0].split("/")[0])
+    gone.close()
+    monkeypatch.setenv("NODE_NAME", "worker-1")
+    ipam = Ipam("/nonexistent")
+    ipam.allocate(c, Attachment("w1", "eth0"))
+
+    usage = show(c, ipam)
+    assert {node for _, node in usage.leases} == {"worker-gone", "worker-1"}
+    assert [node for block, node in usage.leases if left_behind in block] == ["worker-gone"]
+    assert all(block.prefixlen == 26 for block, _ in usage.leases)
+    assert "worker-gone" in render(usage)
+
+    would = release_leases_of_gone_nodes(c, {"worker-1"}, dry_run=True, ipam=ipam)
+    assert {node for _, node in would} == {"worker-gone"}
+    assert {node for _, node in show(c, ipam).leases} == {"worker-gone", "worker-1"}
+    assert release_leases_of_gone_nodes(c, {"worker-1"}, ipam=ipam) == would
+    after = show(c, ipam)
+    assert {node for _, node in after.leases} == {"worker-1"}
+    assert str(left_behind) in {str(r.ip) for r in after.reservations}, "addresses stay"
     ipam.close()
 
 

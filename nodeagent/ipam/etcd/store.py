@@ -40,6 +40,7 @@ looks for a candidate is a matter of performance only, never of uniqueness:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
 import json
 import os
@@ -53,7 +54,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodeagent.ipam.configtypes import IPAddress
+from nodeagent.ipam.configtypes import IPAddress, IPNetwork
 from nodeagent.ipam.errors import TRY_AGAIN_LATER, IpamError, unavailable
 from nodeagent.ipam.etcd import api as pb
 from nodeagent.ipam.etcd.batch import Batcher
@@ -138,6 +139,9 @@ class Keys:
 
     def is_block(self, key: bytes) -> bool:
         return key.startswith(self.root) and bool(self._BLOCK.match(key, len(self.root)))
+
+
+_BLOCK_KEY = re.compile(rb"blk([46])/([0-9a-f]{8}|[0-9a-f]{32})$")
 
 
 def _hex(value: int, version: int) -> str:
@@ -389,6 +393,19 @@ class EtcdStore(Store):
             for kv in self._range_prefix(self.keys.root)
             if self.keys.is_block(kv.key)
         }
+
+    def block_leases(self) -> list[tuple[IPNetwork, str]]:
+        """Every block lease of the network as (the block's addresses, the node holding it),
+        in address order (``nodeagent ipam show``)."""
+        out = []
+        size = (self.block_size or BLOCK).bit_length() - 1  # a power of two
+        for key, node in self.leases().items():
+            m = _BLOCK_KEY.search(key)
+            if m is not None:
+                first = ipaddress.ip_address(int(m.group(2), 16))
+                bits = (32 if m.group(1) == b"4" else 128) - size
+                out.append((ipaddress.ip_network(f"{first}/{bits}"), node))
+        return sorted(out, key=lambda lease: (lease[0].version, lease[0]))
 
     def release_leases(self, node: str) -> int:
         """Drop the block leases of ``node`` (a node that left the cluster); its addresses stay
