@@ -113,8 +113,17 @@ _contexts: OrderedDict[str, _Context] = OrderedDict()
 _contexts_lock = threading.Lock()
 
 
+class _NoRoom(Exception):
+    """The socket of a context made now would get a descriptor libnftables cannot select."""
+
+
 def _new_context(identity: tuple[int, int]) -> _Context:
-    """Made in the calling thread's namespace (the socket stays bound to it)."""
+    """Made in the calling thread's namespace (the socket stays bound to it). Raises _NoRoom
+    when the descriptor it would get is FD_CEILING or above: checked here, with the
+    namespace file open, just before the socket is made (the slack below 1024 covers the
+    descriptors other threads open meanwhile)."""
+    if _lowest_free_fd() >= FD_CEILING:
+        raise _NoRoom()
     lib = _library()
     pointer = lib.nft_ctx_new(0)
     if not pointer:
@@ -139,8 +148,12 @@ def _context(netns: str | None) -> _Context:
             return ctx
     if ctx is not None:  # the path now holds another namespace: the old one is gone
         _drop(key, ctx)
-    _make_room()
-    made = netns_mod.run(netns, lambda: _new_context(identity))
+    while True:
+        try:
+            made = netns_mod.run(netns, lambda: _new_context(identity))
+            break
+        except _NoRoom:
+            _evict_oldest()
     evicted = []
     with _contexts_lock:
         old = _contexts.pop(key, None)
@@ -241,22 +254,11 @@ def _lowest_free_fd() -> int:
     return fd
 
 
-def _socket_fd_to_come() -> int:
-    """The descriptor a context made now would get: :func:`nodeagent.netns.run` holds the
-    namespace file open (the lowest free descriptor) while the socket is made, so the
-    socket gets the second lowest."""
-    held = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return _lowest_free_fd()
-    finally:
-        os.close(held)
-
-
-def _make_room() -> None:
-    while _socket_fd_to_come() >= FD_CEILING:
-        with _contexts_lock:
-            if not _contexts:
-                raise NftError(f"{FD_CEILING} file descriptors are open: libnftables cannot use"
-                               " a socket numbered 1024 or above (it would abort the agent)")
-            _, ctx = _contexts.popitem(last=False)
-        ctx.free()
+def _evict_oldest() -> None:
+    """Close the least recently used context, for a descriptor below FD_CEILING."""
+    with _contexts_lock:
+        if not _contexts:
+            raise NftError(f"{FD_CEILING} file descriptors are open: libnftables cannot use"
+                           " a socket numbered 1024 or above (it would abort the agent)")
+        _, ctx = _contexts.popitem(last=False)
+    ctx.free()
