@@ -111,6 +111,7 @@ class _Stale(Exception):
 
 _contexts: OrderedDict[str, _Context] = OrderedDict()
 _contexts_lock = threading.Lock()
+_making = threading.Lock()
 
 
 class _NoRoom(Exception):
@@ -150,10 +151,14 @@ def _context(netns: str | None) -> _Context:
         _drop(key, ctx)
     while True:
         try:
-            made = netns_mod.run(netns, lambda: _new_context(identity))
+            # One at a time: between the check and the socket, another apply thread's
+            # namespace file would take the descriptor checked, and such slips above the
+            # ceiling would pile up in kept contexts until one crossed 1024.
+            with _making:
+                made = netns_mod.run(netns, lambda: _new_context(identity))
             break
         except _NoRoom:
-            _evict_oldest()
+            _evict_one()
     evicted = []
     with _contexts_lock:
         old = _contexts.pop(key, None)
@@ -244,8 +249,9 @@ def show(netns: str | None) -> str | None:
 #: libnftables 1.0.x waits on its netlink socket with select(): a socket numbered FD_SETSIZE
 #: (1024) or above aborts the whole process (glibc's fortified FD_SET), and the agent raises
 #: its descriptor limit. A context is made only while the lowest free descriptor is below
-#: this; the least recently used contexts are closed to make room.
+#: this; kept contexts are closed to make room (see _evict_one).
 FD_CEILING = 1000
+_evictions = 0
 
 
 def _lowest_free_fd() -> int:
@@ -254,11 +260,22 @@ def _lowest_free_fd() -> int:
     return fd
 
 
-def _evict_oldest() -> None:
-    """Close the least recently used context, for a descriptor below FD_CEILING."""
+def _evict_one() -> None:
+    """Close a context, for a descriptor below FD_CEILING: the most recently used one. The
+    controller's batches visit the pods in the same order each time; with more pods than
+    room, closing the least recently used would close the very context needed next, every
+    time (a whole batch of new contexts), where this closes only as many as are missing."""
     with _contexts_lock:
         if not _contexts:
             raise NftError(f"{FD_CEILING} file descriptors are open: libnftables cannot use"
                            " a socket numbered 1024 or above (it would abort the agent)")
-        _, ctx = _contexts.popitem(last=False)
+        _, ctx = _contexts.popitem(last=True)
+        global _evictions
+        _evictions += 1
     ctx.free()
+
+
+def evictions() -> int:
+    """How many contexts were closed so far to keep descriptors below FD_CEILING (each one
+    costs its namespace a new context at its next change)."""
+    return _evictions

@@ -139,7 +139,7 @@ def main() -> None:
             emit(bench="policy_create", pods=args.pods, workers=ctl.workers,
                  converge_seconds=round(seconds, 3), target_seconds=1.0,
                  last_batch=ctl.last_sync, load_average=os.getloadavg()[0],
-                 nft_contexts=nft.kept(), rss_mb=rss_mb())
+                 nft_contexts=nft.kept(), nft_evictions=nft.evictions(), rss_mb=rss_mb())
 
             changed = json.loads(json.dumps(SPEC))
             changed["ingress"][0]["ports"] = [{"protocol": "TCP", "port": 9090}]
@@ -149,7 +149,7 @@ def main() -> None:
             emit(bench="policy_change", pods=args.pods, workers=ctl.workers,
                  converge_seconds=round(seconds, 3), target_seconds=1.0,
                  last_batch=ctl.last_sync, load_average=os.getloadavg()[0],
-                 nft_contexts=nft.kept())
+                 nft_contexts=nft.kept(), nft_evictions=nft.evictions())
 
             # A peer on another node moves to a new address: every pod's rules name it.
             moved = ip_of(args.pods + 20)
