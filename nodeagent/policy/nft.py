@@ -15,7 +15,9 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 from nodeagent import netns as netns_mod
 from nodeagent.policy.compile import FAMILY, TABLE
@@ -159,6 +161,7 @@ def _context(netns: str | None) -> _Context:
             break
         except _NoRoom:
             _evict_one()
+            _wait_for_room()
     evicted = []
     with _contexts_lock:
         old = _contexts.pop(key, None)
@@ -272,7 +275,28 @@ def _evict_one() -> None:
         _, ctx = _contexts.popitem(last=True)
         global _evictions
         _evictions += 1
-    ctx.free()
+    # Closing a socket whose namespace just had a deletion waits ~12 ms for an RCU grace
+    # period, after its descriptor is free (~0.2 ms): that wait is the closers', not the
+    # apply thread's.
+    _closers.submit(ctx.free)
+
+
+def _wait_for_room(timeout: float = 0.05) -> None:
+    """Until the socket of a context made now would get a descriptor below FD_CEILING (the
+    one being closed is free), or ``timeout``; the namespace thread checks again."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # as the namespace file
+        try:
+            if _lowest_free_fd() < FD_CEILING:
+                return
+        finally:
+            os.close(held)
+        time.sleep(0.0002)
+
+
+#: Closing sleeps in the kernel: several at once cost no CPU.
+_closers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="nft-close")
 
 
 def evictions() -> int:
