@@ -92,7 +92,7 @@ class _Context:
                 # ~0.5 MB per table (four 8,192-bucket hashes): 1,000 kept contexts would
                 # hold 0.5 GB, and a new one faults its pages in (half of a first apply's
                 # time). A command that fails to parse drops it (libnftables releases the
-                # cache on any error) without a word to the kernel.
+                # cache on any error); the kernel sees only two generation queries.
                 lib.nft_run_cmd_from_buffer(self.pointer, DROP_CACHE)
                 lib.nft_ctx_get_output_buffer(self.pointer)
                 lib.nft_ctx_get_error_buffer(self.pointer)
