@@ -181,7 +181,7 @@ def _drop(key: str, ctx: _Context | None = None) -> None:
         if current is None or (ctx is not None and current is not ctx):
             return
         del _contexts[key]
-    _closers.submit(current.free)  # off the caller's path (a CNI DEL): see _evict_one
+    _close_soon(current)  # off the caller's path (a CNI DEL)
 
 
 def apply(netns: str | None, script: str) -> str:
@@ -277,10 +277,7 @@ def _evict_one() -> None:
         _, ctx = _contexts.popitem(last=True)
         global _evictions
         _evictions += 1
-    # Closing a socket whose namespace just had a deletion waits ~12 ms for an RCU grace
-    # period, after its descriptor is free (~0.2 ms): that wait is the closers', not the
-    # apply thread's.
-    _closers.submit(ctx.free)
+    _close_soon(ctx)
 
 
 def _wait_for_room(timeout: float = 0.05) -> None:
@@ -299,6 +296,16 @@ def _wait_for_room(timeout: float = 0.05) -> None:
 
 #: Closing sleeps in the kernel: several at once cost no CPU.
 _closers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="nft-close")
+
+
+def _close_soon(ctx: _Context) -> None:
+    """Free ``ctx`` on a closer thread. Closing a socket whose namespace just had a deletion
+    waits ~12 ms for an RCU grace period, its descriptor free after ~0.2 ms: that wait is
+    the closers', not the caller's. Here when the interpreter is exiting."""
+    try:
+        _closers.submit(ctx.free)
+    except RuntimeError:  # no new threads at interpreter exit
+        ctx.free()
 
 
 def evictions() -> int:
