@@ -15,7 +15,9 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 from nodeagent import netns as netns_mod
 from nodeagent.policy.compile import FAMILY, TABLE
@@ -24,6 +26,8 @@ LIBRARY = "libnftables.so.1"
 #: Namespace contexts kept open at most (one netlink socket each); the least recently used
 #: beyond it are closed.
 MAX_CONTEXTS = 4096
+#: Not nft syntax: running it drops the context's ruleset cache (see _Context.run).
+DROP_CACHE = b"!\n"
 
 _lib: ctypes.CDLL | None = None
 _lib_lock = threading.Lock()
@@ -83,6 +87,15 @@ class _Context:
             # Reading rewinds both buffers, so one call's text never leaks into the next.
             output = (lib.nft_ctx_get_output_buffer(self.pointer) or b"").decode(errors="replace")
             error = (lib.nft_ctx_get_error_buffer(self.pointer) or b"").decode(errors="replace")
+            if rc == 0:
+                # libnftables keeps its copy of the ruleset after a command that succeeds,
+                # ~0.5 MB per table (four 8,192-bucket hashes): 1,000 kept contexts would
+                # hold 0.5 GB, and a new one faults its pages in (half of a first apply's
+                # time). A command that fails to parse drops it (libnftables releases the
+                # cache on any error); the kernel sees only two generation queries.
+                lib.nft_run_cmd_from_buffer(self.pointer, DROP_CACHE)
+                lib.nft_ctx_get_output_buffer(self.pointer)
+                lib.nft_ctx_get_error_buffer(self.pointer)
         if rc != 0:
             raise NftError(error.strip() or f"nft failed ({rc})")
         return output
@@ -100,10 +113,20 @@ class _Stale(Exception):
 
 _contexts: OrderedDict[str, _Context] = OrderedDict()
 _contexts_lock = threading.Lock()
+_making = threading.Lock()
+
+
+class _NoRoom(Exception):
+    """The socket of a context made now would get a descriptor libnftables cannot select."""
 
 
 def _new_context(identity: tuple[int, int]) -> _Context:
-    """Made in the calling thread's namespace (the socket stays bound to it)."""
+    """Made in the calling thread's namespace (the socket stays bound to it). Raises _NoRoom
+    when the descriptor it would get is FD_CEILING or above: checked here, with the
+    namespace file open, just before the socket is made (the slack below 1024 covers the
+    descriptors other threads open meanwhile)."""
+    if _lowest_free_fd() >= FD_CEILING:
+        raise _NoRoom()
     lib = _library()
     pointer = lib.nft_ctx_new(0)
     if not pointer:
@@ -128,8 +151,17 @@ def _context(netns: str | None) -> _Context:
             return ctx
     if ctx is not None:  # the path now holds another namespace: the old one is gone
         _drop(key, ctx)
-    _make_room()
-    made = netns_mod.run(netns, lambda: _new_context(identity))
+    while True:
+        try:
+            # One at a time: between the check and the socket, another apply thread's
+            # namespace file would take the descriptor checked, and such slips above the
+            # ceiling would pile up in kept contexts until one crossed 1024.
+            with _making:
+                made = netns_mod.run(netns, lambda: _new_context(identity))
+            break
+        except _NoRoom:
+            _evict_one()
+            _wait_for_room()
     evicted = []
     with _contexts_lock:
         old = _contexts.pop(key, None)
@@ -149,7 +181,7 @@ def _drop(key: str, ctx: _Context | None = None) -> None:
         if current is None or (ctx is not None and current is not ctx):
             return
         del _contexts[key]
-    current.free()
+    _close_soon(current)  # off the caller's path (a CNI DEL)
 
 
 def apply(netns: str | None, script: str) -> str:
@@ -179,8 +211,10 @@ def clear(netns: str | None) -> None:
 
 
 def release(netns: str | None) -> None:
-    """Close the context kept for ``netns``. Call it when the pod's attachments go (CNI DEL):
-    an open netlink socket holds its namespace, and the interfaces in it, alive."""
+    """Close the context kept for ``netns`` (on a background thread, within milliseconds:
+    right after a deletion the close waits ~12 ms in the kernel). Call it when the pod's
+    attachments go (CNI DEL): an open netlink socket holds its namespace, and the
+    interfaces in it, alive."""
     _drop("" if netns is None else netns_mod.netns_path(netns))
 
 
@@ -220,8 +254,9 @@ def show(netns: str | None) -> str | None:
 #: libnftables 1.0.x waits on its netlink socket with select(): a socket numbered FD_SETSIZE
 #: (1024) or above aborts the whole process (glibc's fortified FD_SET), and the agent raises
 #: its descriptor limit. A context is made only while the lowest free descriptor is below
-#: this; the least recently used contexts are closed to make room.
+#: this; kept contexts are closed to make room (see _evict_one).
 FD_CEILING = 1000
+_evictions = 0
 
 
 def _lowest_free_fd() -> int:
@@ -230,11 +265,50 @@ def _lowest_free_fd() -> int:
     return fd
 
 
-def _make_room() -> None:
-    while _lowest_free_fd() >= FD_CEILING:
-        with _contexts_lock:
-            if not _contexts:
-                raise NftError(f"{FD_CEILING} file descriptors are open: libnftables cannot use"
-                               " a socket numbered 1024 or above (it would abort the agent)")
-            _, ctx = _contexts.popitem(last=False)
+def _evict_one() -> None:
+    """Close a context, for a descriptor below FD_CEILING: the most recently used one. The
+    controller's batches visit the pods in the same order each time; with more pods than
+    room, closing the least recently used would close the very context needed next, every
+    time (a whole batch of new contexts), where this closes only as many as are missing."""
+    with _contexts_lock:
+        if not _contexts:
+            raise NftError(f"{FD_CEILING} file descriptors are open: libnftables cannot use"
+                           " a socket numbered 1024 or above (it would abort the agent)")
+        _, ctx = _contexts.popitem(last=True)
+        global _evictions
+        _evictions += 1
+    _close_soon(ctx)
+
+
+def _wait_for_room(timeout: float = 0.05) -> None:
+    """Until the socket of a context made now would get a descriptor below FD_CEILING (the
+    one being closed is free), or ``timeout``; the namespace thread checks again."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # as the namespace file
+        try:
+            if _lowest_free_fd() < FD_CEILING:
+                return
+        finally:
+            os.close(held)
+        time.sleep(0.0002)
+
+
+#: Closing sleeps in the kernel: several at once cost no CPU.
+_closers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="nft-close")
+
+
+def _close_soon(ctx: _Context) -> None:
+    """Free ``ctx`` on a closer thread. Closing a socket whose namespace just had a deletion
+    waits ~12 ms for an RCU grace period, its descriptor free after ~0.2 ms: that wait is
+    the closers', not the caller's. Here when the interpreter is exiting."""
+    try:
+        _closers.submit(ctx.free)
+    except RuntimeError:  # no new threads at interpreter exit
         ctx.free()
+
+
+def evictions() -> int:
+    """How many contexts were closed so far to keep descriptors below FD_CEILING (each one
+    costs its namespace a new context at its next change)."""
+    return _evictions

@@ -7,6 +7,8 @@ a NetworkAttachmentDefinition and the policies. Prints one JSON object per line:
 - a policy created, then changed, reaching every affected pod (time from the API write until
   every pod's table holds it; target < 1 s);
 - a change of one local pod (its labels), and of one remote peer that every pod's rules name.
+With the first two: the libnftables contexts kept (``nft_contexts``), how many were closed
+for descriptors so far (``nft_evictions``: beyond ~980 pods) and the process's RSS.
 
 Run as root: ``.venv/bin/python -m tests.bench.bench_policy [--pods N] [--workers N]``.
 """
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 from nodeagent.k8s.client import build_client
+from nodeagent.policy import nft
 from nodeagent.policy.attachments import AttachmentRecord, AttachmentRegistry
 from nodeagent.policy.sync import PolicyController
 from tests.bench.common import emit
@@ -60,6 +63,12 @@ def pod(name: str, labels: dict[str, str], ip: str, node: str = "worker-1") -> d
             [{"name": "telco/macnet", "interface": "net1", "ips": [ip]}])})
     obj["spec"]["nodeName"] = node
     return obj
+
+
+def rss_mb() -> int:
+    """The process's resident memory (the agent's, with its kept libnftables contexts)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
 
 
 def policed_by(ctl: PolicyController, key: str, digests: dict[str, str | None]) -> int:
@@ -131,7 +140,8 @@ def main() -> None:
                                lambda: api.put_policy("telco", "allow-clients", "macnet", SPEC))
             emit(bench="policy_create", pods=args.pods, workers=ctl.workers,
                  converge_seconds=round(seconds, 3), target_seconds=1.0,
-                 last_batch=ctl.last_sync, load_average=os.getloadavg()[0])
+                 last_batch=ctl.last_sync, load_average=os.getloadavg()[0],
+                 nft_contexts=nft.kept(), nft_evictions=nft.evictions(), rss_mb=rss_mb())
 
             changed = json.loads(json.dumps(SPEC))
             changed["ingress"][0]["ports"] = [{"protocol": "TCP", "port": 9090}]
@@ -140,7 +150,8 @@ def main() -> None:
                                                       changed))
             emit(bench="policy_change", pods=args.pods, workers=ctl.workers,
                  converge_seconds=round(seconds, 3), target_seconds=1.0,
-                 last_batch=ctl.last_sync, load_average=os.getloadavg()[0])
+                 last_batch=ctl.last_sync, load_average=os.getloadavg()[0],
+                 nft_contexts=nft.kept(), nft_evictions=nft.evictions())
 
             # A peer on another node moves to a new address: every pod's rules name it.
             moved = ip_of(args.pods + 20)

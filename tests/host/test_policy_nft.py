@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -152,3 +153,56 @@ def test_updates_leave_the_table_a_fresh_apply_would_make() -> None:
         for ns in (updated, fresh):
             nft.release(ns)
             pr_netns.remove(ns)
+
+
+_NEAR_THE_CEILING = r"""
+import os, sys
+from nodeagent.policy import nft
+# Descriptors taken up to just under the ceiling, as a node with ~1,000 policed pods does.
+while nft._lowest_free_fd() < nft.FD_CEILING - 10:
+    os.open("/dev/null", os.O_RDONLY)
+for name in sys.argv[1:]:
+    nft.apply(name, "add table inet nodeagent\ndelete table inet nodeagent\n"
+                    "table inet nodeagent {\n  chain c {\n    drop\n  }\n}\n")
+    assert "chain c" in (nft.show(name) or "")
+print("kept", nft.kept())
+"""
+
+
+def test_contexts_never_get_a_descriptor_libnftables_cannot_select() -> None:
+    # libnftables 1.0.x select()s on its socket: descriptor 1024 or above aborts the process.
+    names = [unique("fd") for _ in range(40)]
+    for name in names:
+        pr_netns.create(name)
+    try:
+        done = subprocess.run([sys.executable, "-c", _NEAR_THE_CEILING, *names],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-500:]
+        assert int(done.stdout.split()[-1]) < len(names)  # old contexts were closed for room
+    finally:
+        for name in names:
+            pr_netns.remove(name)
+
+
+def test_kept_contexts_do_not_keep_a_copy_of_the_ruleset() -> None:
+    # libnftables caches the ruleset in the context (~0.5 MB per table): dropped after a run.
+    names = [unique("mem") for _ in range(40)]
+    for name in names:
+        pr_netns.create(name)
+    try:
+        nft.apply(names[0], TABLE)
+        rss = _rss()
+        for name in names:
+            nft.apply(name, TABLE)
+            nft.apply(name, TABLE.replace("drop", "accept"))
+        assert _rss() - rss < 10 << 20  # the contexts (~130 kB each), not their caches
+        assert all("accept" in (nft.show(name) or "") for name in names)
+    finally:
+        for name in names:
+            nft.release(name)
+            pr_netns.remove(name)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
