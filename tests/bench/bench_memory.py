@@ -50,6 +50,7 @@ from pyroute2 import IPRoute, netns
 
 from cni.install import install
 from cni.shim import shim_path
+from nodeagent.daemon import TRIM_INTERVAL
 from tests.bench.common import REPO, emit
 from tests.host.cni_helpers import run_plugin
 from tests.k8s_replay import ReplayApiServer
@@ -63,6 +64,7 @@ WARMUP = 500
 EVERY = 100  # scrape metrics and call the device plugin every this many requests
 SETTLE = 3.0  # seconds before a reading: threads finish, the publisher catches up
 TARGET_RSS_MB, TARGET_GROWTH_MB = 60.0, 5.0
+CHURN_LINKS, CHURN_ROUNDS = 150, 3  # veth pairs created and deleted next to the agent
 PF = "0000:3b:00.0"
 NODE = "bench-node"
 MB = 1024 * 1024
@@ -409,7 +411,30 @@ def soak() -> int:
              target=TARGET_GROWTH_MB,
              after_warmup=round(after["rss_mb"] - warm["rss_mb"], 1), warmup_requests=WARMUP,
              anon_growth_mb=round(after["anon_mb"] - idle["anon_mb"], 1))
+        churned = link_churn(ipr, proc.pid, tag)
+        emit(bench="daemon_rss_after_link_churn", ours=churned["rss_mb"], unit="MiB",
+             target=TARGET_RSS_MB, veth_pairs=CHURN_LINKS, rounds=CHURN_ROUNDS, **churned)
         return 1 if soak.failures else 0
+
+
+def link_churn(ipr: IPRoute, pid: int, tag: str) -> dict[str, Any]:
+    """What a node's cluster network does next to the agent: host-side veths come and go
+    (the live inventory follows each); RSS once the agent's periodic trim has run."""
+    names = [f"nabmc{tag}{i}" for i in range(CHURN_LINKS)]
+    try:
+        for _ in range(CHURN_ROUNDS):
+            for name in names:
+                ipr.link("add", ifname=name, kind="veth", peer=name + "p")
+            time.sleep(2)
+            for name in names:
+                ipr.link("del", ifname=name)
+            time.sleep(2)
+    finally:
+        for name in names:
+            for index in ipr.link_lookup(ifname=name):
+                ipr.link("del", index=index)
+    time.sleep(TRIM_INTERVAL + SETTLE)
+    return memory(pid)
 
 
 def _ready(url: str) -> bool:
