@@ -66,7 +66,7 @@ def main() -> None:
             agent.__enter__()
             bindir = Path(root) / "bin"
             install(bindir, shim_path())
-            env = {"NODEAGENT_SOCKET": agent.server.path}
+            env = {"NODEAGENT_SOCKET": agent.path}
             ours = bindir / "macvlan"
             ref = REFERENCE_BIN / "macvlan"
             sequential(agent, ours, ref, master, f"/run/netns/{pods[0]}", env)
