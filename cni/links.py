@@ -125,9 +125,10 @@ def delete_in_netns(ctx: Context, request: CniRequest) -> None:
     pod: Netlink | None = ctx.pod(request.netns)
     try:
         assert pod is not None
-        index = pod.link_index(request.ifname)
-        if index is None:
+        link = pod.link_brief(request.ifname)
+        if link is None:
             return
+        index = link.index
         with kernel_errors(f"deleting {request.ifname}"):
             if ctx.teardown is None:
                 pod.link_delete(index)

@@ -7,9 +7,11 @@ IPAM, addresses and routes. Any failure after creation removes the link and rele
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,10 +113,28 @@ def _create_error(exc: OSError, request: CniRequest, spec: StackedLink) -> CniEr
     return CniError(IO_FAILURE, f"creating {spec.kind} {request.ifname} failed: {exc.strerror}")
 
 
+#: IPAM releases of DELs, run while the DEL's own thread removes the link (as many as the
+#: CNI server's workers: a burst of DELs never queues here).
+_RELEASES = ThreadPoolExecutor(max_workers=32, thread_name_prefix="del-ipam")
+
+
 def delete(ctx: Context, request: CniRequest) -> None:
-    ipam.delete(ctx, request)
-    sbr.detach(ctx, request)
-    links.delete_in_netns(ctx, request)
+    """IPAM's release and the link's removal wait on different things (the store's fsync or
+    etcd; the kernel's rtnl lock), so they overlap: the release runs on a helper thread, and
+    DEL replies once both are done (the release durable, as before)."""
+    conf = ipam.ipam_config(request)
+    if conf is None or conf.get("type") == "static":
+        sbr.detach(ctx, request)
+        links.delete_in_netns(ctx, request)
+        return
+    release = _RELEASES.submit(contextvars.copy_context().run, ipam.delete, ctx, request)
+    try:
+        sbr.detach(ctx, request)
+        links.delete_in_netns(ctx, request)
+    finally:
+        error = release.exception()  # waits: nothing of this DEL runs after its reply
+    if error is not None:
+        raise error
 
 
 def settle(ctx: Context, request: CniRequest) -> None:

@@ -144,10 +144,9 @@ class Teardown:
                         TOMBSTONE_PREFIX + secrets.token_hex(5))
         try:
             self._journal(record)
-            renamed = _rename(pod, index, record.tombstone) if self.live_rename else False
+            renamed = _strip(pod, index, record.tombstone if self.live_rename else None)
             if renamed is False:
                 self.live_rename = False
-            _drop_addresses(pod, index)
         except BaseException:
             pod.close()
             self._forget(record)
@@ -294,27 +293,15 @@ def _replay_one(record: Record, open_netlink: Callable[[str | None], Netlink]) -
     return int(deleted)
 
 
-def _rename(pod: Netlink, index: int, tombstone: str) -> bool | None:
-    """Give the link its tombstone name, which frees its pod name at once. True: renamed;
-    False: the kernel renames only links that are down (before Linux 6.2), and taking it
-    down costs a grace period itself: it keeps its name until deleted (ADD, CHECK and DEL
-    settle it first); None: the link is gone."""
-    try:
-        pod.link_set(index, name=tombstone)
-    except OSError as exc:
-        if exc.errno == errno.EBUSY:
-            return False
-        if exc.errno in (errno.ENODEV, errno.ENOENT):
-            return None
-        raise
-    return True
+def _strip(pod: Netlink, index: int, tombstone: str | None) -> bool | None:
+    """Give the link its tombstone name, which frees its pod name at once, and remove its
+    addresses (and so their subnet routes): the addresses IPAM has just released answer
+    nowhere on this node once DEL has replied. One dump and one batch of requests.
 
-
-def _drop_addresses(pod: Netlink, index: int) -> None:
-    """Remove the link's addresses (and so its subnet routes): the addresses IPAM has just
-    released answer nowhere on this node once DEL has replied."""
-    for msg in pod.addresses():
-        if msg["index"] != index:
-            continue
-        address = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-        pod.address_delete(index, address, msg["prefixlen"], msg["family"])
+    True: renamed; False: not renamed (``tombstone`` None, or the kernel renames only links
+    that are down, before Linux 6.2, and taking it down costs a grace period itself: it keeps
+    its name until deleted, ADD, CHECK and DEL settle it first); None: the link is gone."""
+    code = pod.retire_link(index, tombstone)
+    if code in (errno.ENODEV, errno.ENOENT):
+        return None
+    return tombstone is not None and code == 0

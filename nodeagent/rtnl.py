@@ -57,8 +57,10 @@ _NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
 _ERRNO = struct.Struct("=i")
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _NLATTR = struct.Struct("=HH")
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_EXT_MASK = 1, 3, 4, 29
 NLA_TYPE_MASK = 0x3FFF
+IFA_ADDRESS, IFA_LOCAL = 1, 2
 
 
 class LinkBrief(NamedTuple):
@@ -558,6 +560,87 @@ class Rtnl:
                 return False
             raise
         return True
+
+    def retire_link(self, index: int, name: str | None) -> int:
+        """Rename link ``index`` to ``name`` (None: keep its name) and remove every address it
+        has: one address dump, then the rename and one RTM_DELADDR per address in a single
+        send (the kernel answers each on its own), all read without pyroute2 - a DEL's
+        requests on a busy host. Returns the rename's errno (0: renamed; EBUSY: this kernel
+        renames only links that are down; ENODEV: the link is gone); any other refusal raises
+        OSError."""
+        addresses = self._address_bodies(index)
+        rename = None
+        if name:
+            payload = name.encode() + b"\0"
+            rename = (RTM_NEWLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0)
+                      + _NLATTR.pack(_NLATTR.size + len(payload), IFLA_IFNAME)
+                      + payload.ljust((len(payload) + 3) & ~3, b"\0"))
+        batch = ([rename] if rename else []) + [(RTM_DELADDR, body) for body in addresses]
+        if not batch:
+            return 0
+        codes = self._batch(batch)
+        renamed = codes.pop(0) if rename else 0
+        for code in codes:  # an address already gone, or the link with it
+            if code not in (0, errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
+                raise OSError(code, os.strerror(code))
+        if renamed not in (0, errno.EBUSY, errno.ENODEV, errno.ENOENT):
+            raise OSError(renamed, os.strerror(renamed))
+        return errno.ENODEV if renamed == errno.ENOENT else renamed
+
+    def _address_bodies(self, index: int) -> list[bytes]:
+        """RTM_DELADDR bodies (ifaddrmsg and IFA_LOCAL/IFA_ADDRESS) for each address of link
+        ``index``, from one dump."""
+        body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, index)
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETADDR,
+                                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP, seq, 0)
+            replies = self._exchange(header + body, seq)
+        out = []
+        for data in replies:
+            if _NLMSGHDR.unpack_from(data)[1] != RTM_NEWADDR:
+                continue
+            family, prefixlen, _flags, _scope, at_index = _IFADDRMSG.unpack_from(
+                data, _NLMSGHDR.size)
+            if at_index != index:
+                continue
+            attrs: dict[int, bytes] = {}
+            at = _NLMSGHDR.size + _IFADDRMSG.size
+            while at + _NLATTR.size <= len(data):
+                length, kind = _NLATTR.unpack_from(data, at)
+                if length < _NLATTR.size:
+                    break
+                attrs[kind & NLA_TYPE_MASK] = data[at + _NLATTR.size:at + length]
+                at += (length + 3) & ~3
+            keep = (IFA_LOCAL, IFA_ADDRESS) if family == socket.AF_INET else (IFA_ADDRESS,)
+            out.append(_IFADDRMSG.pack(family, prefixlen, 0, 0, index) + b"".join(
+                _NLATTR.pack(_NLATTR.size + len(attrs[k]), k) + attrs[k]
+                for k in keep if k in attrs))
+        return out
+
+    def _batch(self, requests: list[tuple[int, bytes]]) -> list[int]:
+        """Send ``requests`` (type, body) in one datagram, each acknowledged on its own; their
+        errnos (0: done), in order."""
+        with self._lock:
+            first = self._seq + 1
+            self._seq += len(requests)
+            data = b"".join(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind,
+                                           NLM_F_REQUEST | NLM_F_ACK, first + i, 0) + body
+                            for i, (kind, body) in enumerate(requests))
+            codes: dict[int, int] = {}
+            self._sock.send(data)
+            while len(codes) < len(requests):
+                chunk = self._sock.recv(1 << 16)
+                at = 0
+                while at + _NLMSGHDR.size <= len(chunk):
+                    length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(chunk, at)
+                    if length < _NLMSGHDR.size or at + length > len(chunk):
+                        raise OSError(errno.EBADMSG, "truncated netlink message")
+                    if kind == NLMSG_ERROR and first <= seq < first + len(requests):
+                        codes[seq] = abs(_ERRNO.unpack_from(chunk, at + _NLMSGHDR.size)[0])
+                    at += (length + 3) & ~3
+        return [codes[first + i] for i in range(len(requests))]
 
 
 def _rule_msg(family: int, src: str, src_len: int, table: int, priority: int | None) -> Any:

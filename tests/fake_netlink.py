@@ -553,6 +553,22 @@ class FakeNetlink:
         self.kernel.addresses.remove(entry)
         return True
 
+    def retire_link(self, index: int, name: str | None) -> int:
+        """As Rtnl's: the rename, then each of the link's addresses removed."""
+        code = 0
+        if name:
+            try:
+                self.link_set(index, name=name)
+            except OSError as exc:
+                if exc.errno not in (errno.EBUSY, errno.ENODEV, errno.ENOENT):
+                    raise
+                code = errno.ENODEV if exc.errno == errno.ENOENT else exc.errno
+        for ns, at, address, prefixlen in list(self.kernel.addresses):
+            if ns == self._ns and at == index:
+                self.address_delete(index, address, prefixlen,
+                                    socket.AF_INET6 if ":" in address else socket.AF_INET)
+        return code
+
 
     # -- bonds ------------------------------------------------------------------------------
 

@@ -67,35 +67,61 @@ def static(i: int) -> dict[str, Any]:
 
 
 class Agent:
-    """An in-process agent as the daemon builds it: CNI socket, node-local IPAM, teardown."""
+    """The agent as the daemon builds it (CNI socket, node-local IPAM, teardown), in a process
+    of its own as the daemon runs: in this one it would share the interpreter (its lock) with
+    the benchmark's 200 threads starting plugins, which the reference plugins never do."""
 
     def __init__(self, root: Path) -> None:
-        from cni.context import Context
-        from cni.server import CniServer
-        from cni.teardown import Teardown
-        from nodeagent.ipam.allocator import Ipam
-        from nodeagent.vfstate import VfState
-
-        self.teardown = Teardown(root / "state" / "teardown")
-        self.context = Context(ipam=Ipam(root / "ipam"), vfs=VfState(root / "state"),
-                               teardown=self.teardown)
-        self.server = CniServer(str(root / "run" / "agent.sock"), context=self.context)
+        self.root = root
+        self.path = str(root / "run" / "agent.sock")
+        self.journal = root / "state" / "teardown"
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Agent:
-        self.teardown.start(self.context.open_netlink)
-        self.server.start()
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(self.root)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != b"serving":
+            raise RuntimeError("the benchmark's agent did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.stop()
-        self.teardown.stop()
-        self.context.close()
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.close()  # the agent stops (finishing its deletions) and exits
+        self.proc.wait(30)
+
+    def pending(self) -> int:
+        """Deletions in flight: each has its journal file until it is done."""
+        try:
+            return sum(1 for p in self.journal.iterdir() if p.name.startswith("nadel"))
+        except FileNotFoundError:
+            return 0
 
     def quiet(self, timeout: float = 30.0) -> None:
         """Wait (untimed) until no deletion of ours is in flight."""
         deadline = time.monotonic() + timeout
-        while self.teardown.pending() and time.monotonic() < deadline:
-            time.sleep(0.001)
+        while self.pending() and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+
+def serve(root: Path) -> None:
+    """The agent process of :class:`Agent`: serves until its standard input closes."""
+    from cni.context import Context
+    from cni.server import CniServer
+    from cni.teardown import Teardown
+    from nodeagent.ipam.allocator import Ipam
+    from nodeagent.vfstate import VfState
+
+    teardown = Teardown(root / "state" / "teardown")
+    context = Context(ipam=Ipam(root / "ipam"), vfs=VfState(root / "state"), teardown=teardown)
+    server = CniServer(str(root / "run" / "agent.sock"), context=context)
+    teardown.start(context.open_netlink)
+    server.start()
+    print("serving", flush=True)
+    sys.stdin.read()
+    server.stop()
+    teardown.stop()
+    context.close()
 
 
 @contextmanager
@@ -145,7 +171,7 @@ def sequential_del(kinds: tuple[str, ...], rounds: int) -> None:
 
     with world(2, ("ipvlan", "8021q")) as (master, (pod_ours, pod_ref), root), \
             Agent(root) as agent:
-        bindir, env = shims(root), {"NODEAGENT_SOCKET": agent.server.path}
+        bindir, env = shims(root), {"NODEAGENT_SOCKET": agent.path}
         for kind in kinds:
             conf = {"cniVersion": "1.0.0", "name": "churn", "type": kind,
                     **link_fields(kind, master), "ipam": static(5)}
@@ -196,7 +222,7 @@ def bursts(size: int, with_etcd: bool = True) -> None:
 
     with world(size) as (master, pods, root), ExitStack() as stack:
         agent = stack.enter_context(Agent(root))
-        bindir, env = shims(root), {"NODEAGENT_SOCKET": agent.server.path}
+        bindir, env = shims(root), {"NODEAGENT_SOCKET": agent.path}
         net = f"churn{secrets.token_hex(2)}"
 
         def conf(ipam: dict[str, Any]) -> Callable[[int], dict[str, Any]]:
@@ -270,7 +296,7 @@ def sriov_del() -> None:
             vfs += made
         _, pods, root = stack.enter_context(world(len(vfs)))
         agent = stack.enter_context(Agent(root))
-        bindir, env = shims(root), {"NODEAGENT_SOCKET": agent.server.path}
+        bindir, env = shims(root), {"NODEAGENT_SOCKET": agent.path}
 
         def conf(i: int) -> dict[str, Any]:
             return {"cniVersion": "1.0.0", "name": "churn-sriov", "type": "sriov",
@@ -304,6 +330,9 @@ def sriov_del() -> None:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--serve"]:
+        serve(Path(sys.argv[2]))
+        return 0
     if os.environ.get(ENV):  # in the lab
         sequential_del(("ipvlan", "vlan", "macvlan"), LAB_ROUNDS)
         sriov_del()

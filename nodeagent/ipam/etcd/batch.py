@@ -8,6 +8,11 @@ still succeeds or fails alone). Nobody waits for a timer: a lone claim goes out 
 and under load the per-call cost of gRPC in Python is paid once per batch instead of once per
 claim. Two claims that write the same key never share a batch (etcd refuses duplicate keys
 in one transaction), so the later one simply waits for the next batch.
+
+Up to MAX_IN_FLIGHT batches are in flight at once (a burst of DELs makes two round trips
+each, and one batch at a time had every DEL wait for the batches of others twice). Their
+order does not matter: each transaction's compares decide its outcome in etcd, as they do
+between agents of different nodes.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ from typing import Any
 from nodeagent.ipam.etcd import api as pb
 
 MAX_BATCH = 32  # nested transactions per etcd transaction (etcd allows 128 ops per level)
+MAX_IN_FLIGHT = 2
 
 
 @dataclass(eq=False)  # identity: two equal requests are still two claims
 class _Pending:
     request: Any  # TxnRequest
     keys: frozenset[bytes]  # keys the transaction writes
+    taken: bool = False  # in a batch some leader runs
     done: bool = False
     result: Any = None  # TxnResponse
     error: BaseException | None = None
@@ -40,7 +47,7 @@ class Batcher:
         self._send = send
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
-        self._busy = False
+        self._in_flight = 0
 
     def txn(self, request: Any, writes: frozenset[bytes]) -> Any:
         """Run one TxnRequest, alone or in a batch; its TxnResponse as if it ran alone (the
@@ -48,12 +55,13 @@ class Batcher:
         mine = _Pending(request, writes)
         with self._cond:
             self._queue.append(mine)
-            while not mine.done and self._busy:
+            while not mine.done and (mine.taken or self._in_flight >= MAX_IN_FLIGHT):
                 self._cond.wait()
-            if not mine.done:
-                self._busy = True
+            leader = not mine.done
+            if leader:
+                self._in_flight += 1
                 batch = self._take(mine)
-        if not mine.done:
+        if leader:
             self._run(batch)
         if mine.error is not None:
             raise mine.error
@@ -63,12 +71,14 @@ class Batcher:
     def _take(self, mine: _Pending) -> list[_Pending]:
         """The leader's batch: its own transaction first, then queued ones without a shared key."""
         batch, written = [mine], set(mine.keys)
+        mine.taken = True
         self._queue.remove(mine)
         for p in list(self._queue):
             if len(batch) >= MAX_BATCH:
                 break
             if written.isdisjoint(p.keys):
                 batch.append(p)
+                p.taken = True
                 written |= p.keys
                 self._queue.remove(p)
         return batch
@@ -93,5 +103,5 @@ class Batcher:
             with self._cond:
                 for p in batch:
                     p.done = True
-                self._busy = False
+                self._in_flight -= 1
                 self._cond.notify_all()

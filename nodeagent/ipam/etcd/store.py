@@ -315,15 +315,21 @@ class EtcdStore(Store):
         return out
 
     def release(self, container_id: str, ifname: str) -> list[Reservation]:
-        kvs = self._range_prefix(self.keys.owner_prefix(container_id, ifname))
+        """Both round trips (the owner's keys, then their deletion) go through the group
+        commit: a burst of DELs shares etcd transactions as a burst of ADDs does."""
+        prefix = self.keys.owner_prefix(container_id, ifname)
+        read = self._batcher.txn(pb.txn(success=[pb.op_range(prefix, prefix_end(prefix))]),
+                                 frozenset())
+        kvs = read.responses[0].response_range.kvs
         if not kvs:
             return []
-        txns, records = [], []
+        txns, records, writes = [], [], set()
         for kv in kvs:
             doc = json.loads(kv.value)
             addr_key = doc["ip"].encode()
             r = from_record(doc["rec"])
             records.append(r)
+            writes.update((kv.key, addr_key))
             then = [pb.op_delete(kv.key)]
             if r.sticky and r.owner.pod:  # the pod's address waits for it
                 hold = json.dumps(to_record(r.as_hold())).encode()
@@ -338,7 +344,7 @@ class EtcdStore(Store):
                     )
                 )
             )
-        resp = self._txn(pb.txn(success=txns))
+        resp = self._batcher.txn(pb.txn(success=txns), frozenset(writes))
         return [
             r for r, op in zip(records, resp.responses, strict=True) if op.response_txn.succeeded
         ]
