@@ -26,7 +26,6 @@ from pyroute2 import IPRoute
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from nodeagent import netns as agent_netns  # noqa: E402
 from nodeagent.policy import nft  # noqa: E402
 from nodeagent.policy.compile import compile_pod  # noqa: E402
 from nodeagent.policy.model import (  # noqa: E402
@@ -36,6 +35,7 @@ from nodeagent.policy.model import (  # noqa: E402
     Target,
     parse_policy,
 )
+from tests.traffic import stream_connects  # noqa: E402
 
 POD4, PEER4 = "198.51.100.1", "198.51.100.2"
 POD6, PEER6 = "2001:db8:77::1", "2001:db8:77::2"
@@ -68,28 +68,7 @@ def _address(ns: str, ifname: str, v4: str, v6: str, rename: str | None = None) 
 
 
 def _connects(client: str, server: str, ip: str, port: int, proto: int) -> bool:
-    """A stream connection (TCP or SCTP) from namespace ``client`` to ``ip``:``port`` in
-    ``server`` opens and carries data both ways."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    srv = agent_netns.run(server, lambda: socket.socket(family, socket.SOCK_STREAM, proto))
-    cli = agent_netns.run(client, lambda: socket.socket(family, socket.SOCK_STREAM, proto))
-    with srv, cli:
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind((ip, port))
-        srv.listen(1)
-        cli.settimeout(WAIT)
-        try:
-            cli.connect((ip, port))
-        except OSError:
-            return False
-        srv.settimeout(5)
-        conn, _ = srv.accept()
-        with conn:
-            cli.sendall(b"ping")
-            assert conn.recv(4) == b"ping"
-            conn.sendall(b"pong")
-            assert cli.recv(4) == b"pong"
-        return True
+    return stream_connects(client, server, ip, port, proto=proto, wait=WAIT)
 
 
 def _police(pod: str, ifname: str) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,3 +37,29 @@ def run_plugin(binary: Path, command: str, conf: dict[str, Any] | bytes, *, netn
     proc = subprocess.run([str(binary)], input=stdin, env=full_env, capture_output=True,
                           timeout=60, check=False)
     return Outcome(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+@contextmanager
+def running_agent(root: Path, reference: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
+    """The agent's CNI server on ``root/run/agent.sock`` (VF state and IPAM under ``root``)
+    and the shim installed into ``root/bin`` under every name it serves, with the reference
+    plugins named in ``reference`` linked beside it."""
+    from cni.context import Context
+    from cni.install import install
+    from cni.server import CniServer
+    from cni.shim import shim_path
+    from nodeagent.ipam.allocator import Ipam
+    from nodeagent.vfstate import VfState
+
+    socket_path = str(root / "run" / "agent.sock")
+    server = CniServer(socket_path, context=Context(vfs=VfState(root / "state"),
+                                                     ipam=Ipam(root / "ipam")))
+    server.start()
+    bindir = root / "bin"
+    install(bindir, shim_path())
+    for name in reference:
+        os.symlink(REFERENCE_BIN / name, bindir / name)
+    try:
+        yield {"socket": socket_path, "bin": bindir, "state": root / "state"}
+    finally:
+        server.stop()

@@ -18,13 +18,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, netns
 
-from cni.context import Context
-from cni.install import install
-from cni.server import CniServer
-from cni.shim import shim_path
-from nodeagent.ipam.allocator import Ipam
-from nodeagent.vfstate import VfState
-from tests.host.cni_helpers import REFERENCE_BIN, Outcome, run_plugin
+from tests.host.cni_helpers import REFERENCE_BIN, Outcome, run_plugin, running_agent
 from tests.host.conftest import unique
 
 VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -33,19 +27,8 @@ VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory) -> Iterator[dict]:
     """A running agent socket and the shim installed into a CNI bin dir."""
-    root = tmp_path_factory.mktemp("agent")
-    socket_path = str(root / "run" / "agent.sock")
-    server = CniServer(socket_path, context=Context(vfs=VfState(root / "state"),
-                                                     ipam=Ipam(root / "ipam")))
-    server.start()
-    bindir = root / "bin"
-    install(bindir, shim_path())
-    for name in ("host-local", "static"):
-        os.symlink(REFERENCE_BIN / name, bindir / name)
-    try:
-        yield {"socket": socket_path, "bin": bindir, "state": root / "state"}
-    finally:
-        server.stop()
+    with running_agent(tmp_path_factory.mktemp("agent"), ("host-local", "static")) as agent:
+        yield agent
 
 
 @pytest.fixture

@@ -22,14 +22,8 @@ from typing import Any
 
 import pytest
 
-from cni.context import Context
-from cni.install import install
-from cni.server import CniServer
-from cni.shim import shim_path
 from nodeagent import netns as netns_mod
-from nodeagent.ipam.allocator import Ipam
-from nodeagent.vfstate import VfState
-from tests.host.cni_helpers import REFERENCE_BIN, Outcome, run_plugin
+from tests.host.cni_helpers import REFERENCE_BIN, Outcome, run_plugin, running_agent
 from tests.host.conftest import unique
 
 
@@ -73,17 +67,8 @@ def ip(*args: str) -> str:
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory) -> Iterator[dict]:
     """A running agent and the shim installed under every name it serves (sbr included)."""
-    root = tmp_path_factory.mktemp("agent")
-    socket_path = str(root / "run" / "agent.sock")
-    server = CniServer(socket_path, context=Context(vfs=VfState(root / "state"),
-                                                     ipam=Ipam(root / "ipam")))
-    server.start()
-    bindir = root / "bin"
-    install(bindir, shim_path())
-    try:
-        yield {"socket": socket_path, "bin": bindir, "state": root / "state"}
-    finally:
-        server.stop()
+    with running_agent(tmp_path_factory.mktemp("agent")) as agent:
+        yield agent
 
 
 def cni(agent: dict, plugin: str, command: str, conf: dict, pod: str, ifname: str) -> Outcome:

@@ -27,6 +27,7 @@ from nodeagent.policy import nft
 from nodeagent.policy.compile import compile_pod, deny_all, update_script
 from nodeagent.policy.model import POLICY_FOR, ClusterView, Peer, Target, parse_policy
 from tests.host.conftest import unique
+from tests.traffic import stream_connects
 
 pytestmark = pytest.mark.skipif(not nft.available(), reason="libnftables.so.1 is not installed")
 
@@ -140,25 +141,8 @@ _port_counter = [20000]
 def tcp(client: Pod, server: Pod, ip: str, port: int | None = None) -> bool:
     """A TCP connection from ``client`` to ``server``'s ``ip``:``port`` opens and carries data
     both ways."""
-    port = port or _next_port()
-    with _sock(server.ns, ip, socket.SOCK_STREAM) as srv, \
-            _sock(client.ns, ip, socket.SOCK_STREAM) as cli:
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind((ip, port))
-        srv.listen(1)
-        cli.settimeout(BLOCKED_WAIT)
-        try:
-            cli.connect((ip, port))
-        except OSError:
-            return False
-        srv.settimeout(2)
-        conn, _ = srv.accept()
-        with conn:
-            cli.sendall(b"ping")
-            assert conn.recv(4) == b"ping"
-            conn.sendall(b"pong")
-            assert cli.recv(4) == b"pong"
-        return True
+    return stream_connects(client.ns, server.ns, ip, port or _next_port(), wait=BLOCKED_WAIT,
+                           accept_wait=2)
 
 
 def udp(client: Pod, server: Pod, ip: str, port: int | None = None,
