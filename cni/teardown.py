@@ -12,6 +12,7 @@ reply and the deletion leaves no link behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -20,7 +21,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,13 +79,18 @@ class Teardown:
     """Links in flight between DEL's reply and their deletion.
 
     ``journal_dir``: where each one's journal file lives (None: no journal, for tests that
-    need none). ``workers``: threads deleting links (0: deletions run only when settled or at
-    :meth:`stop`, which the crash tests use to hold a link in flight).
+    need none); the daemon's is next to its socket, on ``/run``'s tmpfs (the journal must
+    outlive the agent, not the machine, and a file created and removed per DEL on the state
+    directory's disk would ride in every IPAM fsync's journal commit). ``earlier``: journal
+    directories of earlier agent versions, replayed at start too. ``workers``: threads
+    deleting links (0: deletions run only when settled or at :meth:`stop`, which the crash
+    tests use to hold a link in flight).
     """
 
     def __init__(self, journal_dir: str | os.PathLike[str] | None = None,
-                 workers: int = 2) -> None:
+                 workers: int = 2, *, earlier: Sequence[str | os.PathLike[str]] = ()) -> None:
         self.journal_dir = None if journal_dir is None else Path(journal_dir)
+        self.earlier = [Path(d) for d in earlier]
         self.workers = workers
         self._lock = threading.Lock()
         self._inflight: dict[Key, _InFlight] = {}
@@ -255,26 +261,38 @@ class Teardown:
             path.unlink(missing_ok=True)
 
     def replay(self, open_netlink: Callable[[str | None], Netlink]) -> int:
-        """Delete the links a previous agent left in flight (its journal); returns how many."""
-        if self.journal_dir is None or not self.journal_dir.is_dir():
-            return 0
-        fileio.restrict(self.journal_dir, 0o700)
+        """Delete the links a previous agent left in flight (its journal, and an earlier
+        version's); returns how many."""
         deleted = 0
-        for path in sorted(self.journal_dir.iterdir()):
-            if not path.name.startswith(TOMBSTONE_PREFIX):
-                continue  # a temporary file of an interrupted write: its record was never used
-            try:
-                record = Record(**json.loads(path.read_bytes()))
-                deleted += _replay_one(record, open_netlink)
-            except (ValueError, TypeError) as exc:
-                log.warning("dropped an unreadable teardown journal file %s: %s", path, exc)
-            except OSError as exc:
-                log.warning("could not finish the teardown in %s: %s", path, exc)
-                continue
-            path.unlink(missing_ok=True)
-        for path in self.journal_dir.glob(".*.tmp"):
-            path.unlink(missing_ok=True)
+        for directory in self.earlier:
+            deleted += _replay_dir(directory, open_netlink)
+            with contextlib.suppress(OSError):  # not empty: what could not be finished stays
+                directory.rmdir()
+        if self.journal_dir is not None:
+            deleted += _replay_dir(self.journal_dir, open_netlink)
         return deleted
+
+
+def _replay_dir(directory: Path, open_netlink: Callable[[str | None], Netlink]) -> int:
+    if not directory.is_dir():
+        return 0
+    fileio.restrict(directory, 0o700)
+    deleted = 0
+    for path in sorted(directory.iterdir()):
+        if not path.name.startswith(TOMBSTONE_PREFIX):
+            continue  # a temporary file of an interrupted write: its record was never used
+        try:
+            record = Record(**json.loads(path.read_bytes()))
+            deleted += _replay_one(record, open_netlink)
+        except (ValueError, TypeError) as exc:
+            log.warning("dropped an unreadable teardown journal file %s: %s", path, exc)
+        except OSError as exc:
+            log.warning("could not finish the teardown in %s: %s", path, exc)
+            continue
+        path.unlink(missing_ok=True)
+    for path in directory.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+    return deleted
 
 
 def _replay_one(record: Record, open_netlink: Callable[[str | None], Netlink]) -> int:

@@ -140,7 +140,9 @@ class Daemon:
             self.overlay = open_service(settings.cluster_store, self.node_name, self.status,
                                         self.metrics.registry)
         # DEL's link deletions finish after the reply; journaled for a crash (docs/teardown.md)
-        self.teardown = Teardown(settings.state_dir / "teardown")
+        # next to the socket, on /run's tmpfs; before that under the state dir
+        self.teardown = Teardown(f"{cfg.socket}.teardown",
+                                 earlier=(settings.state_dir / "teardown",))
         self.cni = CniServer(cfg.socket, workers=cfg.workers,
                              context=Context(ipam=ipam, vfs=self.vfstate,
                                              attachments=self.policy, teardown=self.teardown,

@@ -47,6 +47,7 @@ BURST = int(os.environ.get("CHURN_BURST", "200"))
 LAB_ROUNDS = 40
 BURST_REPEATS = int(os.environ.get("CHURN_BURST_REPEATS", "3"))
 DEL_TARGET, BURST_TARGET = 0.5, 0.4
+RUN_TMPFS = "/dev/shm"  # a tmpfs on every Linux host, as /run is on a node
 
 
 def p99(values: list[float]) -> float:
@@ -73,13 +74,17 @@ class Agent:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.path = str(root / "run" / "agent.sock")
-        self.journal = root / "state" / "teardown"
+        # Its socket (and teardown journal) on a tmpfs, as /run/nodeagent is on a node; the
+        # IPAM state on the temporary root's disk, as /var/lib/nodeagent is.
+        self.run = Path(tempfile.mkdtemp(prefix="nachurn", dir=RUN_TMPFS if os.path.isdir(
+            RUN_TMPFS) else None))
+        self.path = str(self.run / "agent.sock")
+        self.journal = Path(f"{self.path}.teardown")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Agent:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(self.root)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(self.root),
+                                      self.path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != b"serving":
             raise RuntimeError("the benchmark's agent did not start")
@@ -89,6 +94,7 @@ class Agent:
         assert self.proc is not None and self.proc.stdin is not None
         self.proc.stdin.close()  # the agent stops (finishing its deletions) and exits
         self.proc.wait(30)
+        shutil.rmtree(self.run, ignore_errors=True)
 
     def pending(self) -> int:
         """Deletions in flight: each has its journal file until it is done."""
@@ -104,7 +110,7 @@ class Agent:
             time.sleep(0.005)
 
 
-def serve(root: Path) -> None:
+def serve(root: Path, socket: str) -> None:
     """The agent process of :class:`Agent`: serves until its standard input closes."""
     from cni.context import Context
     from cni.server import CniServer
@@ -112,9 +118,9 @@ def serve(root: Path) -> None:
     from nodeagent.ipam.allocator import Ipam
     from nodeagent.vfstate import VfState
 
-    teardown = Teardown(root / "state" / "teardown")
+    teardown = Teardown(f"{socket}.teardown")  # where nodeagent.daemon keeps it
     context = Context(ipam=Ipam(root / "ipam"), vfs=VfState(root / "state"), teardown=teardown)
-    server = CniServer(str(root / "run" / "agent.sock"), context=context)
+    server = CniServer(socket, context=context)
     teardown.start(context.open_netlink)
     server.start()
     print("serving", flush=True)
@@ -331,7 +337,7 @@ def sriov_del() -> None:
 
 def main() -> int:
     if sys.argv[1:2] == ["--serve"]:
-        serve(Path(sys.argv[2]))
+        serve(Path(sys.argv[2]), sys.argv[3])
         return 0
     if os.environ.get(ENV):  # in the lab
         sequential_del(("ipvlan", "vlan", "macvlan"), LAB_ROUNDS)

@@ -108,8 +108,8 @@ CRASHING_AGENT = textwrap.dedent("""
     from cni.teardown import Teardown
     from nodeagent.ipam.allocator import Ipam
     from nodeagent.vfstate import VfState
-    root, netns, conf = sys.argv[2], sys.argv[3], sys.argv[4].encode()
-    teardown = Teardown(root + "/teardown", workers=0)
+    root, netns, conf, journal = sys.argv[2], sys.argv[3], sys.argv[4].encode(), sys.argv[5]
+    teardown = Teardown(journal, workers=0)
     ctx = Context(vfs=VfState(root + "/state"), ipam=Ipam(root + "/ipam"), teardown=teardown)
     for verb in ("ADD", "DEL"):
         env = {"CNI_COMMAND": verb, "CNI_CONTAINERID": "c1", "CNI_IFNAME": "net1",
@@ -124,7 +124,8 @@ def test_an_agent_killed_between_del_and_the_deletion_leaves_nothing_after_resta
         tmp_path: Path, master: str, test_netns: str) -> None:
     path = f"/run/netns/{test_netns}"
     proc = subprocess.Popen([sys.executable, "-c", CRASHING_AGENT, str(REPO), str(tmp_path),
-                             path, json.dumps(conf(master))], stdout=subprocess.PIPE, text=True)
+                             path, json.dumps(conf(master)), str(tmp_path / "teardown")],
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().split() == ["ADD", "0"]
@@ -144,14 +145,17 @@ def test_an_agent_killed_between_del_and_the_deletion_leaves_nothing_after_resta
     assert list((tmp_path / "teardown").iterdir()) == []
 
 
+@pytest.mark.parametrize("journal", ["run/agent.sock.teardown", "cni/teardown"],
+                         ids=["next-to-the-socket", "earlier-agent-under-the-state-dir"])
 def test_the_daemon_replays_the_journal_before_it_serves(tmp_path: Path, master: str,
-                                                         test_netns: str) -> None:
-    """The same crash, then `nodeagent daemon` on the same state dir: the link is gone once
-    its socket exists."""
+                                                         test_netns: str, journal: str) -> None:
+    """The same crash, then `nodeagent daemon` with the same socket and state dir: the link
+    is gone once its socket exists, whether the journal is where this agent keeps it or
+    where an agent before it did."""
     path, state = f"/run/netns/{test_netns}", tmp_path / "cni"
     crashed = subprocess.Popen([sys.executable, "-c", CRASHING_AGENT, str(REPO), str(state),
-                                path, json.dumps(conf(master))], stdout=subprocess.PIPE,
-                               text=True)
+                                path, json.dumps(conf(master)), str(tmp_path / journal)],
+                               stdout=subprocess.PIPE, text=True)
     try:
         assert crashed.stdout is not None
         assert [crashed.stdout.readline().split()[1] for _ in range(2)] == ["0", "0"]
@@ -168,7 +172,8 @@ def test_the_daemon_replays_the_journal_before_it_serves(tmp_path: Path, master:
     try:
         assert wait_until(sock.is_socket, 60), "the daemon did not serve"
         assert pod_links(test_netns) == {}
-        assert list((state / "teardown").iterdir()) == []
+        assert not (state / "teardown").exists(), "an earlier agent's journal dir is left"
+        assert not list((tmp_path / "run").glob("agent.sock.teardown/*"))
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=30)
