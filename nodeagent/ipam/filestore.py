@@ -136,7 +136,8 @@ class FileStore(Store):
         self._clock = clock
         self._mutex = threading.Lock()  # threads of this process queue here, not on flock
         self._waiting: list[_Op] = []  # claims and releases for the next group commit
-        self._waiting_lock = threading.Lock()
+        self._group = threading.Condition()  # guards _waiting and _leading
+        self._leading = False  # a thread is committing a group
         self._secured = False
         # The last state read or written, and what is derived from it: one JSON line per
         # record and a bitmap view per pool. Dropped when another process changed the file.
@@ -276,15 +277,25 @@ class FileStore(Store):
         runs every change waiting then, each all or nothing, and writes them in one file
         write (two fsyncs for the group, not for each); each caller returns once the write
         holding its change is on disk. Under a burst of ADDs or DELs the fsyncs, not the
-        changes, were what every request queued for."""
+        changes, were what every request queued for. Callers whose change was written wake
+        at once (not after taking the store's mutex, which the next group's leader holds
+        through its own write)."""
         op = _Op(fn)
-        with self._waiting_lock:
+        with self._group:
             self._waiting.append(op)
-        with self._mutex:
-            if not op.done:
-                with self._waiting_lock:
-                    ops, self._waiting = self._waiting, []
-                self._commit_group(ops)
+            while not op.done and self._leading:  # woken as soon as the write is on disk
+                self._group.wait()
+            lead = not op.done
+            if lead:
+                ops, self._waiting, self._leading = self._waiting, [], True
+        if lead:
+            try:
+                with self._mutex:
+                    self._commit_group(ops)
+            finally:
+                with self._group:
+                    self._leading = False
+                    self._group.notify_all()
         if op.error is not None:
             raise op.error
         return op.result  # type: ignore[no-any-return]
