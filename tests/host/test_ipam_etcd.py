@@ -147,6 +147,44 @@ def test_show_lists_block_leases_and_gc_drops_those_of_nodes_that_left(
     ipam.close()
 
 
+def test_a_del_of_this_agents_claims_is_one_transaction_and_spares_what_changed(
+        etcd: ipam_etcd.EtcdServer, prefix: str) -> None:
+    """The agent remembers the keys its claims wrote: a DEL deletes them in one transaction
+    that only succeeds if they still carry the claim's revision, and reads what else the
+    attachment holds in the same round trip."""
+    ours, other = Ipam("/nonexistent"), Ipam("/nonexistent")  # another node's agent
+    c = config(etcd.endpoint, prefix, {"ipRanges": [{"range": "fd00::/120"}]})
+    store = ours.store(c)
+    sent = []
+    txn = store.client.txn  # type: ignore[attr-defined]
+    store.client.txn = lambda request: sent.append(request) or txn(request)  # type: ignore
+
+    first = ours.allocate(c, Attachment("c1", "eth0"))
+    sent.clear()
+    released = ours.release(c, Attachment("c1", "eth0"))
+    assert sorted(f"{r.ip}" for r in released) == ["10.0.0.1", "fd00::1"]
+    assert len(sent) == 1, "one round trip"
+    assert etcd_addresses(etcd.endpoint, prefix) == {}
+    assert addresses(ours.allocate(c, Attachment("c2", "eth0"))) == addresses(first)
+
+    # Released behind our back (a GC elsewhere), and the address given to another pod:
+    # our DEL must not free it.
+    assert len(other.gc(c, [])) == 2
+    assert addresses(other.allocate(c, Attachment("c3", "eth0"))) == addresses(first)
+    assert ours.release(c, Attachment("c2", "eth0")) == []
+    assert set(etcd_addresses(etcd.endpoint, prefix).values()) == {"c3"}
+
+    # What the attachment holds besides our claims (another range, claimed by another
+    # agent) goes with the same DEL, as it does without the memory.
+    elsewhere = config(etcd.endpoint, prefix, {"range": "10.1.0.0/16"})
+    ours.allocate(c, Attachment("c4", "eth0"))
+    other.allocate(elsewhere, Attachment("c4", "eth0"))
+    assert len(ours.release(c, Attachment("c4", "eth0"))) == 3
+    assert set(etcd_addresses(etcd.endpoint, prefix).values()) == {"c3"}
+    ours.close()
+    other.close()
+
+
 def test_exhaustion_and_dual_stack_rollback(etcd: ipam_etcd.EtcdServer, prefix: str) -> None:
     ipam = Ipam("/nonexistent")
     c = config(

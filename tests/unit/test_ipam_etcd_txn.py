@@ -96,6 +96,8 @@ def test_a_claim_is_one_create_if_absent_transaction() -> None:
 
 
 def test_release_deletes_the_address_only_at_the_revision_its_claim_wrote() -> None:
+    """A store that did not make the claim (another process, or after a restart) reads the
+    owner keys first, then deletes at the revision they carry."""
     store, claim = store_and_claim()
     client: WireClient = store.client  # type: ignore[assignment]
     store.claim([claim], Owner("c1", "eth0"))
@@ -104,7 +106,9 @@ def test_release_deletes_the_address_only_at_the_revision_its_claim_wrote() -> N
         api.KeyValue(key=op.request_put.key, value=op.request_put.value, mod_revision=REVISION)
         for op in claimed.success
     ]
-    (released,) = store.release("c1", "eth0")
+    restarted = EtcdStore(client, "net", prefix="/p", block_size=0, node="n1")
+    (released,) = restarted.release("c1", "eth0")
+    assert len(client.sent) == 3, "the owner keys read, then the release"
     assert released.ip == ip_address("10.0.0.1")
     (op,) = sent_txn(client).success
     nested = op.request_txn
@@ -120,6 +124,29 @@ def test_release_deletes_the_address_only_at_the_revision_its_claim_wrote() -> N
     assert [o.request_delete_range.key for o in nested.failure] == [
         b"/p/net/owner/c1/eth0/10.0.0.0-16"
     ]
+
+
+def test_release_of_its_own_claim_is_one_guarded_transaction() -> None:
+    """The store that made the claim deletes its keys at once, if both still carry the
+    claim's revision, and reads what else the attachment holds in the same transaction."""
+    store, claim = store_and_claim()
+    client: WireClient = store.client  # type: ignore[assignment]
+    store.claim([claim], Owner("c1", "eth0"))
+    (released,) = store.release("c1", "eth0")
+    assert released.ip == ip_address("10.0.0.1")
+    assert len(client.sent) == 2, "the claim, then one transaction"
+    req = sent_txn(client)
+    addr, owner = b"/p/net/ip4/0a000001", b"/p/net/owner/c1/eth0/10.0.0.0-16"
+    assert [(c.key, c.target, c.mod_revision) for c in req.compare] == [
+        (owner, api.Compare.MOD, REVISION), (addr, api.Compare.MOD, REVISION)]
+    *deletes, left = req.success
+    assert [op.request_delete_range.key for op in deletes] == [owner, addr]
+    (otherwise,) = req.failure
+    for read in (left.request_range, otherwise.request_range):
+        assert (read.key, read.range_end) == (b"/p/net/owner/c1/eth0/", prefix_end(
+            b"/p/net/owner/c1/eth0/"))
+    assert store.release("c1", "eth0") == [], "DEL twice: the second one reads and finds none"
+    assert len(client.sent) == 3
 
 
 def test_keys_sort_like_addresses() -> None:

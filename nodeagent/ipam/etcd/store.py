@@ -81,6 +81,7 @@ LEASE_ATTEMPTS = 8  # block lease transactions per allocation before falling bac
 LEARN_BLOCKS = 16  # block keys a failed lease returns (the lost one and those after it)
 FULL_SYNC_FACTOR = 10  # with blocks, the whole pool is reloaded every 10 resync intervals
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+REMEMBERED = 4096  # attachments whose claims a store remembers for their release
 DEFAULT_CLUSTER = "default"  # its keys have no cluster segment: the layout before clusters
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -252,6 +253,21 @@ class _View:
                 self.mine.append(block)
 
 
+@dataclass(frozen=True)
+class _Claimed:
+    """A claim this store made: its owner and address keys, written at ``revision``."""
+
+    owner_key: bytes
+    addr_key: bytes
+    revision: int
+    record: Reservation
+
+
+def _keeps_hold(r: Reservation) -> bool:
+    """A sticky pod's address is held for it when released, not freed."""
+    return bool(r.sticky and r.owner.pod)
+
+
 @dataclass
 class ClaimStats:
     """What a store sent to claim addresses (for benchmarks and metrics)."""
@@ -297,6 +313,9 @@ class EtcdStore(Store):
         self._views: dict[tuple[str, str, int, int], _View] = {}
         self._views_lock = threading.Lock()
         self._batcher = Batcher(self._txn)
+        #: (container, ifname) -> the claims this store made for it, until released
+        self._claimed: dict[tuple[str, str], list[_Claimed]] = {}
+        self._claimed_lock = threading.Lock()
 
     # -- Store API -----------------------------------------------------------------------
 
@@ -312,15 +331,56 @@ class EtcdStore(Store):
         except BaseException:
             self._undo(taken, owner)
             raise
+        if taken:
+            self._remember(owner, taken)
         return out
 
+    def _remember(self, owner: Owner, taken: list[tuple[Reservation, int]]) -> None:
+        """Keep the keys and revision of fresh claims, for a one-round-trip release."""
+        made = [_Claimed(self.keys.owner(owner.container_id, owner.ifname, r.set_id),
+                         self.keys.ip(r.scope, r.ip), revision, r) for r, revision in taken]
+        with self._claimed_lock:
+            self._claimed.setdefault((owner.container_id, owner.ifname), []).extend(made)
+            while len(self._claimed) > REMEMBERED:  # DELs that never came: the oldest go
+                del self._claimed[next(iter(self._claimed))]
+
     def release(self, container_id: str, ifname: str) -> list[Reservation]:
-        """Both round trips (the owner's keys, then their deletion) go through the group
-        commit: a burst of DELs shares etcd transactions as a burst of ADDs does."""
+        """One round trip when this store made the attachment's claims (the common DEL), two
+        otherwise (the owner's keys, then their deletion); both go through the group commit:
+        a burst of DELs shares etcd transactions as a burst of ADDs does."""
         prefix = self.keys.owner_prefix(container_id, ifname)
-        read = self._batcher.txn(pb.txn(success=[pb.op_range(prefix, prefix_end(prefix))]),
-                                 frozenset())
-        kvs = read.responses[0].response_range.kvs
+        owned = pb.op_range(prefix, prefix_end(prefix))
+        with self._claimed_lock:
+            known = self._claimed.pop((container_id, ifname), None)
+        if known:
+            return self._release_known(known, owned)
+        read = self._batcher.txn(pb.txn(success=[owned]), frozenset())
+        return self._release_owned(read.responses[0].response_range.kvs)
+
+    def _release_known(self, known: list[_Claimed], owned: Any) -> list[Reservation]:
+        """Release the claims this store made, from what it remembers of them: deleted if
+        their keys still carry the revision that created them, in one transaction that also
+        reads what is left under the owner prefix; anything left (or everything, when a key
+        changed since) goes the two-step way."""
+        compares, then, writes = [], [], set()
+        for k in known:
+            compares += [pb.compare(k.owner_key, "mod", k.revision),
+                         pb.compare(k.addr_key, "mod", k.revision)]
+            then += [pb.op_delete(k.owner_key), self._free(k.record, k.addr_key)]
+            writes.update((k.owner_key, k.addr_key))
+        resp = self._batcher.txn(pb.txn(compares, [*then, owned], [owned]), frozenset(writes))
+        released = []
+        if resp.succeeded:
+            released = [k.record for k in known]
+            for k in known:
+                if not _keeps_hold(k.record):
+                    self._forget(k.addr_key)
+        left = resp.responses[-1].response_range.kvs
+        return released + (self._release_owned(left) if left else [])
+
+    def _release_owned(self, kvs: Any) -> list[Reservation]:
+        """Release what the owner keys ``kvs`` index: each address deleted (or turned into its
+        pod's hold) only if it still carries the revision its owner key was written at."""
         if not kvs:
             return []
         txns, records, writes = [], [], set()
@@ -330,12 +390,8 @@ class EtcdStore(Store):
             r = from_record(doc["rec"])
             records.append(r)
             writes.update((kv.key, addr_key))
-            then = [pb.op_delete(kv.key)]
-            if r.sticky and r.owner.pod:  # the pod's address waits for it
-                hold = json.dumps(to_record(r.as_hold())).encode()
-                then.append(pb.op_put(addr_key, hold))
-            else:
-                then.append(pb.op_delete(addr_key))
+            then = [pb.op_delete(kv.key), self._free(r, addr_key)]
+            if not _keeps_hold(r):
                 self._forget(addr_key)
             txns.append(
                 pb.op_txn(
@@ -348,6 +404,13 @@ class EtcdStore(Store):
         return [
             r for r, op in zip(records, resp.responses, strict=True) if op.response_txn.succeeded
         ]
+
+    @staticmethod
+    def _free(r: Reservation, addr_key: bytes) -> Any:
+        """The op that frees ``r``'s address: deleted, or a sticky pod's hold."""
+        if _keeps_hold(r):  # the pod's address waits for it
+            return pb.op_put(addr_key, json.dumps(to_record(r.as_hold())).encode())
+        return pb.op_delete(addr_key)
 
     def reservations(self) -> list[Reservation]:
         out = []
