@@ -81,7 +81,7 @@ LEASE_ATTEMPTS = 8  # block lease transactions per allocation before falling bac
 LEARN_BLOCKS = 16  # block keys a failed lease returns (the lost one and those after it)
 FULL_SYNC_FACTOR = 10  # with blocks, the whole pool is reloaded every 10 resync intervals
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
-REMEMBERED = 4096  # attachments whose claims a store remembers for their release
+REMEMBERED = 1024  # attachments whose claims a store remembers for their release
 DEFAULT_CLUSTER = "default"  # its keys have no cluster segment: the layout before clusters
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
