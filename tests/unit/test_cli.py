@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +47,38 @@ def test_json_output_validates(tree: SysfsTree, capsys, inventory_validator) -> 
 def test_missing_netns_is_a_clear_error(tree: SysfsTree, capsys) -> None:
     assert main(["inventory", "--netns", "nat-no-such-ns", "--sysfs-root", str(tree.root)]) == 1
     assert "nat-no-such-ns" in capsys.readouterr().err
+
+
+STUCK_STOP = """
+import sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from nodeagent import cli
+
+class Stuck:
+    def stop(self):  # a part that never returns (stuck in the kernel, on the network)
+        threading.Event().wait()
+
+start = time.monotonic()
+try:
+    cli._stop_within(Stuck(), 0.3)
+finally:
+    print(f"not reached {time.monotonic() - start:.2f}", flush=True)
+"""
+
+QUICK_STOP = STUCK_STOP.replace("threading.Event().wait()", "pass")
+
+
+def test_sigterm_ends_the_daemon_even_when_a_part_does_not_stop() -> None:
+    """The watchdog behind `daemon`'s SIGTERM: a part that never stops does not keep the old
+    agent (and its socket, its device plugin sockets) from giving the node to the next."""
+    repo = str(Path(__file__).resolve().parents[2])
+    stuck = subprocess.run([sys.executable, "-c", STUCK_STOP, repo], capture_output=True,
+                           text=True, timeout=30)
+    assert stuck.returncode == 1
+    assert "not reached" not in stuck.stdout, "it waited for the stuck part"
+    assert "not stopped within 0.3 s" in stuck.stderr
+
+    quick = subprocess.run([sys.executable, "-c", QUICK_STOP, repo], capture_output=True,
+                           text=True, timeout=30)
+    assert quick.returncode == 0 and quick.stdout.startswith("not reached"), quick.stderr
+    assert "not stopped" not in quick.stderr
