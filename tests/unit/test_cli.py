@@ -1,4 +1,4 @@
-"""`nodeagent inventory` output on fixture trees."""
+"""`nodeagent` commands: `inventory` output on fixture trees; the daemon's stop watchdog."""
 
 from __future__ import annotations
 
