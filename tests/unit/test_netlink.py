@@ -7,13 +7,21 @@ against real igb PFs.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from nodeagent.model import VfConfig
-from nodeagent.netlink import LinkInfo, default_route_links, link_from_msg, vf_configs_from_msg
+from nodeagent.netlink import (
+    Change,
+    EventSocket,
+    LinkInfo,
+    default_route_links,
+    link_from_msg,
+    vf_configs_from_msg,
+)
 
 RTM_NEWLINK = 16
 
@@ -101,3 +109,40 @@ def test_default_route_carriers_include_slaves_and_lowers() -> None:
     assert default_route_links(links, {4}) == {4, 3, 1, 2}
     assert default_route_links(links, {6}) == {6}
     assert default_route_links(links, set()) == set()
+
+
+def test_event_datagram_read_without_pyroute2() -> None:
+    """What the live inventory follows of one datagram of events: links (by name and index)
+    and default routes; other routes and message types are no change to it."""
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    def encoded(msg: Any, kind: int) -> bytes:
+        msg["header"]["type"] = kind
+        msg.encode()
+        return bytes(msg.data)
+
+    def link(index: int, name: str | None, kind: int) -> bytes:
+        msg = ifinfmsg()
+        msg["index"] = index
+        msg["attrs"] = [("IFLA_MTU", 1500)] + ([("IFLA_IFNAME", name)] if name else [])
+        return encoded(msg, kind)
+
+    def route(dst_len: int, kind: int) -> bytes:
+        msg = rtmsg()
+        msg["family"], msg["dst_len"] = 2, dst_len
+        msg["attrs"] = [("RTA_OIF", 7)] + ([("RTA_DST", "10.1.0.0")] if dst_len else [])
+        return encoded(msg, kind)
+
+    datagram = (link(7, "eth7", RTM_NEWLINK) + route(0, 24) + route(16, 24)
+                + link(8, "veth-x", 17) + route(0, 25) + link(9, None, RTM_NEWLINK))
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    events = EventSocket.__new__(EventSocket)
+    events._sock = b
+    try:
+        a.send(datagram)
+        assert events.changes() == [Change(True, "eth7", 7), Change(False),
+                                    Change(True, "veth-x", 8), Change(False),
+                                    Change(True, None, 9)]
+    finally:
+        a.close()
+        events.close()
