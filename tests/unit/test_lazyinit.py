@@ -99,3 +99,22 @@ def test_libraries_still_work_whole_after_the_agent_is_imported() -> None:
                           kubernetes.watch.__name__]))
     """)
     assert out[:2] == ["IPRoute", "pyroute2.netns"] and out[3] == "kubernetes.watch"
+
+
+def test_the_daemon_leaves_unused_parts_of_its_own_unloaded() -> None:
+    """What `nodeagent daemon` imports: no table renderer, no link type until a request asks
+    for it; each type still loads by its name."""
+    out = run("""
+        import json, sys
+        import nodeagent.cli
+        from cni.dispatch import KINDS
+        before = sorted(m for m in sys.modules if m.startswith("cni.kinds.")
+                        or m in ("tabulate", "nodeagent.render", "nodeagent.statusview"))
+        kinds = {name: KINDS[name].kind for name in KINDS}
+        print(json.dumps([before, kinds, "bond" in KINDS, "nope" in KINDS]))
+    """)
+    before, kinds, bond, nope = out
+    assert before == []
+    assert kinds == {name: name for name in ("macvlan", "ipvlan", "vlan", "sriov", "sbr",
+                                             "vxlan", "bond")}
+    assert bond and not nope
