@@ -12,6 +12,10 @@ submodule (and what it imports) only. The package's ``__init__`` still runs, in 
 time a name that is neither set nor a submodule is looked up on it (a submodule is imported
 alone), so ``from pyroute2 import IPRoute`` or ``kubernetes.__version__`` keep working
 wherever they are used.
+
+:func:`lazy` goes further for a module that is imported but whose names the agent never uses
+(protobuf's pure-Python message implementation, which ``descriptor_pool`` and ``builder``
+import even when the compiled one serves): it is loaded on the first lookup of any of its names.
 """
 
 from __future__ import annotations
@@ -71,3 +75,24 @@ def defer(*packages: str) -> None:
 def deferred(name: str) -> bool:
     """Whether package ``name`` is imported with its ``__init__`` not run yet."""
     return type(sys.modules.get(name)) is _Deferred
+
+
+def lazy(*modules: str) -> None:
+    """Load each module named when one of its names is first looked up, not when it is
+    imported. A module already imported, or not installed, is left as it is."""
+    for name in modules:
+        if name in sys.modules:
+            continue
+        try:
+            spec = importlib.util.find_spec(name)  # imports the parents
+        except ModuleNotFoundError:
+            continue
+        if spec is None or spec.loader is None or name in sys.modules:
+            continue
+        spec.loader = importlib.util.LazyLoader(spec.loader)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)  # only arms the loading
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)

@@ -78,6 +78,34 @@ def test_a_name_the_init_defines_runs_it_once(heavy: Path) -> None:
                    "missing": "AttributeError", "deferred": False}
 
 
+def test_a_lazy_module_runs_on_its_first_name(heavy: Path) -> None:
+    (heavy / "heavypkg" / "loud.py").write_text("import heavypkg.side\nNAME = 'loud'\n")
+    (heavy / "heavypkg" / "side.py").write_text("SIDE = 1\n")
+    out = run("""
+        import json, sys
+        from nodeagent import lazyinit
+        lazyinit.lazy("heavypkg.loud", "heavypkg.absent", "nosuchpkg.mod")
+        from heavypkg import loud
+        before = "heavypkg.side" in sys.modules
+        print(json.dumps([before, loud.NAME, "heavypkg.side" in sys.modules]))
+    """, heavy)
+    assert out == [False, "loud", True]
+
+
+def test_generated_protobuf_modules_work_without_the_pure_python_messages() -> None:
+    out = run("""
+        import json, sys
+        import nodeagent
+        from deviceplugin import api
+        pb2, _ = api.modules()
+        m = pb2.AllocateRequest(container_requests=[
+            pb2.ContainerAllocateRequest(devices_ids=["0000:3b:02.0"])])
+        same = pb2.AllocateRequest.FromString(m.SerializeToString()) == m
+        print(json.dumps([same, "google.protobuf.text_format" in sys.modules]))
+    """)
+    assert out == [True, False]
+
+
 def test_the_agent_leaves_unused_library_parts_unloaded() -> None:
     out = run("""
         import json, sys
