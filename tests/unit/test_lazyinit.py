@@ -130,14 +130,16 @@ def test_libraries_still_work_whole_after_the_agent_is_imported() -> None:
 
 
 def test_the_daemon_leaves_unused_parts_of_its_own_unloaded() -> None:
-    """What `nodeagent daemon` imports: no table renderer, no link type until a request asks
-    for it; each type still loads by its name."""
+    """What `nodeagent daemon` imports: no table renderer, no policy compiler or libnftables
+    before a pod needs rules, no link type until a request asks for it; each type still loads
+    by its name."""
     out = run("""
         import json, sys
         import nodeagent.cli
         from cni.dispatch import KINDS
         before = sorted(m for m in sys.modules if m.startswith("cni.kinds.")
-                        or m in ("tabulate", "nodeagent.render", "nodeagent.statusview"))
+                        or m in ("tabulate", "nodeagent.render", "nodeagent.statusview",
+                                 "nodeagent.policy.compile", "nodeagent.policy.nft"))
         kinds = {name: KINDS[name].kind for name in KINDS}
         print(json.dumps([before, kinds, "bond" in KINDS, "nope" in KINDS]))
     """)
