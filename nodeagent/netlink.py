@@ -83,6 +83,65 @@ def link_from_msg(msg: Any) -> LinkInfo:
     )
 
 
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_NLATTR = struct.Struct("=HH")
+_U32, _I32 = struct.Struct("=I"), struct.Struct("=i")
+#: IFLA_* attributes read by link_from_data
+_ADDRESS, _IFNAME, _MTU, _LINK, _MASTER, _OPERSTATE, _LINKINFO, _CARRIER, _LINK_NETNSID = (
+    1, 3, 4, 5, 10, 16, 18, 33, 37)
+_INFO_KIND = 1
+#: IF_OPER_* (RFC 2863), as pyroute2 names them
+OPERSTATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
+
+
+def _attrs(data: bytes, at: int, end: int) -> dict[int, bytes]:
+    attrs: dict[int, bytes] = {}
+    while at + _NLATTR.size <= end:
+        length, kind = _NLATTR.unpack_from(data, at)
+        if length < _NLATTR.size:
+            break
+        attrs[kind & 0x3FFF] = data[at + _NLATTR.size:at + length]
+        at += (length + 3) & ~3
+    return attrs
+
+
+def link_from_data(data: bytes) -> LinkInfo:
+    """:func:`link_from_msg` of one RTM_NEWLINK message read from its bytes (header included),
+    without building pyroute2's objects."""
+    _family, ifi_type, index, _flags, _change = _IFINFOMSG.unpack_from(data, _NLMSGHDR.size)
+    attrs = _attrs(data, _NLMSGHDR.size + _IFINFOMSG.size, len(data))
+
+    def u32(key: int) -> int | None:
+        value = attrs.get(key)
+        return _U32.unpack_from(value)[0] if value is not None and len(value) >= 4 else None
+
+    def text(value: bytes | None) -> str | None:
+        return None if value is None else value.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    kind = None
+    if _LINKINFO in attrs:
+        info = attrs[_LINKINFO]
+        kind = text(_attrs(info, 0, len(info)).get(_INFO_KIND))
+    lower = u32(_LINK)
+    if _LINK_NETNSID in attrs or lower == index:
+        lower = None
+    operstate, carrier = attrs.get(_OPERSTATE), attrs.get(_CARRIER)
+    address = attrs.get(_ADDRESS)
+    return LinkInfo(
+        index=index,
+        name=text(attrs.get(_IFNAME)) or "",
+        mac=":".join(f"{b:02x}" for b in address) if address is not None else None,
+        mtu=u32(_MTU),
+        operstate=(OPERSTATES[operstate[0]] if operstate[0] < len(OPERSTATES) else None)
+        if operstate else None,
+        carrier=bool(carrier[0]) if carrier else None,
+        kind=kind,
+        master=u32(_MASTER) or None,
+        lower=lower or None,
+        loopback=ifi_type == ARPHRD_LOOPBACK,
+    )
+
+
 def vf_configs_from_msg(msg: Any) -> dict[int, VfConfig]:
     """PF-side VF settings from a link message requested with RTEXT_FILTER_VF."""
     vflist = msg.get_attr("IFLA_VFINFO_LIST")
@@ -188,7 +247,7 @@ class Netlink:
         self.close()
 
     def links(self) -> dict[str, LinkInfo]:
-        links = (link_from_msg(msg) for msg in self._rtnl.links())
+        links = (link_from_data(data) for data in self._rtnl.links_raw())
         return {link.name: link for link in links}
 
     def vf_configs(self, ifindex: int) -> dict[int, VfConfig]:

@@ -642,6 +642,20 @@ class Rtnl:
                     at += (length + 3) & ~3
         return [codes[first + i] for i in range(len(requests))]
 
+    def links_raw(self, ext_mask: int = RTEXT_FILTER_SKIP_STATS) -> list[bytes]:
+        """Every link's RTM_NEWLINK message (header included), undecoded: one dump, by
+        default without statistics. For callers that read a few fields (discovery):
+        pyroute2's messages are a hundred objects each, in reference cycles."""
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _NLATTR.pack(
+            _NLATTR.size + 4, IFLA_EXT_MASK) + struct.pack("=I", ext_mask)
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK,
+                                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP, seq, 0)
+            replies = self._exchange(header + body, seq)
+        return [r for r in replies if _NLMSGHDR.unpack_from(r)[1] == RTM_NEWLINK]
+
 
 def _rule_msg(family: int, src: str, src_len: int, table: int, priority: int | None) -> Any:
     msg = fibmsg()

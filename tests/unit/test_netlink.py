@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import pytest
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
@@ -19,6 +20,7 @@ from nodeagent.netlink import (
     EventSocket,
     LinkInfo,
     default_route_links,
+    link_from_data,
     link_from_msg,
     vf_configs_from_msg,
 )
@@ -93,6 +95,22 @@ def test_link_fields() -> None:
 def link(index: int, kind: str | None = None, master: int | None = None,
          lower: int | None = None) -> LinkInfo:
     return LinkInfo(index, f"l{index}", None, 1500, "up", True, kind, master, lower)
+
+
+@pytest.mark.parametrize("attrs", [
+    [("IFLA_IFNAME", "mv0"), ("IFLA_ADDRESS", "02:aa:00:00:00:01"), ("IFLA_MTU", 9000),
+     ("IFLA_OPERSTATE", "UP"), ("IFLA_CARRIER", 1), ("IFLA_LINK", 3), ("IFLA_MASTER", 9),
+     ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "macvlan")]})],
+    [("IFLA_IFNAME", "veth1"), ("IFLA_OPERSTATE", "LOWERLAYERDOWN"), ("IFLA_CARRIER", 0),
+     ("IFLA_LINK", 12), ("IFLA_LINK_NETNSID", 0),
+     ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth")]})],
+    [("IFLA_IFNAME", "eth0"), ("IFLA_LINK", 7), ("IFLA_MASTER", 0), ("IFLA_OPERSTATE", "DOWN")],
+    [("IFLA_IFNAME", "dummy-no-extras")],
+], ids=["macvlan", "veth-peer-elsewhere", "self-lower", "bare"])
+def test_link_fields_read_from_the_bytes_as_pyroute2_reads_them(attrs: list) -> None:
+    """Discovery reads link dumps without pyroute2 (link_from_data): the same LinkInfo."""
+    msg = wire(7, attrs)
+    assert link_from_data(bytes(msg.data)) == link_from_msg(msg)
 
 
 def test_default_route_carriers_include_slaves_and_lowers() -> None:
