@@ -17,7 +17,6 @@ from typing import Any, NamedTuple
 from pyroute2.devlink import DL
 from pyroute2.netlink import NLM_F_REQUEST
 from pyroute2.netlink.devlink import DEVLINK_NAMES, devlinkcmd
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from nodeagent import netns as netns_mod
 from nodeagent.model import LINK_STATES, VLAN_PROTOS, VfConfig
@@ -28,6 +27,7 @@ from nodeagent.rtnl import (
     RTM_NEWLINK,
     RTM_NEWROUTE,
     Rtnl,
+    RtnlMarshal,
     _link_brief,
 )
 
@@ -301,7 +301,7 @@ class EventSocket:
             socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self._sock.bind((0, self.GROUPS))
-        self._marshal = MarshalRtnl()
+        self._marshal = RtnlMarshal()
 
     def fileno(self) -> int:
         return self._sock.fileno()
