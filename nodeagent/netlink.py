@@ -12,11 +12,9 @@ import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pyroute2.devlink import DL
 from pyroute2.netlink import NLM_F_REQUEST
-from pyroute2.netlink.devlink import DEVLINK_NAMES, devlinkcmd
 
 from nodeagent import netns as netns_mod
 from nodeagent.model import LINK_STATES, VLAN_PROTOS, VfConfig
@@ -30,6 +28,9 @@ from nodeagent.rtnl import (
     RtnlMarshal,
     _link_brief,
 )
+
+if TYPE_CHECKING:
+    from pyroute2.devlink import DL
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class Netlink:
 
     def close(self) -> None:
         self._rtnl.close()
-        if isinstance(self._devlink, DL):
+        if self._devlink is not None and self._devlink is not False:
             self._devlink.close()
 
     def __enter__(self) -> Netlink:
@@ -265,6 +266,10 @@ class Netlink:
 
     def eswitch_mode(self, pci_address: str, bus: str = "pci") -> str | None:
         """A PF's eswitch mode from devlink, or None where the kernel or driver reports none."""
+        # pyroute2's generic netlink socket (and its asyncio machinery): only for SR-IOV PFs
+        from pyroute2.devlink import DL
+        from pyroute2.netlink.devlink import DEVLINK_NAMES, devlinkcmd
+
         if self._devlink is None:
             try:
                 self._devlink = netns_mod.run(self._netns, DL)
