@@ -228,6 +228,33 @@ def default_route_oifs(rtnl: Rtnl, families: tuple[int, ...] = (socket.AF_INET, 
     return oifs
 
 
+_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope...
+_RTNEXTHOP = struct.Struct("=HBBi")  # length, flags, hops, ifindex
+_RTA_OIF, _RTA_MULTIPATH, _RTA_TABLE = 4, 9, 15
+
+
+def default_route_hops(data: bytes) -> list[int]:
+    """The output links of one RTM_NEWROUTE message (header included) if it is a default
+    route of the main table, else none."""
+    _family, dst_len, _src, _tos, table, *_rest = _RTMSG.unpack_from(data, _NLMSGHDR.size)
+    attrs = _attrs(data, _NLMSGHDR.size + _RTMSG.size, len(data))
+    if _RTA_TABLE in attrs and len(attrs[_RTA_TABLE]) >= 4:
+        table = _U32.unpack_from(attrs[_RTA_TABLE])[0] or table
+    if dst_len != 0 or table != RT_TABLE_MAIN:
+        return []
+    hops = []
+    if _RTA_OIF in attrs and len(attrs[_RTA_OIF]) >= 4:
+        hops.append(_U32.unpack_from(attrs[_RTA_OIF])[0])
+    multipath, at = attrs.get(_RTA_MULTIPATH, b""), 0
+    while at + _RTNEXTHOP.size <= len(multipath):
+        length, _flags, _hops, ifindex = _RTNEXTHOP.unpack_from(multipath, at)
+        if length < _RTNEXTHOP.size:
+            break
+        hops.append(ifindex)
+        at += (length + 3) & ~3
+    return [oif for oif in hops if oif]
+
+
 class Netlink:
     """Discovery's netlink queries in one network namespace (devlink: from one thread)."""
 
@@ -261,8 +288,14 @@ class Netlink:
         return {} if msg is None else vf_configs_from_msg(msg)
 
     def default_route_oifs(self) -> set[int]:
-        """Output links of IPv4 and IPv6 default routes in the main table."""
-        return set(default_route_oifs(self._rtnl))
+        """Output links of IPv4 and IPv6 default routes in the main table (as
+        :func:`default_route_oifs`, read from the raw messages: the inventory asks on every
+        rescan, and pyroute2's route messages are reference cycles)."""
+        oifs: set[int] = set()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for data in self._rtnl.routes_raw(family):
+                oifs.update(default_route_hops(data))
+        return oifs
 
     def eswitch_mode(self, pci_address: str, bus: str = "pci") -> str | None:
         """A PF's eswitch mode from devlink, or None where the kernel or driver reports none."""

@@ -657,6 +657,18 @@ class Rtnl:
             replies = self._exchange(header + body, seq)
         return [r for r in replies if _NLMSGHDR.unpack_from(r)[1] == RTM_NEWLINK]
 
+    def routes_raw(self, family: int = socket.AF_UNSPEC) -> list[bytes]:
+        """Every route's RTM_NEWROUTE message of ``family`` (header included), undecoded
+        (see :meth:`links_raw`)."""
+        body = struct.pack("=BBBBBBBBI", family, 0, 0, 0, 0, 0, 0, 0, 0)
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETROUTE,
+                                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP, seq, 0)
+            replies = self._exchange(header + body, seq)
+        return [r for r in replies if _NLMSGHDR.unpack_from(r)[1] == RTM_NEWROUTE]
+
 
 def _rule_msg(family: int, src: str, src_len: int, table: int, priority: int | None) -> Any:
     msg = fibmsg()

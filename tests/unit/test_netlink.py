@@ -19,7 +19,9 @@ from nodeagent.netlink import (
     Change,
     EventSocket,
     LinkInfo,
+    default_route_hops,
     default_route_links,
+    default_route_oifs,
     link_from_data,
     link_from_msg,
     vf_configs_from_msg,
@@ -164,3 +166,31 @@ def test_event_datagram_read_without_pyroute2() -> None:
     finally:
         a.close()
         events.close()
+
+
+def test_default_route_hops_read_from_the_bytes_as_from_pyroute2() -> None:
+    """The inventory reads route dumps without pyroute2 (default_route_hops): the same output
+    links as default_route_oifs finds in pyroute2's messages."""
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    def route(dst_len: int, table: int, attrs: list[tuple[str, Any]]) -> bytes:
+        msg = rtmsg()
+        msg["header"]["type"] = 24
+        msg["family"], msg["dst_len"], msg["table"] = 2, dst_len, min(table, 252)
+        msg["attrs"] = attrs + ([("RTA_TABLE", table)] if table > 252 else [])
+        msg.encode()
+        return bytes(msg.data)
+
+    routes = [route(0, 254, [("RTA_OIF", 4), ("RTA_GATEWAY", "10.0.0.1")]),
+              route(0, 254, [("RTA_MULTIPATH", [{"oif": 6, "attrs": [("RTA_GATEWAY", "10.0.1.1")]},
+                                                {"oif": 7}])]),
+              route(16, 254, [("RTA_OIF", 8), ("RTA_DST", "10.1.0.0")]),
+              route(0, 100, [("RTA_OIF", 9)]),
+              route(0, 1000, [("RTA_OIF", 10)])]
+
+    class Dump:
+        def routes(self, family: int) -> list[Any]:
+            return [m for data in routes for m in MarshalRtnl().parse(data)] if family == 2 else []
+
+    raw = [oif for data in routes for oif in default_route_hops(data)]
+    assert raw == default_route_oifs(Dump()) == [4, 6, 7]  # type: ignore[arg-type]
