@@ -21,6 +21,7 @@ import even when the compiled one serves): it is loaded on the first lookup of a
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 import threading
@@ -57,19 +58,26 @@ class _Deferred(types.ModuleType):
 
 def defer(*packages: str) -> None:
     """Defer the ``__init__`` of each package named (parents before their subpackages). A
-    package already imported, or not installed, is left as it is."""
+    package already imported, or not installed, is left as it is. A subpackage's parent that
+    is not imported yet is imported right after (its own ``__init__`` then finds the
+    subpackage deferred): defer a subpackage where its parent would be imported anyway."""
     for name in packages:
         if name in sys.modules:
             continue
         parent, _, child = name.rpartition(".")
-        spec = importlib.util.find_spec(name)  # imports the parent (deferred if registered)
+        if parent and parent not in sys.modules:
+            outer = importlib.util.find_spec(parent)
+            places = outer.submodule_search_locations if outer is not None else None
+            spec = importlib.machinery.PathFinder.find_spec(name, places) if places else None
+        else:
+            spec = importlib.util.find_spec(name)  # the parent is imported (or deferred)
         if spec is None or spec.loader is None or spec.submodule_search_locations is None:
             continue
         module = importlib.util.module_from_spec(spec)
         module.__class__ = _Deferred
         sys.modules[name] = module
         if parent:
-            setattr(sys.modules[parent], child, module)
+            setattr(importlib.import_module(parent), child, module)
 
 
 def deferred(name: str) -> bool:

@@ -78,6 +78,24 @@ def test_a_name_the_init_defines_runs_it_once(heavy: Path) -> None:
                    "missing": "AttributeError", "deferred": False}
 
 
+def test_a_subpackage_deferred_before_its_parent_is_imported(heavy: Path) -> None:
+    sub = heavy / "heavypkg" / "sub"
+    sub.mkdir()
+    (sub / "__init__.py").write_text("import heavypkg.other\nSUB = True\n")
+    (sub / "probe.py").write_text("PROBE = 1\n")
+    (heavy / "heavypkg" / "core.py").write_text("from .sub import probe\nVALUE = 42\n")
+    out = run("""
+        import json, sys
+        from nodeagent import lazyinit
+        lazyinit.defer("heavypkg.sub")            # imports heavypkg, which imports .sub.probe
+        import heavypkg
+        alone = "heavypkg.other" not in sys.modules
+        print(json.dumps([heavypkg.VALUE, heavypkg.sub.probe.PROBE, alone, heavypkg.sub.SUB,
+                          "heavypkg.other" in sys.modules]))
+    """, heavy)
+    assert out == [42, 1, True, True, True]
+
+
 def test_a_lazy_module_runs_on_its_first_name(heavy: Path) -> None:
     (heavy / "heavypkg" / "loud.py").write_text("import heavypkg.side\nNAME = 'loud'\n")
     (heavy / "heavypkg" / "side.py").write_text("SIDE = 1\n")
@@ -112,7 +130,11 @@ def test_the_agent_leaves_unused_library_parts_unloaded() -> None:
         import nodeagent.daemon, nodeagent.k8s.client, nodeagent.k8s.nodestate
         print(json.dumps(sorted(m for m in ("pyroute2.ndb", "pyroute2.ipset", "kubernetes.dynamic",
                                              "kubernetes.stream", "jsonschema", "pydantic",
-                                             "requests", "oauthlib") if m in sys.modules)))
+                                             "requests", "oauthlib", "importlib.metadata",
+                                             "html.entities", "kubernetes.utils.quantity",
+                                             "pyroute2.netlink.rtnl.tcmsg",
+                                             "pyroute2.netlink.nlsocket")
+                                if m in sys.modules)))
     """)
     assert out == []
 
