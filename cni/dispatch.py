@@ -5,15 +5,15 @@ The same function serves the daemon (requests from the shim) and the in-process 
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cni import attachments, ipam, observe
 from cni.context import Context
-from cni.kinds import bond, ipvlan, macvlan, sbr, sriov, vlan, vxlan
 from cni.protocol import SUPPORTED_VERSIONS, CniRequest, parse_request
 from cni.wire import Response
 from nodeagent import logs
@@ -33,8 +33,34 @@ class Kind(Protocol):
     def gc(self, ctx: Context, request: CniRequest) -> None: ...
 
 
-KINDS: dict[str, Kind] = {m.HANDLER.kind: m.HANDLER
-                          for m in (macvlan, ipvlan, vlan, sriov, sbr, vxlan, bond)}
+class _Kinds(Mapping[str, Kind]):
+    """The link types by name, each one's module (``cni.kinds.<name>``) imported the first
+    time a request asks for it: an agent serving only macvlan never loads the bond, vxlan,
+    sriov... code (docs/observability.md, "Memory")."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self._names = names
+        self._loaded: dict[str, Kind] = {}
+
+    def __getitem__(self, name: str) -> Kind:
+        kind = self._loaded.get(name)
+        if kind is None:
+            if name not in self._names:
+                raise KeyError(name)
+            kind = self._loaded[name] = importlib.import_module(f"cni.kinds.{name}").HANDLER
+        return kind
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+KINDS: Mapping[str, Kind] = _Kinds(("macvlan", "ipvlan", "vlan", "sriov", "sbr", "vxlan", "bond"))
 
 
 def handle(ctx: Context, env: Mapping[str, str], stdin: bytes, plugin: str = "", *,

@@ -95,6 +95,7 @@ class CniServer:
         self._pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
         self._buffered = 0
         self._served = 0  # connections handed to the workers and not yet closed
+        self.handled = 0  # requests handed to the workers since the start
         self._served_lock = threading.Lock()
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = -1, -1
@@ -318,6 +319,7 @@ class CniServer:
         self._forget(fd, selector)
         with self._served_lock:
             self._served += 1
+            self.handled += 1
         request = parsed[0]
         # Asked by one of our delegates: served apart, so the request waiting on it cannot
         # starve it (it delegates no further; cni/ipam.py).

@@ -39,16 +39,13 @@ from nodeagent.ipam.allocator import Ipam
 from nodeagent.ipam.config import parse_config
 from nodeagent.ipam.configtypes import IPAMConfig
 from nodeagent.ipam.filestore import DEFAULT_STATE_DIR
-from nodeagent.ipam.whereabouts import fetch as fetch_whereabouts
 from nodeagent.model import Node
 from nodeagent.netlink import Netlink
 from nodeagent.provision.policy import PolicyError
 from nodeagent.provision.policy import load as load_policy
 from nodeagent.provision.reconciler import Reconciler
-from nodeagent.render import inventory_table
 from nodeagent.status import DEFAULT_PATH as DEFAULT_STATUS_PATH
 from nodeagent.status import read as read_status
-from nodeagent.statusview import pass_table, status_screen
 from nodeagent.sysfs import Sysfs
 from nodeagent.vfstate import VfState
 from nodeagent.watch import LiveInventory
@@ -105,6 +102,8 @@ def _print(node: Node, as_json: bool, changed: frozenset[str] | None = None) -> 
     else:
         if changed is not None:
             print(f"--- changed: {', '.join(sorted(changed)) or 'initial scan'}")
+        from nodeagent.render import inventory_table  # tabulate: not for the daemon
+
         print(inventory_table(node), flush=True)
 
 
@@ -287,6 +286,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
                      "state": o.decision.state, "reason": o.decision.reason,
                      "applied": list(o.applied)} for o in result.outcomes]}, indent=2))
     else:
+        from nodeagent.statusview import pass_table
+
         print(pass_table(result, args.dry_run))
     return 0 if result.matches else 1
 
@@ -307,7 +308,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"nodeagent: no status at {args.status_file}: is `nodeagent daemon` running?",
               file=sys.stderr)
         return 1
-    print(json.dumps(snap, indent=2) if args.json else status_screen(snap))
+    if args.json:
+        print(json.dumps(snap, indent=2))
+    else:
+        from nodeagent.statusview import status_screen
+
+        print(status_screen(snap))
     return 0
 
 
@@ -455,6 +461,7 @@ def cmd_ipam_show(args: argparse.Namespace) -> int:
 
 
 def cmd_ipam_import(args: argparse.Namespace) -> int:
+    from nodeagent.ipam.whereabouts import fetch as fetch_whereabouts
     from nodeagent.k8s.client import ApiError, build_client
 
     ipam, settings = _cli_ipam(args)

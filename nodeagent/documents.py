@@ -10,7 +10,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import yaml
+    from yaml.loader import SafeLoader
 
 #: Deeper than any real configuration; far below the interpreter's recursion limit.
 MAX_DEPTH = 64
@@ -35,7 +35,10 @@ def parse_json(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH)
 
 def parse_yaml(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
     """Decode a YAML (or JSON) document with the safe loader, under the same limits."""
-    import yaml  # only YAML readers pay for it: the CNI request path reads JSON only
+    # Only YAML readers pay for it (the CNI request path reads JSON only), and only for the
+    # pure-Python safe loader's modules: yaml's package __init__ (deferred in nodeagent's
+    # __init__) would add the dumpers and libyaml's bindings.
+    from yaml.error import YAMLError
 
     text = _text(data, max_bytes)
     loader = None
@@ -45,7 +48,7 @@ def parse_yaml(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH)
         doc = loader.get_single_data()
     except RecursionError:
         raise DocumentError(f"nested deeper than {max_depth} levels") from None
-    except yaml.YAMLError as exc:
+    except YAMLError as exc:
         if getattr(exc, "too_deep", False):
             raise DocumentError(f"nested deeper than {max_depth} levels") from None
         raise DocumentError(f"not valid YAML: {exc}") from None
@@ -85,29 +88,31 @@ def _text(data: bytes | str, max_bytes: int) -> str:
 
 
 @functools.cache
-def _loader_class() -> type[yaml.SafeLoader]:
+def _loader_class() -> type[SafeLoader]:
     """The safe loader, without aliases and with the nesting limit checked while composing.
 
     YAML aliases let a small document expand into a huge one ("billion laughs"); configuration
     files here have no use for them. PyYAML composes recursively, and running into the
     interpreter's recursion limit takes seconds: the depth is counted on the way down.
     """
-    import yaml
+    from yaml import loader
+    from yaml.composer import ComposerError
+    from yaml.events import AliasEvent
 
-    class SafeLoader(yaml.SafeLoader):
+    class SafeLoader(loader.SafeLoader):
         max_depth = MAX_DEPTH
         _depth = 0
 
         def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(yaml.AliasEvent):
+            if self.check_event(AliasEvent):
                 event = self.peek_event()
-                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed",
-                                                  event.start_mark)
+                raise ComposerError(None, None, "aliases (*name) are not allowed",
+                                    event.start_mark)
             self._depth += 1
             try:
                 if self._depth > self.max_depth:
-                    error = yaml.composer.ComposerError(None, None, "nested too deep",
-                                                        self.peek_event().start_mark)
+                    error = ComposerError(None, None, "nested too deep",
+                                          self.peek_event().start_mark)
                     error.too_deep = True  # type: ignore[attr-defined]
                     raise error
                 return super().compose_node(parent, index)

@@ -12,11 +12,16 @@ submodule (and what it imports) only. The package's ``__init__`` still runs, in 
 time a name that is neither set nor a submodule is looked up on it (a submodule is imported
 alone), so ``from pyroute2 import IPRoute`` or ``kubernetes.__version__`` keep working
 wherever they are used.
+
+:func:`lazy` goes further for a module that is imported but whose names the agent never uses
+(protobuf's pure-Python message implementation, which ``descriptor_pool`` and ``builder``
+import even when the compiled one serves): it is loaded on the first lookup of any of its names.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 import threading
@@ -53,21 +58,49 @@ class _Deferred(types.ModuleType):
 
 def defer(*packages: str) -> None:
     """Defer the ``__init__`` of each package named (parents before their subpackages). A
-    package already imported, or not installed, is left as it is."""
+    package already imported, or not installed, is left as it is. A subpackage's parent that
+    is not imported yet is imported right after (its own ``__init__`` then finds the
+    subpackage deferred): defer a subpackage where its parent would be imported anyway."""
     for name in packages:
         if name in sys.modules:
             continue
         parent, _, child = name.rpartition(".")
-        spec = importlib.util.find_spec(name)  # imports the parent (deferred if registered)
+        if parent and parent not in sys.modules:
+            outer = importlib.util.find_spec(parent)
+            places = outer.submodule_search_locations if outer is not None else None
+            spec = importlib.machinery.PathFinder.find_spec(name, places) if places else None
+        else:
+            spec = importlib.util.find_spec(name)  # the parent is imported (or deferred)
         if spec is None or spec.loader is None or spec.submodule_search_locations is None:
             continue
         module = importlib.util.module_from_spec(spec)
         module.__class__ = _Deferred
         sys.modules[name] = module
         if parent:
-            setattr(sys.modules[parent], child, module)
+            setattr(importlib.import_module(parent), child, module)
 
 
 def deferred(name: str) -> bool:
     """Whether package ``name`` is imported with its ``__init__`` not run yet."""
     return type(sys.modules.get(name)) is _Deferred
+
+
+def lazy(*modules: str) -> None:
+    """Load each module named when one of its names is first looked up, not when it is
+    imported. A module already imported, or not installed, is left as it is."""
+    for name in modules:
+        if name in sys.modules:
+            continue
+        try:
+            spec = importlib.util.find_spec(name)  # imports the parents
+        except ModuleNotFoundError:
+            continue
+        if spec is None or spec.loader is None or name in sys.modules:
+            continue
+        spec.loader = importlib.util.LazyLoader(spec.loader)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)  # only arms the loading
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)

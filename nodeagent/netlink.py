@@ -9,18 +9,28 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pyroute2.devlink import DL
 from pyroute2.netlink import NLM_F_REQUEST
-from pyroute2.netlink.devlink import DEVLINK_NAMES, devlinkcmd
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from nodeagent import netns as netns_mod
 from nodeagent.model import LINK_STATES, VLAN_PROTOS, VfConfig
-from nodeagent.rtnl import RT_TABLE_MAIN, Rtnl
+from nodeagent.rtnl import (
+    RT_TABLE_MAIN,
+    RTM_DELLINK,
+    RTM_DELROUTE,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+    Rtnl,
+    RtnlMarshal,
+    _link_brief,
+)
+
+if TYPE_CHECKING:
+    from pyroute2.devlink import DL
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +81,65 @@ def link_from_msg(msg: Any) -> LinkInfo:
         master=msg.get("IFLA_MASTER") or None,
         lower=lower or None,
         loopback=msg["ifi_type"] == ARPHRD_LOOPBACK,
+    )
+
+
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_NLATTR = struct.Struct("=HH")
+_U32, _I32 = struct.Struct("=I"), struct.Struct("=i")
+#: IFLA_* attributes read by link_from_data
+_ADDRESS, _IFNAME, _MTU, _LINK, _MASTER, _OPERSTATE, _LINKINFO, _CARRIER, _LINK_NETNSID = (
+    1, 3, 4, 5, 10, 16, 18, 33, 37)
+_INFO_KIND = 1
+#: IF_OPER_* (RFC 2863), as pyroute2 names them
+OPERSTATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
+
+
+def _attrs(data: bytes, at: int, end: int) -> dict[int, bytes]:
+    attrs: dict[int, bytes] = {}
+    while at + _NLATTR.size <= end:
+        length, kind = _NLATTR.unpack_from(data, at)
+        if length < _NLATTR.size:
+            break
+        attrs[kind & 0x3FFF] = data[at + _NLATTR.size:at + length]
+        at += (length + 3) & ~3
+    return attrs
+
+
+def link_from_data(data: bytes) -> LinkInfo:
+    """:func:`link_from_msg` of one RTM_NEWLINK message read from its bytes (header included),
+    without building pyroute2's objects."""
+    _family, ifi_type, index, _flags, _change = _IFINFOMSG.unpack_from(data, _NLMSGHDR.size)
+    attrs = _attrs(data, _NLMSGHDR.size + _IFINFOMSG.size, len(data))
+
+    def u32(key: int) -> int | None:
+        value = attrs.get(key)
+        return _U32.unpack_from(value)[0] if value is not None and len(value) >= 4 else None
+
+    def text(value: bytes | None) -> str | None:
+        return None if value is None else value.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    kind = None
+    if _LINKINFO in attrs:
+        info = attrs[_LINKINFO]
+        kind = text(_attrs(info, 0, len(info)).get(_INFO_KIND))
+    lower = u32(_LINK)
+    if _LINK_NETNSID in attrs or lower == index:
+        lower = None
+    operstate, carrier = attrs.get(_OPERSTATE), attrs.get(_CARRIER)
+    address = attrs.get(_ADDRESS)
+    return LinkInfo(
+        index=index,
+        name=text(attrs.get(_IFNAME)) or "",
+        mac=":".join(f"{b:02x}" for b in address) if address is not None else None,
+        mtu=u32(_MTU),
+        operstate=(OPERSTATES[operstate[0]] if operstate[0] < len(OPERSTATES) else None)
+        if operstate else None,
+        carrier=bool(carrier[0]) if carrier else None,
+        kind=kind,
+        master=u32(_MASTER) or None,
+        lower=lower or None,
+        loopback=ifi_type == ARPHRD_LOOPBACK,
     )
 
 
@@ -159,6 +228,33 @@ def default_route_oifs(rtnl: Rtnl, families: tuple[int, ...] = (socket.AF_INET, 
     return oifs
 
 
+_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope...
+_RTNEXTHOP = struct.Struct("=HBBi")  # length, flags, hops, ifindex
+_RTA_OIF, _RTA_MULTIPATH, _RTA_TABLE = 4, 9, 15
+
+
+def default_route_hops(data: bytes) -> list[int]:
+    """The output links of one RTM_NEWROUTE message (header included) if it is a default
+    route of the main table, else none."""
+    _family, dst_len, _src, _tos, table, *_rest = _RTMSG.unpack_from(data, _NLMSGHDR.size)
+    attrs = _attrs(data, _NLMSGHDR.size + _RTMSG.size, len(data))
+    if _RTA_TABLE in attrs and len(attrs[_RTA_TABLE]) >= 4:
+        table = _U32.unpack_from(attrs[_RTA_TABLE])[0] or table
+    if dst_len != 0 or table != RT_TABLE_MAIN:
+        return []
+    hops = []
+    if _RTA_OIF in attrs and len(attrs[_RTA_OIF]) >= 4:
+        hops.append(_U32.unpack_from(attrs[_RTA_OIF])[0])
+    multipath, at = attrs.get(_RTA_MULTIPATH, b""), 0
+    while at + _RTNEXTHOP.size <= len(multipath):
+        length, _flags, _hops, ifindex = _RTNEXTHOP.unpack_from(multipath, at)
+        if length < _RTNEXTHOP.size:
+            break
+        hops.append(ifindex)
+        at += (length + 3) & ~3
+    return [oif for oif in hops if oif]
+
+
 class Netlink:
     """Discovery's netlink queries in one network namespace (devlink: from one thread)."""
 
@@ -169,7 +265,7 @@ class Netlink:
 
     def close(self) -> None:
         self._rtnl.close()
-        if isinstance(self._devlink, DL):
+        if self._devlink is not None and self._devlink is not False:
             self._devlink.close()
 
     def __enter__(self) -> Netlink:
@@ -179,7 +275,7 @@ class Netlink:
         self.close()
 
     def links(self) -> dict[str, LinkInfo]:
-        links = (link_from_msg(msg) for msg in self._rtnl.links())
+        links = (link_from_data(data) for data in self._rtnl.links_raw())
         return {link.name: link for link in links}
 
     def vf_configs(self, ifindex: int) -> dict[int, VfConfig]:
@@ -192,11 +288,21 @@ class Netlink:
         return {} if msg is None else vf_configs_from_msg(msg)
 
     def default_route_oifs(self) -> set[int]:
-        """Output links of IPv4 and IPv6 default routes in the main table."""
-        return set(default_route_oifs(self._rtnl))
+        """Output links of IPv4 and IPv6 default routes in the main table (as
+        :func:`default_route_oifs`, read from the raw messages: the inventory asks on every
+        rescan, and pyroute2's route messages are reference cycles)."""
+        oifs: set[int] = set()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for data in self._rtnl.routes_raw(family):
+                oifs.update(default_route_hops(data))
+        return oifs
 
     def eswitch_mode(self, pci_address: str, bus: str = "pci") -> str | None:
         """A PF's eswitch mode from devlink, or None where the kernel or driver reports none."""
+        # pyroute2's generic netlink socket (and its asyncio machinery): only for SR-IOV PFs
+        from pyroute2.devlink import DL
+        from pyroute2.netlink.devlink import DEVLINK_NAMES, devlinkcmd
+
         if self._devlink is None:
             try:
                 self._devlink = netns_mod.run(self._netns, DL)
@@ -233,7 +339,7 @@ class EventSocket:
             socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self._sock.bind((0, self.GROUPS))
-        self._marshal = MarshalRtnl()
+        self._marshal = RtnlMarshal()
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -245,3 +351,35 @@ class EventSocket:
 
     def close(self) -> None:
         self._sock.close()
+
+    def changes(self) -> list[Change]:
+        """The link and default-route changes of one datagram, read from the raw messages:
+        decoding them with pyroute2 builds a hundred objects per link event (statistics
+        included), in reference cycles only the garbage collector frees, and the inventory
+        needs three fields of them. Raises OSError(ENOBUFS) when events were lost."""
+        data = self._sock.recv(1 << 20)
+        changes: list[Change] = []
+        at = 0
+        while at + _NLMSGHDR.size <= len(data):
+            length, kind, _flags, _seq, _port = _NLMSGHDR.unpack_from(data, at)
+            if length < _NLMSGHDR.size or at + length > len(data):
+                break
+            if kind in (RTM_NEWLINK, RTM_DELLINK):
+                brief = _link_brief(data[at:at + length])
+                changes.append(Change(True, brief.name or None, brief.index))
+            elif kind in (RTM_NEWROUTE, RTM_DELROUTE) and length > _NLMSGHDR.size + 1 \
+                    and data[at + _NLMSGHDR.size + 1] == 0:  # rtmsg's dst_len: a default route
+                changes.append(Change(False))
+            at += (length + 3) & ~3
+        return changes
+
+
+_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
+
+
+class Change(NamedTuple):
+    """A link added, changed or removed (``link``), or a default route added or removed."""
+
+    link: bool
+    name: str | None = None
+    index: int | None = None

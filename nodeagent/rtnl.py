@@ -15,7 +15,7 @@ import socket
 import struct
 import threading
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from pyroute2.netlink import (
     NLM_F_ACK,
@@ -25,10 +25,11 @@ from pyroute2.netlink import (
     NLM_F_REPLACE,
     NLM_F_REQUEST,
 )
+from pyroute2.netlink.marshal import Marshal
+from pyroute2.netlink.rtnl import RTM_VALUES
 from pyroute2.netlink.rtnl.fibmsg import fibmsg
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
@@ -137,7 +138,7 @@ class Rtnl:
             netns, lambda: _open_in_netns(netns is not None))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._sock.bind((0, 0))
-        self._marshal = MarshalRtnl()
+        self._marshal = RtnlMarshal()
         self._seq = 0
         self._lock = threading.Lock()
         # Sockets for requests made while the first is busy (the agent's own namespace is
@@ -642,6 +643,32 @@ class Rtnl:
                     at += (length + 3) & ~3
         return [codes[first + i] for i in range(len(requests))]
 
+    def links_raw(self, ext_mask: int = RTEXT_FILTER_SKIP_STATS) -> list[bytes]:
+        """Every link's RTM_NEWLINK message (header included), undecoded: one dump, by
+        default without statistics. For callers that read a few fields (discovery):
+        pyroute2's messages are a hundred objects each, in reference cycles."""
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _NLATTR.pack(
+            _NLATTR.size + 4, IFLA_EXT_MASK) + struct.pack("=I", ext_mask)
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK,
+                                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP, seq, 0)
+            replies = self._exchange(header + body, seq)
+        return [r for r in replies if _NLMSGHDR.unpack_from(r)[1] == RTM_NEWLINK]
+
+    def routes_raw(self, family: int = socket.AF_UNSPEC) -> list[bytes]:
+        """Every route's RTM_NEWROUTE message of ``family`` (header included), undecoded
+        (see :meth:`links_raw`)."""
+        body = struct.pack("=BBBBBBBBI", family, 0, 0, 0, 0, 0, 0, 0, 0)
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETROUTE,
+                                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP, seq, 0)
+            replies = self._exchange(header + body, seq)
+        return [r for r in replies if _NLMSGHDR.unpack_from(r)[1] == RTM_NEWROUTE]
+
 
 def _rule_msg(family: int, src: str, src_len: int, table: int, priority: int | None) -> Any:
     msg = fibmsg()
@@ -673,3 +700,23 @@ def _fdb_msg(index: int, mac: str, dst: str) -> Any:
     msg["flags"] = NTF_SELF
     msg["attrs"] = [("NDA_LLADDR", mac), ("NDA_DST", dst)]
     return msg
+
+
+class RtnlMarshal(Marshal):
+    """Decodes the rtnetlink messages the agent reads (links, addresses, routes, rules,
+    neighbours) as pyroute2's MarshalRtnl does. That one also maps traffic-control messages,
+    whose classes (every qdisc, class, filter and action) are a quarter of the pyroute2 code
+    the agent would load (docs/observability.md, "Memory")."""
+
+    msg_map: ClassVar[dict[int, type]] = {
+        **dict.fromkeys((RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK), ifinfmsg),
+        **dict.fromkeys((RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR), ifaddrmsg),
+        **dict.fromkeys((RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE), rtmsg),
+        **dict.fromkeys((RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE), fibmsg),
+        **dict.fromkeys((RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH), ndmsg),
+    }
+
+    def fix_message(self, msg: Any) -> None:
+        event = RTM_VALUES.get(msg["header"]["type"])
+        if event is not None:
+            msg["event"] = event

@@ -244,17 +244,16 @@ class LiveInventory:
             try:
                 while self._wait_readable(events.fileno()):
                     try:
-                        messages = events.read()
+                        changes = events.changes()
                     except OSError as exc:
                         if exc.errno == errno.ENOBUFS:
                             log.warning("netlink events were lost; rescanning the node")
                             self.resync()
                             continue
                         raise
-                    for msg in messages:
-                        item = _netlink_item(msg)
-                        if item is not None:
-                            self._queue.put(item)
+                    for change in changes:
+                        self._queue.put(_Item("netdev", change.name, change.index)
+                                        if change.link else _Item("routes"))
             except Exception:
                 log.exception("netlink event reader stopped; the inventory no longer follows links")
             finally:
@@ -295,11 +294,3 @@ class LiveInventory:
         readable, _, _ = select.select([fd, self._stop_r], [], [])
         return self._stop_r not in readable
 
-
-def _netlink_item(msg: object) -> _Item | None:
-    event = msg["event"]  # type: ignore[index]
-    if event in ("RTM_NEWLINK", "RTM_DELLINK"):
-        return _Item("netdev", msg.get("IFLA_IFNAME"), msg["index"])  # type: ignore[attr-defined,index]
-    if event in ("RTM_NEWROUTE", "RTM_DELROUTE") and msg["dst_len"] == 0:  # type: ignore[index]
-        return _Item("routes")
-    return None

@@ -22,14 +22,14 @@ import hashlib
 import ipaddress
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nodeagent.policy import nft
 from nodeagent.policy.attachments import AttachmentRecord, AttachmentRegistry, nad_network_name
 from nodeagent.policy.cluster import (
     LocalAttachment,
@@ -41,13 +41,18 @@ from nodeagent.policy.cluster import (
     pod_view,
     policy_entry,
 )
-from nodeagent.policy.compile import PodRules, compile_pod, deny_all, update_script
 from nodeagent.policy.model import (
     ClusterView,
     Peer,
     Policy,
     Target,
 )
+
+if TYPE_CHECKING:
+    from nodeagent.policy.compile import PodRules
+
+# The compiler and libnftables (nodeagent.policy.compile, .nft) are imported when a pod first
+# needs rules: a node no policy applies to never loads them (docs/observability.md, "Memory").
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +102,8 @@ class Compiler:
                      frozenset(t.named_ports.items())) for t in targets)
         done = self._done.get(key)
         if done is None:
+            from nodeagent.policy.compile import compile_pod
+
             rules = compile_pod(targets, self.policies, self.view)
             done = self._done[key] = (rules, _digest(rules.script))
         return done
@@ -123,6 +130,32 @@ def _digest(script: str) -> str:
     return hashlib.sha256(script.encode()).hexdigest()
 
 
+def _deny_all(ifnames: list[str]) -> PodRules:
+    from nodeagent.policy.compile import deny_all
+
+    return deny_all(ifnames)
+
+
+def nft_apply(netns: str | None, script: str) -> Any:
+    """:func:`nodeagent.policy.nft.apply`, imported on the first use."""
+    from nodeagent.policy import nft
+
+    return nft.apply(netns, script)
+
+
+def nft_release(netns: str | None) -> None:
+    """:func:`nodeagent.policy.nft.release`: nothing to release before any apply."""
+    nft = sys.modules.get("nodeagent.policy.nft")
+    if nft is not None:
+        nft.release(netns)
+
+
+def nft_prune() -> int:
+    """:func:`nodeagent.policy.nft.prune`: no context to prune before any apply."""
+    nft = sys.modules.get("nodeagent.policy.nft")
+    return nft.prune() if nft is not None else 0
+
+
 Reporter = Callable[[dict[str, Any]], None]
 
 
@@ -136,9 +169,9 @@ class PolicyController:
 
     def __init__(self, api: Any, registry: AttachmentRegistry, *, node_name: str = "",
                  workers: int | None = None, report: Reporter | None = None,
-                 apply: Callable[[str | None, str], Any] = nft.apply,
-                 release: Callable[[str | None], None] = nft.release,
-                 prune: Callable[[], int] = nft.prune, watch_timeout: int = 300) -> None:
+                 apply: Callable[[str | None, str], Any] = nft_apply,
+                 release: Callable[[str | None], None] = nft_release,
+                 prune: Callable[[], int] = nft_prune, watch_timeout: int = 300) -> None:
         self.registry = registry
         self.node_name = node_name
         self.report = report
@@ -525,7 +558,7 @@ class PolicyController:
             self._release(netns)
             return "gone"
         if not self.synced:
-            return Plan(records, netns, deny_all([r.ifname for r in records if not r.dpdk]),
+            return Plan(records, netns, _deny_all([r.ifname for r in records if not r.dpdk]),
                         deny=True)
         pod = self.pods.get(pod_key)
         if pod is None and fresh is not None:
@@ -537,7 +570,7 @@ class PolicyController:
             if pod is None:  # fail closed, and look again soon
                 with self._lock:
                     self._retry[pod_key] = time.monotonic() + RETRY_DELAY
-                return Plan(records, netns, deny_all([r.ifname for r in records if not r.dpdk]),
+                return Plan(records, netns, _deny_all([r.ifname for r in records if not r.dpdk]),
                             deny=True)
         if pod is None:
             return "unchanged"  # not in the API (any more): leave what is there
@@ -579,6 +612,9 @@ class PolicyController:
         return "applied"
 
     def _apply_update(self, netns: str, installed: PodRules, rules: PodRules) -> None:
+        from nodeagent.policy import nft
+        from nodeagent.policy.compile import update_script
+
         script = update_script(installed, rules)
         if not script:
             return
@@ -663,7 +699,7 @@ class OfflineHook:
     the caches are synced)."""
 
     def __init__(self, registry: AttachmentRegistry,
-                 apply: Callable[[str | None, str], Any] = nft.apply) -> None:
+                 apply: Callable[[str | None, str], Any] = nft_apply) -> None:
         self.registry = registry
         self._apply = apply
 
@@ -674,7 +710,7 @@ class OfflineHook:
             return
         ifnames = [r.ifname for r in self.registry.for_pod(record.pod_key) if not r.dpdk]
         try:
-            self._apply(record.netns, deny_all(ifnames).script)
+            self._apply(record.netns, _deny_all(ifnames).script)
         except Exception as exc:
             self.registry.remove(*record.key)
             raise PolicyApplyError(f"network policy for {record.pod_key} interface "
