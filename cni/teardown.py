@@ -225,9 +225,8 @@ class Teardown:
     def _finish(self, entry: _InFlight) -> None:
         record = entry.record
         try:
-            link = entry.pod.link(index=record.index)
-            if link is not None and link.get("IFLA_IFNAME") == (
-                    record.tombstone if entry.renamed else record.ifname):
+            link = entry.pod.link_brief(record.tombstone if entry.renamed else record.ifname)
+            if link is not None and link.index == record.index:
                 entry.pod.link_delete(record.index)
             self._forget(record)
         except Exception:  # left to the journal: the next start tries again
