@@ -592,16 +592,8 @@ class Rtnl:
         """RTM_DELADDR bodies (ifaddrmsg and IFA_LOCAL/IFA_ADDRESS) for each address of link
         ``index``, from one dump."""
         body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, index)
-        with self._lock:
-            self._seq += 1
-            seq = self._seq
-            header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETADDR,
-                                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP, seq, 0)
-            replies = self._exchange(header + body, seq)
         out = []
-        for data in replies:
-            if _NLMSGHDR.unpack_from(data)[1] != RTM_NEWADDR:
-                continue
+        for data in self._dump_raw(RTM_GETADDR, body, RTM_NEWADDR):
             family, prefixlen, _flags, _scope, at_index = _IFADDRMSG.unpack_from(
                 data, _NLMSGHDR.size)
             if at_index != index:
@@ -649,25 +641,23 @@ class Rtnl:
         pyroute2's messages are a hundred objects each, in reference cycles."""
         body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _NLATTR.pack(
             _NLATTR.size + 4, IFLA_EXT_MASK) + struct.pack("=I", ext_mask)
-        with self._lock:
-            self._seq += 1
-            seq = self._seq
-            header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK,
-                                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP, seq, 0)
-            replies = self._exchange(header + body, seq)
-        return [r for r in replies if _NLMSGHDR.unpack_from(r)[1] == RTM_NEWLINK]
+        return self._dump_raw(RTM_GETLINK, body, RTM_NEWLINK)
 
     def routes_raw(self, family: int = socket.AF_UNSPEC) -> list[bytes]:
         """Every route's RTM_NEWROUTE message of ``family`` (header included), undecoded
         (see :meth:`links_raw`)."""
         body = struct.pack("=BBBBBBBBI", family, 0, 0, 0, 0, 0, 0, 0, 0)
+        return self._dump_raw(RTM_GETROUTE, body, RTM_NEWROUTE)
+
+    def _dump_raw(self, request: int, body: bytes, answer: int) -> list[bytes]:
+        """The ``answer`` messages of a dump ``request`` with ``body``, undecoded."""
         with self._lock:
             self._seq += 1
             seq = self._seq
-            header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETROUTE,
+            header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), request,
                                     NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP, seq, 0)
             replies = self._exchange(header + body, seq)
-        return [r for r in replies if _NLMSGHDR.unpack_from(r)[1] == RTM_NEWROUTE]
+        return [r for r in replies if _NLMSGHDR.unpack_from(r)[1] == answer]
 
 
 def _rule_msg(family: int, src: str, src_len: int, table: int, priority: int | None) -> Any:
