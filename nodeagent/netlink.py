@@ -19,14 +19,16 @@ from pyroute2.netlink import NLM_F_REQUEST
 from nodeagent import netns as netns_mod
 from nodeagent.model import LINK_STATES, VLAN_PROTOS, VfConfig
 from nodeagent.rtnl import (
+    IFINFOMSG,
+    NLMSGHDR,
     RT_TABLE_MAIN,
     RTM_DELLINK,
     RTM_DELROUTE,
     RTM_NEWLINK,
     RTM_NEWROUTE,
     Rtnl,
-    RtnlMarshal,
-    _link_brief,
+    parse_attrs,
+    parse_link_brief,
 )
 
 if TYPE_CHECKING:
@@ -84,9 +86,7 @@ def link_from_msg(msg: Any) -> LinkInfo:
     )
 
 
-_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-_NLATTR = struct.Struct("=HH")
-_U32, _I32 = struct.Struct("=I"), struct.Struct("=i")
+_U32 = struct.Struct("=I")
 #: IFLA_* attributes read by link_from_data
 _ADDRESS, _IFNAME, _MTU, _LINK, _MASTER, _OPERSTATE, _LINKINFO, _CARRIER, _LINK_NETNSID = (
     1, 3, 4, 5, 10, 16, 18, 33, 37)
@@ -95,22 +95,11 @@ _INFO_KIND = 1
 OPERSTATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
 
 
-def _attrs(data: bytes, at: int, end: int) -> dict[int, bytes]:
-    attrs: dict[int, bytes] = {}
-    while at + _NLATTR.size <= end:
-        length, kind = _NLATTR.unpack_from(data, at)
-        if length < _NLATTR.size:
-            break
-        attrs[kind & 0x3FFF] = data[at + _NLATTR.size:at + length]
-        at += (length + 3) & ~3
-    return attrs
-
-
 def link_from_data(data: bytes) -> LinkInfo:
     """:func:`link_from_msg` of one RTM_NEWLINK message read from its bytes (header included),
     without building pyroute2's objects."""
-    _family, ifi_type, index, _flags, _change = _IFINFOMSG.unpack_from(data, _NLMSGHDR.size)
-    attrs = _attrs(data, _NLMSGHDR.size + _IFINFOMSG.size, len(data))
+    _family, ifi_type, index, _flags, _change = IFINFOMSG.unpack_from(data, NLMSGHDR.size)
+    attrs = parse_attrs(data, NLMSGHDR.size + IFINFOMSG.size, len(data))
 
     def u32(key: int) -> int | None:
         value = attrs.get(key)
@@ -122,7 +111,7 @@ def link_from_data(data: bytes) -> LinkInfo:
     kind = None
     if _LINKINFO in attrs:
         info = attrs[_LINKINFO]
-        kind = text(_attrs(info, 0, len(info)).get(_INFO_KIND))
+        kind = text(parse_attrs(info, 0, len(info)).get(_INFO_KIND))
     lower = u32(_LINK)
     if _LINK_NETNSID in attrs or lower == index:
         lower = None
@@ -236,8 +225,8 @@ _RTA_OIF, _RTA_MULTIPATH, _RTA_TABLE = 4, 9, 15
 def default_route_hops(data: bytes) -> list[int]:
     """The output links of one RTM_NEWROUTE message (header included) if it is a default
     route of the main table, else none."""
-    _family, dst_len, _src, _tos, table, *_rest = _RTMSG.unpack_from(data, _NLMSGHDR.size)
-    attrs = _attrs(data, _NLMSGHDR.size + _RTMSG.size, len(data))
+    _family, dst_len, _src, _tos, table, *_rest = _RTMSG.unpack_from(data, NLMSGHDR.size)
+    attrs = parse_attrs(data, NLMSGHDR.size + _RTMSG.size, len(data))
     if _RTA_TABLE in attrs and len(attrs[_RTA_TABLE]) >= 4:
         table = _U32.unpack_from(attrs[_RTA_TABLE])[0] or table
     if dst_len != 0 or table != RT_TABLE_MAIN:
@@ -339,15 +328,9 @@ class EventSocket:
             socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self._sock.bind((0, self.GROUPS))
-        self._marshal = RtnlMarshal()
 
     def fileno(self) -> int:
         return self._sock.fileno()
-
-    def read(self) -> list[Any]:
-        """Decoded messages of one datagram. Raises OSError(ENOBUFS) when events were lost."""
-        data = self._sock.recv(1 << 20)
-        return list(self._marshal.parse(data))
 
     def close(self) -> None:
         self._sock.close()
@@ -360,21 +343,19 @@ class EventSocket:
         data = self._sock.recv(1 << 20)
         changes: list[Change] = []
         at = 0
-        while at + _NLMSGHDR.size <= len(data):
-            length, kind, _flags, _seq, _port = _NLMSGHDR.unpack_from(data, at)
-            if length < _NLMSGHDR.size or at + length > len(data):
+        while at + NLMSGHDR.size <= len(data):
+            length, kind, _flags, _seq, _port = NLMSGHDR.unpack_from(data, at)
+            if length < NLMSGHDR.size or at + length > len(data):
                 break
             if kind in (RTM_NEWLINK, RTM_DELLINK):
-                brief = _link_brief(data[at:at + length])
+                brief = parse_link_brief(data[at:at + length])
                 changes.append(Change(True, brief.name or None, brief.index))
-            elif kind in (RTM_NEWROUTE, RTM_DELROUTE) and length > _NLMSGHDR.size + 1 \
-                    and data[at + _NLMSGHDR.size + 1] == 0:  # rtmsg's dst_len: a default route
+            elif kind in (RTM_NEWROUTE, RTM_DELROUTE) and length > NLMSGHDR.size + 1 \
+                    and data[at + NLMSGHDR.size + 1] == 0:  # rtmsg's dst_len: a default route
                 changes.append(Change(False))
             at += (length + 3) & ~3
         return changes
 
-
-_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
 
 
 class Change(NamedTuple):

@@ -54,9 +54,9 @@ RTEXT_FILTER_SKIP_STATS = 1 << 3
 MAX_SPARES = 8
 
 
-_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
+NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
+IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _ERRNO = struct.Struct("=i")
-_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _NLATTR = struct.Struct("=HH")
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_EXT_MASK = 1, 3, 4, 29
@@ -92,26 +92,28 @@ def _open_in_netns(sysctls: bool) -> tuple[socket.socket, dict[str, int]]:
     return sock, dirs
 
 
-def _link_brief(data: bytes) -> LinkBrief:
-    """Index, name, MAC and MTU of one RTM_NEWLINK message (header included)."""
-    at = _NLMSGHDR.size
-    _family, _type, index, _flags, _change = _IFINFOMSG.unpack_from(data, at)
-    at += _IFINFOMSG.size
-    name, mac, mtu = "", None, None
-    while at + _NLATTR.size <= len(data):
+def parse_attrs(data: bytes, at: int, end: int) -> dict[int, bytes]:
+    """The netlink attributes in ``data[at:end]``, by type (nesting flags masked off), their
+    payloads undecoded: for callers that read a few fields without pyroute2's objects."""
+    attrs: dict[int, bytes] = {}
+    while at + _NLATTR.size <= end:
         length, kind = _NLATTR.unpack_from(data, at)
         if length < _NLATTR.size:
             break
-        payload = data[at + _NLATTR.size:at + length]
-        kind &= NLA_TYPE_MASK
-        if kind == IFLA_IFNAME:
-            name = payload.split(b"\0", 1)[0].decode("utf-8", "replace")
-        elif kind == IFLA_ADDRESS:
-            mac = ":".join(f"{b:02x}" for b in payload)
-        elif kind == IFLA_MTU and len(payload) >= 4:
-            (mtu,) = struct.unpack_from("=I", payload)
+        attrs[kind & NLA_TYPE_MASK] = data[at + _NLATTR.size:at + length]
         at += (length + 3) & ~3
-    return LinkBrief(index, name, mac, mtu)
+    return attrs
+
+
+def parse_link_brief(data: bytes) -> LinkBrief:
+    """Index, name, MAC and MTU of one RTM_NEWLINK message (header included)."""
+    _family, _type, index, _flags, _change = IFINFOMSG.unpack_from(data, NLMSGHDR.size)
+    attrs = parse_attrs(data, NLMSGHDR.size + IFINFOMSG.size, len(data))
+    name = attrs.get(IFLA_IFNAME, b"").split(b"\0", 1)[0].decode("utf-8", "replace")
+    address, mtu = attrs.get(IFLA_ADDRESS), attrs.get(IFLA_MTU, b"")
+    return LinkBrief(index, name,
+                     ":".join(f"{b:02x}" for b in address) if address is not None else None,
+                     struct.unpack_from("=I", mtu)[0] if len(mtu) >= 4 else None)
 
 
 def _link_attrs(*, mtu: int | None, mac: str | None, netns_fd: int | None
@@ -215,15 +217,15 @@ class Rtnl:
         while True:
             chunk = sock.recv(1 << 20)
             at = 0
-            while at + _NLMSGHDR.size <= len(chunk):
-                length, kind, _flags, reply_seq, _pid = _NLMSGHDR.unpack_from(chunk, at)
-                if length < _NLMSGHDR.size or at + length > len(chunk):
+            while at + NLMSGHDR.size <= len(chunk):
+                length, kind, _flags, reply_seq, _pid = NLMSGHDR.unpack_from(chunk, at)
+                if length < NLMSGHDR.size or at + length > len(chunk):
                     raise OSError(errno.EBADMSG, "truncated netlink message")
                 if reply_seq == seq:  # else a late answer to an abandoned request
                     if kind == NLMSG_DONE:
                         return replies
                     if kind == NLMSG_ERROR:
-                        (code,) = _ERRNO.unpack_from(chunk, at + _NLMSGHDR.size)
+                        (code,) = _ERRNO.unpack_from(chunk, at + NLMSGHDR.size)
                         if code:
                             code = abs(code)
                             raise OSError(code, os.strerror(code))
@@ -405,11 +407,11 @@ class Rtnl:
                  + payload.ljust((len(payload) + 3) & ~3, b"\0")
                  + _NLATTR.pack(_NLATTR.size + 4, IFLA_EXT_MASK)
                  + struct.pack("=I", RTEXT_FILTER_SKIP_STATS))
-        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attrs
+        body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attrs
         with self._lock:
             self._seq += 1
             seq = self._seq
-            header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK,
+            header = NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_GETLINK,
                                     NLM_F_REQUEST | NLM_F_ACK, seq, 0)
             try:
                 replies = self._exchange(header + body, seq)
@@ -417,8 +419,8 @@ class Rtnl:
                 if exc.errno in (errno.ENODEV, errno.ENOENT):
                     return None
                 raise
-        links = [r for r in replies if _NLMSGHDR.unpack_from(r)[1] == RTM_NEWLINK]
-        return _link_brief(links[0]) if links else None
+        links = [r for r in replies if NLMSGHDR.unpack_from(r)[1] == RTM_NEWLINK]
+        return parse_link_brief(links[0]) if links else None
 
     def _set_sysctl_here(self, key: str, value: str) -> bool:
         """Write ``key`` below a directory opened in this client's namespace; False when
@@ -573,7 +575,7 @@ class Rtnl:
         rename = None
         if name:
             payload = name.encode() + b"\0"
-            rename = (RTM_NEWLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0)
+            rename = (RTM_NEWLINK, IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0)
                       + _NLATTR.pack(_NLATTR.size + len(payload), IFLA_IFNAME)
                       + payload.ljust((len(payload) + 3) & ~3, b"\0"))
         batch = ([rename] if rename else []) + [(RTM_DELADDR, body) for body in addresses]
@@ -595,17 +597,10 @@ class Rtnl:
         out = []
         for data in self._dump_raw(RTM_GETADDR, body, RTM_NEWADDR):
             family, prefixlen, _flags, _scope, at_index = _IFADDRMSG.unpack_from(
-                data, _NLMSGHDR.size)
+                data, NLMSGHDR.size)
             if at_index != index:
                 continue
-            attrs: dict[int, bytes] = {}
-            at = _NLMSGHDR.size + _IFADDRMSG.size
-            while at + _NLATTR.size <= len(data):
-                length, kind = _NLATTR.unpack_from(data, at)
-                if length < _NLATTR.size:
-                    break
-                attrs[kind & NLA_TYPE_MASK] = data[at + _NLATTR.size:at + length]
-                at += (length + 3) & ~3
+            attrs = parse_attrs(data, NLMSGHDR.size + _IFADDRMSG.size, len(data))
             keep = (IFA_LOCAL, IFA_ADDRESS) if family == socket.AF_INET else (IFA_ADDRESS,)
             out.append(_IFADDRMSG.pack(family, prefixlen, 0, 0, index) + b"".join(
                 _NLATTR.pack(_NLATTR.size + len(attrs[k]), k) + attrs[k]
@@ -618,7 +613,7 @@ class Rtnl:
         with self._lock:
             first = self._seq + 1
             self._seq += len(requests)
-            data = b"".join(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind,
+            data = b"".join(NLMSGHDR.pack(NLMSGHDR.size + len(body), kind,
                                            NLM_F_REQUEST | NLM_F_ACK, first + i, 0) + body
                             for i, (kind, body) in enumerate(requests))
             codes: dict[int, int] = {}
@@ -626,12 +621,12 @@ class Rtnl:
             while len(codes) < len(requests):
                 chunk = self._sock.recv(1 << 16)
                 at = 0
-                while at + _NLMSGHDR.size <= len(chunk):
-                    length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(chunk, at)
-                    if length < _NLMSGHDR.size or at + length > len(chunk):
+                while at + NLMSGHDR.size <= len(chunk):
+                    length, kind, _flags, seq, _pid = NLMSGHDR.unpack_from(chunk, at)
+                    if length < NLMSGHDR.size or at + length > len(chunk):
                         raise OSError(errno.EBADMSG, "truncated netlink message")
                     if kind == NLMSG_ERROR and first <= seq < first + len(requests):
-                        codes[seq] = abs(_ERRNO.unpack_from(chunk, at + _NLMSGHDR.size)[0])
+                        codes[seq] = abs(_ERRNO.unpack_from(chunk, at + NLMSGHDR.size)[0])
                     at += (length + 3) & ~3
         return [codes[first + i] for i in range(len(requests))]
 
@@ -639,7 +634,7 @@ class Rtnl:
         """Every link's RTM_NEWLINK message (header included), undecoded: one dump, by
         default without statistics. For callers that read a few fields (discovery):
         pyroute2's messages are a hundred objects each, in reference cycles."""
-        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _NLATTR.pack(
+        body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _NLATTR.pack(
             _NLATTR.size + 4, IFLA_EXT_MASK) + struct.pack("=I", ext_mask)
         return self._dump_raw(RTM_GETLINK, body, RTM_NEWLINK)
 
@@ -654,10 +649,10 @@ class Rtnl:
         with self._lock:
             self._seq += 1
             seq = self._seq
-            header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), request,
+            header = NLMSGHDR.pack(NLMSGHDR.size + len(body), request,
                                     NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP, seq, 0)
             replies = self._exchange(header + body, seq)
-        return [r for r in replies if _NLMSGHDR.unpack_from(r)[1] == answer]
+        return [r for r in replies if NLMSGHDR.unpack_from(r)[1] == answer]
 
 
 def _rule_msg(family: int, src: str, src_len: int, table: int, priority: int | None) -> Any:
