@@ -42,7 +42,6 @@ def show(config: IPAMConfig, ipam: Ipam | None = None) -> NetworkUsage:
     ipam = ipam or default_ipam()
     store = ipam.store(config)
     reservations = tuple(store.reservations()) if config.range_sets else ()
-    leases = getattr(store, "block_leases", None)  # only the etcd store leases blocks
     pools = []
     for rset in config.range_sets:
         for rng in rset.ranges:
@@ -52,7 +51,7 @@ def show(config: IPAMConfig, ipam: Ipam | None = None) -> NetworkUsage:
             view.load(pool.slot(r.ip) for r in reservations if claim.covers(r))  # type: ignore[misc]
             pools.append(PoolUsage(rng, pool.size, pool.reserved, len(view.taken), view.free))
     return NetworkUsage(config.network, config.datastore, tuple(pools), reservations,
-                        tuple(leases()) if leases is not None and config.range_sets else ())
+                        tuple(store.block_leases()) if config.range_sets else ())
 
 
 def release_leases_of_gone_nodes(config: IPAMConfig, nodes: Iterable[str], *,
@@ -63,7 +62,7 @@ def release_leases_of_gone_nodes(config: IPAMConfig, nodes: Iterable[str], *,
     Leases only steer where nodes look; addresses stay reserved until their own GC."""
     ipam = ipam or default_ipam()
     store = ipam.store(config)
-    if not config.range_sets or not hasattr(store, "block_leases"):
+    if not config.range_sets:
         return []
     live = set(nodes)
     gone = [(block, node) for block, node in store.block_leases() if node not in live]

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 
-from nodeagent.ipam.configtypes import IPAddress
+from nodeagent.ipam.configtypes import IPAddress, IPNetwork
 from nodeagent.ipam.errors import ADDRESS_IN_USE, POOL_EXHAUSTED, IpamError
 from nodeagent.ipam.pool import Pool
 
@@ -101,6 +101,15 @@ class Store(ABC):
     @abstractmethod
     def drop_holds(self, pod: str | None = None) -> list[Reservation]:
         """Free sticky holds (of one ``namespace/name`` pod, or all)."""
+
+    def block_leases(self) -> list[tuple[IPNetwork, str]]:
+        """Block leases (the block, the node holding it), in address order; a store that
+        leases no blocks has none."""
+        return []
+
+    def release_leases(self, node: str) -> int:
+        """Drop the block leases of ``node``; how many went."""
+        return 0
 
     def release_many(self, owners: Iterable[tuple[str, str]]) -> list[Reservation]:
         """Release several ``(container_id, ifname)`` attachments (GC)."""

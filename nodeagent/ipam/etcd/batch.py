@@ -9,8 +9,9 @@ and under load the per-call cost of gRPC in Python is paid once per batch instea
 claim. Two claims that write the same key never share a batch (etcd refuses duplicate keys
 in one transaction), so the later one simply waits for the next batch.
 
-Up to MAX_IN_FLIGHT batches are in flight at once (a burst of DELs makes two round trips
-each, and one batch at a time had every DEL wait for the batches of others twice). Their
+Up to MAX_IN_FLIGHT batches are in flight at once (with one at a time, a burst had every
+request wait for the batch in flight before its own went; measured against one at a time
+again once a DEL took a single round trip: no difference within the noise). Their
 order does not matter: each transaction's compares decide its outcome in etcd, as they do
 between agents of different nodes.
 """
